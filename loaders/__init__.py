@@ -1,0 +1,1 @@
+"""Thin framework loaders over scibench-data stores."""

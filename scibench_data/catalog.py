@@ -1,0 +1,28 @@
+"""Our intake catalog: where it is, where its stores live, and what each entry holds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import intake
+
+ROOT_ENV = "SCIBENCH_DATA_ROOT"
+
+
+def default_root() -> str:
+    """Where stores live: ``$SCIBENCH_DATA_ROOT``, else ``~/scibench-data`` (the embedded default)."""
+    return os.environ.get(ROOT_ENV) or str(Path.home() / "scibench-data")
+
+
+def store_url(entry: str, root: str | None = None) -> str:
+    """The URL of an entry's store under ``root`` (same rule as the catalog)."""
+    return f"{(root or default_root()).rstrip('/')}/{entry}.zarr"
+
+
+def open_catalog(path: str | None = None, root: str | None = None, **kwargs) -> intake.catalog.Catalog:
+    """Open a catalog (ours by default), with the catalog-level ``root`` set when given."""
+    from scibench_data import catalog_path
+
+    cat = intake.open_catalog(path or catalog_path(), **kwargs)
+    return cat(root=root) if root else cat

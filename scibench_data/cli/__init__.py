@@ -1,0 +1,96 @@
+"""The ``scibench-data`` command line.
+
+Commands are ``VERB DATASET`` (``convert cloudmask``, ``train stemdl``) or plain
+commands (``verify``, ``benchmarks``). Each data set's module registers its own
+subcommands; add a module to ``MODULES`` to add commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+#: Modules with a ``register(cli: Commands)`` function.
+MODULES: tuple[str, ...] = (
+    "scibench_data.cli.cloudmask",
+)
+
+VERB_HELP = {
+    "generate": "write synthetic raw files in the data set's real on-disk format",
+    "convert": "convert raw files into one Zarr store (resumable)",
+    "train": "train the reference model on a catalog entry",
+    "evaluate": "score a trained model on a catalog entry",
+    "run": "the whole benchmark on the embedded default: generate, convert, open via the catalog, train, evaluate",
+}
+
+
+class Commands:
+    """Registry handed to each module's ``register``."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self._sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        self._verbs: dict[str, argparse._SubParsersAction] = {}
+
+    def dataset(self, verb: str, dataset: str, func: Callable[[argparse.Namespace], int | None],
+                help: str) -> argparse.ArgumentParser:  # noqa: A002
+        """Add ``scibench-data VERB DATASET``."""
+        if verb not in self._verbs:
+            p = self._sub.add_parser(verb, help=VERB_HELP.get(verb, verb), description=VERB_HELP.get(verb))
+            self._verbs[verb] = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+        p = self._verbs[verb].add_parser(dataset, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def command(self, name: str, func: Callable[[argparse.Namespace], int | None], help: str) -> argparse.ArgumentParser:  # noqa: A002
+        """Add a plain ``scibench-data NAME``."""
+        p = self._sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def group(self, name: str, help: str) -> argparse._SubParsersAction:  # noqa: A002
+        """Add ``scibench-data NAME SUBCOMMAND`` (e.g. ``submission validate``)."""
+        p = self._sub.add_parser(name, help=help, description=help)
+        return p.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scibench-data",
+        description="Get, convert, subset, stream and score MLCommons Science benchmark data.",
+    )
+    from scibench_data import __version__
+
+    parser.add_argument("--version", action="version", version=f"scibench-data {__version__}")
+    cli = Commands(parser)
+    for name in MODULES:
+        importlib.import_module(name).register(cli)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the input's fault: printed as one line, exit code 2, no traceback."""
+    from scibench_data.formats import SourceFormatError
+    from scibench_data.storage.lock import StoreLockedError
+    from scibench_data.storage.records import StoreStateError
+    from scibench_data.storage.regions import MisalignedRegionError
+
+    return (SourceFormatError, StoreStateError, StoreLockedError, MisalignedRegionError, FileNotFoundError,
+            PermissionError, ValueError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except user_errors() as err:
+        print(f"scibench-data: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scibench-data: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

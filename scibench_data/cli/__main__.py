@@ -1,0 +1,5 @@
+import sys
+
+from scibench_data.cli import main
+
+sys.exit(main())

@@ -1,0 +1,32 @@
+"""Argument helpers shared by the data set commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from scibench_data.catalog import default_root
+
+
+def add_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", default=None,
+                   help=f"where stores live (default $SCIBENCH_DATA_ROOT, else {default_root()})")
+
+
+def add_scheduler(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", default="threads",
+                   help="'threads' (default), 'sync', 'local-cluster' (dask.distributed processes) "
+                        "or the address of an existing dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--workers", type=int, default=None, help="number of workers (threads or processes)")
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def write_json(path: str | Path, obj: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return path

@@ -1,0 +1,45 @@
+"""Converters: raw benchmark files -> one chunked Zarr store each (one module per data set)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    """What a conversion did; ``ok`` is False if anything was skipped or failed."""
+
+    dest: str
+    total: int
+    converted: tuple[str, ...] = ()
+    already_done: int = 0
+    failed: tuple[tuple[str, str], ...] = ()  # (source, error)
+    rejected: tuple[tuple[str, str], ...] = ()  # (path, reason): not a valid source name
+    complete: bool = False
+    elapsed_s: float = 0.0
+    bytes_read: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and not self.failed and not self.rejected
+
+    def lines(self) -> list[str]:
+        rate = self.bytes_read / self.elapsed_s / 1e6 if self.elapsed_s > 0 else 0.0
+        out = [
+            f"destination: {self.dest}",
+            f"records: {self.total} planned, {len(self.converted)} converted now, {self.already_done} already done",
+            f"read {self.bytes_read / 1e6:.1f} MB in {self.elapsed_s:.1f} s ({rate:.1f} MB/s)",
+            f"status: {'complete' if self.complete else 'INCOMPLETE (rerun the same command to resume)'}",
+        ]
+        for path, reason in self.rejected:
+            out.append(f"skipped {path}: {reason}")
+        for src, err in self.failed:
+            out.append(f"failed {src}: {err}")
+        return out
+
+    def as_dict(self) -> dict:
+        return {"dest": self.dest, "total": self.total, "converted": list(self.converted),
+                "already_done": self.already_done, "failed": [list(f) for f in self.failed],
+                "rejected": [list(r) for r in self.rejected], "complete": self.complete,
+                "elapsed_s": self.elapsed_s, "bytes_read": self.bytes_read, **self.extra}

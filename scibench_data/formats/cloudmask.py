@@ -1,0 +1,302 @@
+"""CloudMask (Sentinel-3 SLSTR) source formats: product names and the two layouts.
+
+Layout ``hdf``: one preprocessed HDF5 file per product (``S3A_*.hdf``) with
+channel-last datasets ``refs`` (H, W, 6), ``rads`` (H, W, 6), ``bts`` (H, W, 3),
+``bayes`` (H, W, 1) and ``summary`` (H, W, 1) on the 1 km grid.
+
+Layout ``sen3``: raw SLSTR Level-1 ``*.SEN3`` folders of CF-packed netCDF4
+files. Radiances S1-S6 on the 0.5 km 'an' grid are turned into reflectance with
+the tie-point solar zenith and averaged onto the 1 km 'in' grid.
+
+Both readers return the same :class:`Scene`, so one converter serves both.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import fsspec
+import h5py
+import numpy as np
+import xarray as xr
+
+from scibench_data.formats import SourceFormatError
+from scibench_data.formats.slstr import GridGeometry, block_mean, interpolate_tie_points, radiance_to_reflectance
+
+Layout = Literal["hdf", "sen3"]
+LAYOUTS: tuple[str, ...] = ("hdf", "sen3")
+
+CHANNELS: tuple[str, ...] = tuple(f"S{n}" for n in range(1, 10))
+REFLECTANCE_CHANNELS = CHANNELS[:6]
+BT_CHANNELS = CHANNELS[6:]
+#: The 1 km nadir 'in' grid of a full product.
+FULL_GRID: tuple[int, int] = (1200, 1500)
+SUMMARY_CLOUD = "summary_cloud"
+
+_NAME = re.compile(
+    r"^(?P<mission>S3[AB])_SL_1_RBT____"
+    r"(?P<start>\d{8}T\d{6})_(?P<stop>\d{8}T\d{6})_(?P<creation>\d{8}T\d{6})_"
+    r"(?P<duration>\d{4})_(?P<cycle>\d{3})_(?P<orbit>\d{3})_(?P<frame>[0-9_]{4})_"
+    r"(?P<centre>[A-Z0-9]{3})_(?P<mode>[A-Z])_(?P<timeliness>[A-Z]{2})_(?P<collection>\d{3})"
+    r"\.(?P<ext>SEN3|hdf)$"
+)
+_TIME = "%Y%m%dT%H%M%S"
+
+
+@dataclass(frozen=True)
+class ProductName:
+    """The fields of an SLSTR Level-1 RBT product name."""
+
+    name: str
+    mission: str
+    start: datetime
+    stop: datetime
+    creation: datetime
+    duration_s: int
+    cycle: int
+    orbit: int
+    frame: str
+    centre: str
+    mode: str
+    timeliness: str
+    collection: str
+    extension: str
+
+    @classmethod
+    def parse(cls, name: str) -> "ProductName":
+        m = _NAME.match(name)
+        if m is None:
+            raise ValueError(
+                f"{name!r} is not an SLSTR L1 RBT product name "
+                "(expected S3A_SL_1_RBT____YYYYmmddTHHMMSS_..._NT_003.SEN3 or .hdf)"
+            )
+        g = m.groupdict()
+        return cls(
+            name=name, mission=g["mission"], start=datetime.strptime(g["start"], _TIME),
+            stop=datetime.strptime(g["stop"], _TIME), creation=datetime.strptime(g["creation"], _TIME),
+            duration_s=int(g["duration"]), cycle=int(g["cycle"]), orbit=int(g["orbit"]), frame=g["frame"],
+            centre=g["centre"], mode=g["mode"], timeliness=g["timeliness"], collection=g["collection"],
+            extension=g["ext"],
+        )
+
+    @property
+    def stem(self) -> str:
+        """The name without ``.SEN3``/``.hdf``: the same for both layouts of one product."""
+        return self.name.rsplit(".", 1)[0]
+
+
+def product_name(
+    start: datetime, *, mission: str = "S3A", duration_s: int = 180, cycle: int = 50, orbit: int = 108,
+    frame: int = 2160, extension: str = "SEN3",
+) -> str:
+    """Format a product name as ESA does (used by the synthetic generator)."""
+    from datetime import timedelta
+
+    stop = start + timedelta(seconds=duration_s)
+    creation = start + timedelta(days=1, hours=4)
+    return (
+        f"{mission}_SL_1_RBT____{start:{_TIME}}_{stop:{_TIME}}_{creation:{_TIME}}_"
+        f"{duration_s:04d}_{cycle:03d}_{orbit:03d}_{frame:04d}_LN2_O_NT_003.{extension}"
+    )
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One product on the 1 km grid, ready to store."""
+
+    image: np.ndarray  # (9, H, W) float32: reflectance S1-S6 (1), brightness temperature S7-S9 (K)
+    cloud_mask: np.ndarray  # (H, W) uint8: bayes > 0
+    summary_cloud: np.ndarray  # (H, W) uint8: summary_cloud bit of confidence_in
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3 or self.image.shape[0] != len(CHANNELS):
+            raise ValueError(f"image must be (9, H, W), got {self.image.shape}")
+        for name in ("cloud_mask", "summary_cloud"):
+            if getattr(self, name).shape != self.image.shape[1:]:
+                raise ValueError(f"{name} shape {getattr(self, name).shape} != image grid {self.image.shape[1:]}")
+
+
+@dataclass(frozen=True)
+class SourceProduct:
+    """A product to convert: where it is and what its name says."""
+
+    path: str  # fsspec path of the .hdf file or the .SEN3 folder
+    name: ProductName
+    layout: str
+
+    def files(self, fs: fsspec.AbstractFileSystem) -> list[str]:
+        """The files that make up this product (for provenance digests)."""
+        if self.layout == "hdf":
+            return [self.path]
+        return sorted(p for p in fs.find(self.path) if not fs.isdir(p))
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A source entry that is not a product; kept for the conversion report."""
+
+    path: str
+    reason: str
+
+
+def discover_products(
+    fs: fsspec.AbstractFileSystem, root: str, layout: str
+) -> tuple[list[SourceProduct], list[Rejected]]:
+    """List the products under ``root``, ordered by acquisition time then name.
+
+    Entries that look like products of this layout but whose names do not parse
+    are returned as :class:`Rejected` (never silently dropped).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown CloudMask layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if not fs.exists(root):
+        raise FileNotFoundError(f"source folder {root} does not exist")
+    suffix = ".hdf" if layout == "hdf" else ".SEN3"
+    products, rejected = [], []
+    for entry in fs.ls(root, detail=True):
+        path = entry["name"].rstrip("/")
+        base = posixpath.basename(path)
+        is_dir = entry["type"] == "directory"
+        if not base.endswith(suffix) or is_dir != (layout == "sen3"):
+            continue
+        try:
+            products.append(SourceProduct(path=path, name=ProductName.parse(base), layout=layout))
+        except ValueError as err:
+            rejected.append(Rejected(path=path, reason=str(err)))
+    products.sort(key=lambda p: (p.name.start, p.name.name))
+    return products, rejected
+
+
+# --------------------------------------------------------------------------- layout A
+
+
+def _check_hdf_dataset(h: h5py.File, path: str, name: str, channels: int) -> h5py.Dataset:
+    if name not in h:
+        raise SourceFormatError(path, f"missing dataset {name!r} (found {sorted(h.keys())})")
+    d = h[name]
+    if d.ndim != 3 or d.shape[2] != channels:
+        raise SourceFormatError(path, f"dataset {name!r} has shape {d.shape}, expected (H, W, {channels})")
+    if not np.issubdtype(d.dtype, np.number):
+        raise SourceFormatError(path, f"dataset {name!r} has non-numeric dtype {d.dtype}")
+    return d
+
+
+def read_hdf_product(fs: fsspec.AbstractFileSystem, path: str) -> Scene:
+    """Read one layout-A HDF5 product."""
+    try:
+        with fs.open(path, "rb") as f, h5py.File(f, "r") as h:
+            refs = _check_hdf_dataset(h, path, "refs", 6)
+            bts = _check_hdf_dataset(h, path, "bts", 3)
+            bayes = _check_hdf_dataset(h, path, "bayes", 1)
+            summary = _check_hdf_dataset(h, path, "summary", 1)
+            grid = refs.shape[:2]
+            for d in (bts, bayes, summary):
+                if d.shape[:2] != grid:
+                    raise SourceFormatError(path, f"dataset {d.name!r} grid {d.shape[:2]} != refs grid {grid}")
+            image = np.concatenate([refs[()], bts[()]], axis=2).astype(np.float32)
+            mask = (bayes[()][..., 0] > 0).astype(np.uint8)
+            summary_cloud = (summary[()][..., 0] > 0).astype(np.uint8)
+    except SourceFormatError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise SourceFormatError(path, f"cannot be read as an HDF5 product ({err})") from err
+    return _finish(path, np.moveaxis(image, 2, 0), mask, summary_cloud)
+
+
+# --------------------------------------------------------------------------- layout B
+
+
+def _open_nc(fs: fsspec.AbstractFileSystem, product: str, filename: str, mask_and_scale: bool = True) -> xr.Dataset:
+    path = posixpath.join(product, filename)
+    if not fs.exists(path):
+        raise SourceFormatError(path, "missing file in product folder")
+    try:
+        with fs.open(path, "rb") as f:
+            return xr.open_dataset(f, engine="h5netcdf", mask_and_scale=mask_and_scale, decode_times=False).load()
+    except (OSError, ValueError, KeyError) as err:
+        raise SourceFormatError(path, f"cannot be read as netCDF4 ({err})") from err
+
+
+def _variable(ds: xr.Dataset, path: str, name: str, shape: tuple[int, int] | None = None) -> xr.DataArray:
+    if name not in ds.variables:
+        raise SourceFormatError(path, f"missing variable {name!r} (found {sorted(ds.variables)})")
+    v = ds[name]
+    if shape is not None:
+        if v.dims != ("rows", "columns"):
+            raise SourceFormatError(path, f"variable {name!r} has dims {v.dims}, expected ('rows', 'columns')")
+        if v.shape != shape:
+            raise SourceFormatError(path, f"variable {name!r} has shape {v.shape}, expected {shape}")
+    return v
+
+
+def _flag_bit(var: xr.DataArray, path: str, meaning: str) -> int:
+    masks = np.atleast_1d(var.attrs.get("flag_masks", []))
+    meanings = str(var.attrs.get("flag_meanings", "")).split()
+    if meaning not in meanings or len(masks) != len(meanings):
+        raise SourceFormatError(path, f"variable {var.name!r} has no flag {meaning!r} in flag_meanings/flag_masks")
+    return int(masks[meanings.index(meaning)])
+
+
+def sen3_grid_shape(fs: fsspec.AbstractFileSystem, product: str) -> tuple[int, int]:
+    """The 1 km grid of a SEN3 product, from ``S7_BT_in.nc``."""
+    ds = _open_nc(fs, product, "S7_BT_in.nc")
+    return tuple(_variable(ds, posixpath.join(product, "S7_BT_in.nc"), "S7_BT_in").shape)  # type: ignore[return-value]
+
+
+def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str) -> Scene:
+    """Read one layout-B ``.SEN3`` folder and bring it onto the 1 km grid."""
+    bts, grid = [], None
+    for ch in BT_CHANNELS:
+        fname = f"{ch}_BT_in.nc"
+        ds = _open_nc(fs, product, fname)
+        v = _variable(ds, posixpath.join(product, fname), f"{ch}_BT_in", grid)
+        grid = grid or v.shape
+        bts.append(v.values.astype(np.float32))
+    fine = (2 * grid[0], 2 * grid[1])
+
+    geo_path = posixpath.join(product, "geometry_tn.nc")
+    geo = _open_nc(fs, product, "geometry_tn.nc")
+    tie = GridGeometry.from_attrs(geo.attrs, geo_path)
+    zenith_tn = _variable(geo, geo_path, "solar_zenith_tn").values
+    zenith = None
+
+    refs = []
+    for ch in REFLECTANCE_CHANNELS:
+        fname = f"{ch}_radiance_an.nc"
+        rpath = posixpath.join(product, fname)
+        ds = _open_nc(fs, product, fname)
+        radiance = _variable(ds, rpath, f"{ch}_radiance_an", fine).values
+        if zenith is None:
+            image_grid = GridGeometry.from_attrs(ds.attrs, rpath)
+            zenith = interpolate_tie_points(zenith_tn, tie, image_grid, fine)
+        qpath = posixpath.join(product, f"{ch}_quality_an.nc")
+        quality = _open_nc(fs, product, f"{ch}_quality_an.nc")
+        irr = np.asarray(_variable(quality, qpath, f"{ch}_solar_irradiance_an").values, dtype=np.float64).ravel()
+        if irr.size == 0 or not np.isfinite(irr[0]) or irr[0] <= 0:
+            raise SourceFormatError(qpath, f"{ch}_solar_irradiance_an[0] is not a positive number")
+        refs.append(block_mean(radiance_to_reflectance(radiance, float(irr[0]), zenith)).astype(np.float32))
+
+    fpath = posixpath.join(product, "flags_in.nc")
+    flags = _open_nc(fs, product, "flags_in.nc", mask_and_scale=False)
+    bayes = _variable(flags, fpath, "bayes_in", grid)
+    confidence = _variable(flags, fpath, "confidence_in", grid)
+    bit = _flag_bit(confidence, fpath, SUMMARY_CLOUD)
+    mask = (bayes.values > 0).astype(np.uint8)
+    summary_cloud = ((confidence.values.astype(np.int64) & bit) != 0).astype(np.uint8)
+    return _finish(product, np.stack(refs + bts), mask, summary_cloud)
+
+
+def _finish(path: str, image: np.ndarray, mask: np.ndarray, summary: np.ndarray) -> Scene:
+    if not np.isfinite(image).any():
+        raise SourceFormatError(path, "every pixel of every channel is NaN or a fill value")
+    return Scene(image=np.ascontiguousarray(image, dtype=np.float32), cloud_mask=mask, summary_cloud=summary)
+
+
+def read_product(fs: fsspec.AbstractFileSystem, product: SourceProduct) -> Scene:
+    """Read a product of either layout."""
+    reader = read_hdf_product if product.layout == "hdf" else read_sen3_product
+    return reader(fs, product.path)

@@ -1,0 +1,123 @@
+"""SLSTR Level-1 geometry and radiometry: pure NumPy, no I/O.
+
+Grid convention (read from each netCDF file's global attributes): a grid with
+``resolution = "RA RT"`` (across-track and along-track pixel size in metres),
+``track_offset = T`` and ``start_offset = S`` places pixel ``(row, col)`` at the
+image-plane coordinates
+
+    x = (col - T) * RA        (across track, metres from the nadir track)
+    y = (row + S) * RT        (along track, metres from the grid origin)
+
+The tie-point grid (``*_tn``/``*_tx``) uses the same rule with its own
+attributes, so interpolating a tie-point field onto an image grid is a
+bilinear interpolation at fractional tie-point indices.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """Placement of an SLSTR image or tie-point grid in the image plane."""
+
+    resolution_across: float
+    resolution_along: float
+    track_offset: float
+    start_offset: float
+
+    def __post_init__(self) -> None:
+        if self.resolution_across <= 0 or self.resolution_along <= 0:
+            raise ValueError(f"grid resolution must be positive, got {self.resolution_across}, {self.resolution_along}")
+
+    @classmethod
+    def from_attrs(cls, attrs: dict, where: str = "netCDF file") -> "GridGeometry":
+        """Build from a file's global attributes (``resolution``, ``track_offset``, ``start_offset``)."""
+        missing = [k for k in ("resolution", "track_offset", "start_offset") if k not in attrs]
+        if missing:
+            raise ValueError(f"{where}: missing global attribute(s) {', '.join(missing)}")
+        res = attrs["resolution"]
+        if isinstance(res, (str, bytes)):
+            text = res.decode() if isinstance(res, bytes) else res
+            values = [float(v) for v in re.findall(r"[-+]?\d+(?:\.\d+)?", text)]
+        else:
+            values = [float(v) for v in np.atleast_1d(res)]
+        if len(values) != 2:
+            raise ValueError(f"{where}: attribute resolution={res!r} must hold two numbers (across, along)")
+        return cls(values[0], values[1], float(np.asarray(attrs["track_offset"]).item()),
+                   float(np.asarray(attrs["start_offset"]).item()))
+
+    def attrs(self) -> dict:
+        """The global attributes that describe this grid, formatted as in real products."""
+        return {
+            "resolution": f"[ {self.resolution_across:g} {self.resolution_along:g} ]",
+            "track_offset": self.track_offset,
+            "start_offset": self.start_offset,
+        }
+
+    def x_of_col(self, col: np.ndarray) -> np.ndarray:
+        return (np.asarray(col, dtype=np.float64) - self.track_offset) * self.resolution_across
+
+    def y_of_row(self, row: np.ndarray) -> np.ndarray:
+        return (np.asarray(row, dtype=np.float64) + self.start_offset) * self.resolution_along
+
+    def col_of_x(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64) / self.resolution_across + self.track_offset
+
+    def row_of_y(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(y, dtype=np.float64) / self.resolution_along - self.start_offset
+
+
+def _linear_weights(pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower neighbour index and weight of the upper one, clamped to ``[0, n-1]``."""
+    pos = np.clip(pos, 0.0, n - 1.0)
+    i0 = np.minimum(np.floor(pos).astype(np.intp), max(n - 2, 0))
+    return i0, pos - i0
+
+
+def interpolate_tie_points(
+    field: np.ndarray, tie: GridGeometry, image: GridGeometry, shape: tuple[int, int]
+) -> np.ndarray:
+    """Bilinearly interpolate a tie-point field ``(rows_t, cols_t)`` onto an image grid of ``shape``.
+
+    Positions outside the tie-point grid take the nearest edge value.
+    """
+    if field.ndim != 2 or min(field.shape) < 2:
+        raise ValueError(f"tie-point field must be 2-D with at least 2x2 points, got shape {field.shape}")
+    rows = tie.row_of_y(image.y_of_row(np.arange(shape[0])))
+    cols = tie.col_of_x(image.x_of_col(np.arange(shape[1])))
+    r0, wr = _linear_weights(rows, field.shape[0])
+    c0, wc = _linear_weights(cols, field.shape[1])
+    f = np.asarray(field, dtype=np.float64)
+    along = f[r0] * (1.0 - wr)[:, None] + f[r0 + 1] * wr[:, None]  # (rows, cols_t)
+    return along[:, c0] * (1.0 - wc)[None, :] + along[:, c0 + 1] * wc[None, :]
+
+
+def cos_zenith(solar_zenith_deg: np.ndarray) -> np.ndarray:
+    """``mu0 = cos(zenith)`` where the Sun is above the horizon, else 1 (the reference's rule)."""
+    z = np.asarray(solar_zenith_deg, dtype=np.float64)
+    return np.where(z < 90.0, np.cos(np.deg2rad(z)), 1.0)
+
+
+def radiance_to_reflectance(radiance: np.ndarray, irradiance: float, solar_zenith_deg: np.ndarray) -> np.ndarray:
+    """Top-of-atmosphere reflectance ``pi * L / (E0 * mu0)``."""
+    if not np.isfinite(irradiance) or irradiance <= 0:
+        raise ValueError(f"solar irradiance must be a positive number, got {irradiance}")
+    return np.pi * np.asarray(radiance, dtype=np.float64) / (irradiance * cos_zenith(solar_zenith_deg))
+
+
+def reflectance_to_radiance(reflectance: np.ndarray, irradiance: float, solar_zenith_deg: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`radiance_to_reflectance` (used by the synthetic generator)."""
+    return np.asarray(reflectance, dtype=np.float64) * irradiance * cos_zenith(solar_zenith_deg) / np.pi
+
+
+def block_mean(a: np.ndarray, factor: int = 2) -> np.ndarray:
+    """Average ``factor x factor`` blocks: the 0.5 km 'a' grid onto the 1 km 'i' grid."""
+    h, w = a.shape
+    if h % factor or w % factor:
+        raise ValueError(f"grid {h}x{w} is not divisible by {factor}")
+    return a.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))

@@ -1,0 +1,193 @@
+"""A Zarr store filled record by record (a scene, a sample) by independent tasks.
+
+The life of a store, and what each step writes:
+
+1. ``create``: the metadata of every array (shape for all records, chunk
+   size 1 along the record dimension, fill values that cannot be mistaken for
+   data), the values known up front, then ``_scibench/plan.json`` (which
+   source goes to which record). Root attribute ``scibench_status`` is
+   ``"incomplete"`` and there is no consolidated metadata.
+2. ``write_record``: one task writes one whole record; the region is checked
+   against the chunk grid first, so a misaligned write cannot happen.
+3. ``mark_done``: only after the record's data is written, a marker
+   ``_scibench/done/{index:08d}.json`` holds its provenance.
+4. ``finalize``: when every record has a marker, the provenance arrays are
+   written, then root ``zarr.json`` is rewritten once with status
+   ``"complete"`` and the consolidated metadata.
+
+A store is complete only if its root has both; the catalog opens stores with
+``consolidated: true``, so an interrupted store cannot be opened as complete.
+Rerunning resumes: records with a readable marker are skipped.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from scibench_data.storage.location import StoreLocation
+from scibench_data.storage.regions import Region, check_region_aligned
+
+STATUS_ATTR = "scibench_status"
+STATE_DIR = "_scibench"
+PLAN_KEY = (STATE_DIR, "plan.json")
+DONE_DIR = (STATE_DIR, "done")
+
+
+class StoreStateError(RuntimeError):
+    """The destination holds something this operation must not touch."""
+
+
+@dataclass(frozen=True)
+class StoreState:
+    exists: bool
+    ours: bool
+    status: str  # "absent", "incomplete" or "complete"
+    consolidated: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete" and self.consolidated
+
+
+def store_state(location: StoreLocation) -> StoreState:
+    """Read the root ``zarr.json`` (one request) and say what the store is."""
+    root = location.read_json("zarr.json")
+    if root is None:
+        exists = location.fs.exists(location.root) and bool(_non_state_entries(location))
+        return StoreState(exists=exists, ours=False, status="absent", consolidated=False)
+    status = (root.get("attributes") or {}).get(STATUS_ATTR)
+    return StoreState(exists=True, ours=status is not None, status=status or "unknown",
+                      consolidated=root.get("consolidated_metadata") is not None)
+
+
+def _non_state_entries(location: StoreLocation) -> list[str]:
+    try:
+        return [p for p in location.fs.ls(location.root, detail=False)
+                if posixpath.basename(p.rstrip("/")) != STATE_DIR]
+    except FileNotFoundError:
+        return []
+
+
+def marker_key(index: int) -> tuple[str, ...]:
+    return (*DONE_DIR, f"{index:08d}.json")
+
+
+class RecordStore:
+    """Create, fill, resume and finalize a store along one record dimension."""
+
+    def __init__(self, location: StoreLocation, record_dim: str) -> None:
+        self.location = location
+        self.record_dim = record_dim
+        self._group: zarr.Group | None = None
+
+    # ------------------------------------------------------------------ create / resume
+
+    def plan(self) -> dict | None:
+        return self.location.read_json(*PLAN_KEY)
+
+    def prepare(self, template: xr.Dataset, encoding: Mapping[str, dict], keys: Sequence[str],
+                plan_info: Mapping[str, object]) -> str:
+        """Create the store, or check that an existing one was planned identically.
+
+        Returns ``"created"``, ``"resuming"`` or ``"complete"``.
+        """
+        plan = {"record_dim": self.record_dim, "keys": list(keys), **plan_info}
+        state = store_state(self.location)
+        existing = self.plan()
+        if state.exists and existing is None and not (state.ours and state.status == "incomplete"):
+            raise StoreStateError(
+                f"{self.location.url} already holds data that scibench-data did not start; "
+                "choose another destination or remove it"
+            )
+        if existing is not None:
+            if existing != plan:
+                raise StoreStateError(_plan_difference(self.location.url, existing, plan))
+            if state.complete:
+                return "complete"
+            if state.exists:
+                return "resuming"
+        if state.exists:  # a create that was killed before the plan was written: start over
+            for p in _non_state_entries(self.location):
+                self.location.fs.rm(p, recursive=True)
+        template.attrs[STATUS_ATTR] = "incomplete"
+        template.to_zarr(self.location.zarr_store(), mode="a", compute=False, consolidated=False,
+                         zarr_format=3, encoding=dict(encoding))
+        self.location.write_json(plan, *PLAN_KEY)
+        return "created"
+
+    # ------------------------------------------------------------------ records
+
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3)
+        return self._group
+
+    def write_record(self, index: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write whole records (chunk size 1 along the record dimension): aligned by construction,
+        and checked against the chunk grid before any byte is written."""
+        g = self.group()
+        targets = []
+        for name, data in arrays.items():
+            arr = g[name]
+            if arr.shape[1:] != data.shape:
+                raise ValueError(f"{name}: record shape {data.shape} != store shape {arr.shape[1:]}")
+            region = Region((index,) + (0,) * data.ndim, (index + 1,) + data.shape)
+            check_region_aligned(region, arr.chunks, arr.shape, name)
+            targets.append((arr, region, data))
+        for arr, region, data in targets:
+            arr[region.slices()] = data[None]
+
+    def mark_done(self, index: int, info: Mapping[str, object]) -> None:
+        self.location.write_json({"index": index, **info}, *marker_key(index))
+
+    def done(self) -> dict[int, dict]:
+        """Readable markers by record index (a half-written marker does not count)."""
+        fs = self.location.fs
+        prefix = self.location.path(*DONE_DIR)
+        try:
+            names = fs.ls(prefix, detail=False)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for name in names:
+            base = posixpath.basename(name)
+            if not base.endswith(".json"):
+                continue
+            marker = self.location.read_json(*DONE_DIR, base)
+            if marker is not None and "index" in marker:
+                out[int(marker["index"])] = marker
+        return out
+
+    # ------------------------------------------------------------------ finalize
+
+    def finalize(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> None:
+        """Write whole-array values known only at the end, then mark complete and consolidate."""
+        plan = self.plan() or {}
+        n = len(plan.get("keys", []))
+        missing = sorted(set(range(n)) - set(self.done()))
+        if missing:
+            raise StoreStateError(f"{self.location.url}: {len(missing)} record(s) not written yet, e.g. {missing[:5]}")
+        g = self.group()
+        for name, values in arrays.items():
+            g[name][...] = values
+        g.attrs.update({**attrs, STATUS_ATTR: "complete"})
+        zarr.consolidate_metadata(self.location.zarr_store())
+        self._group = None
+
+
+def _plan_difference(url: str, old: dict, new: dict) -> str:
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            if key == "keys":
+                a, b = old.get(key, []), new.get(key, [])
+                extra, gone = sorted(set(b) - set(a))[:3], sorted(set(a) - set(b))[:3]
+                return (f"{url} was planned from other sources ({len(a)} then, {len(b)} now; new: {extra}, "
+                        f"no longer present: {gone}); convert into a new destination or use append")
+            return f"{url} was planned with {key}={old.get(key)!r}, now {new.get(key)!r}; use a new destination"
+    return f"{url}: plan differs"
