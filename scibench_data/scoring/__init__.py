@@ -1,0 +1,1 @@
+"""Metrics (pure functions, NumPy and Dask), score reports and MLPerf logs."""

@@ -1,0 +1,91 @@
+"""MLPerf ``mllog`` files in the MLCommons Science conventions, via ``mlperf-logging``.
+
+Each run gets its own log file (``:::MLLOG {...}`` lines) with the
+``submission_*`` keys, ``init``/``run``/``staging``/``eval`` intervals and the
+result; data staging counts toward benchmark time.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlperf_logging.mllog.mllog import MLLogger
+from mlperf_logging.mllog import constants as C
+
+SUBMISSION_VERSION = "1.0"
+
+
+class BenchmarkLog:
+    """An ``mllog`` logger writing to one file (not the process-wide default logger)."""
+
+    def __init__(self, path: str | Path, benchmark: str, *, org: str = "scibench-data", division: str = "open",
+                 status: str = "research", system: str | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._logger = logging.getLogger(f"scibench_data.mllog.{id(self)}")
+        self._logger.propagate = False
+        self._logger.setLevel(logging.INFO)
+        self._handler = logging.FileHandler(self.path, mode="w")
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger.addHandler(self._handler)
+        self._ml = MLLogger(logger=self._logger, default_namespace="", default_stack_offset=3)
+        self.event(C.SUBMISSION_BENCHMARK, benchmark)
+        self.event(C.SUBMISSION_ORG, org)
+        self.event(C.SUBMISSION_DIVISION, division)
+        self.event("submission_version", SUBMISSION_VERSION)
+        self.event(C.SUBMISSION_STATUS, status)
+        self.event(C.SUBMISSION_PLATFORM, system or f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})")
+
+    def event(self, key: str, value: Any = None, metadata: dict | None = None) -> None:
+        self._ml.event(key=key, value=value, metadata=metadata)
+
+    def start(self, key: str, value: Any = None, metadata: dict | None = None) -> None:
+        self._ml.start(key=key, value=value, metadata=metadata)
+
+    def end(self, key: str, value: Any = None, metadata: dict | None = None) -> None:
+        self._ml.end(key=key, value=value, metadata=metadata)
+
+    @contextmanager
+    def interval(self, name: str, metadata: dict | None = None) -> Iterator[None]:
+        """``{name}_start`` ... ``{name}_stop`` around a block."""
+        self.start(f"{name}_start", metadata=metadata)
+        try:
+            yield
+        finally:
+            self.end(f"{name}_stop", metadata=metadata)
+
+    def close(self) -> None:
+        self._handler.close()
+        self._logger.removeHandler(self._handler)
+
+    def __enter__(self) -> "BenchmarkLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """Parse an mllog file; raises ``ValueError`` naming the line that is not a well-formed event."""
+    import json
+
+    events = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        if not line.startswith(":::MLLOG "):
+            raise ValueError(f"{path}:{n}: not an mllog line (must start with ':::MLLOG ')")
+        try:
+            ev = json.loads(line[len(":::MLLOG "):])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: malformed JSON ({err.msg})") from err
+        missing = {"namespace", "time_ms", "event_type", "key", "value", "metadata"} - set(ev)
+        if missing:
+            raise ValueError(f"{path}:{n}: event lacks {sorted(missing)}")
+        events.append(ev)
+    return events
