@@ -7,8 +7,9 @@ The life of a store, and what each step writes:
    data), the values known up front, then ``_scibench/plan.json`` (which
    source goes to which record). Root attribute ``scibench_status`` is
    ``"incomplete"`` and there is no consolidated metadata.
-2. ``write_record``: one task writes one whole record; the region is checked
-   against the chunk grid first, so a misaligned write cannot happen.
+2. ``write_record``: one task writes one whole record (``write_block``: a
+   contiguous block of records); the region is checked against the chunk grid
+   first, so a misaligned write cannot happen.
 3. ``mark_done``: only after the record's data is written, a marker
    ``_scibench/done/{index:08d}.json`` holds its provenance.
 4. ``finalize``: when every record has a marker, the provenance arrays are
@@ -131,17 +132,23 @@ class RecordStore:
     def write_record(self, index: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Write whole records (chunk size 1 along the record dimension): aligned by construction,
         and checked against the chunk grid before any byte is written."""
+        self.write_block(index, {name: np.asarray(data)[None] for name, data in arrays.items()})
+
+    def write_block(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write records ``start .. start + n`` at once (arrays ``(n, ...)``). Every region is checked
+        against the chunk grid before any byte is written, so the record-dimension chunk must
+        divide the block (or the block must end the array)."""
         g = self.group()
         targets = []
         for name, data in arrays.items():
             arr = g[name]
-            if arr.shape[1:] != data.shape:
-                raise ValueError(f"{name}: record shape {data.shape} != store shape {arr.shape[1:]}")
-            region = Region((index,) + (0,) * data.ndim, (index + 1,) + data.shape)
+            if arr.shape[1:] != data.shape[1:]:
+                raise ValueError(f"{name}: record shape {data.shape[1:]} != store shape {arr.shape[1:]}")
+            region = Region((start,) + (0,) * (data.ndim - 1), (start + data.shape[0],) + data.shape[1:])
             check_region_aligned(region, arr.chunks, arr.shape, name)
             targets.append((arr, region, data))
         for arr, region, data in targets:
-            arr[region.slices()] = data[None]
+            arr[region.slices()] = data
 
     def mark_done(self, index: int, info: Mapping[str, object]) -> None:
         self.location.write_json({"index": index, **info}, *marker_key(index))
