@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 # metadata on purpose (one read to open a store). Neither needs a warning.
 warnings.filterwarnings("ignore", message="Object at _scibench is not recognized", module="zarr")
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", module="zarr")
+# intake warns on every entry that it did not run shell() templates; we use none.
+warnings.filterwarnings("ignore", message="Shell command not executed", category=UserWarning)
 
 
 def catalog_path() -> str:

@@ -26,3 +26,21 @@ def open_catalog(path: str | None = None, root: str | None = None, **kwargs) -> 
 
     cat = intake.open_catalog(path or catalog_path(), **kwargs)
     return cat(root=root) if root else cat
+
+
+def entry_location(cat: intake.catalog.Catalog, name: str):
+    """The :class:`StoreLocation` (URL and storage options) behind a catalog entry, as the catalog resolved it."""
+    from scibench_data.storage.location import StoreLocation
+
+    if name not in cat:
+        raise KeyError(f"catalog has no entry {name!r}; entries: {', '.join(sorted(cat))}")
+    data = getattr(cat, name).reader(chunks={}).data
+    return StoreLocation(data.url, dict(data.storage_options or {}))
+
+
+def entry_metadata(cat: intake.catalog.Catalog, name: str) -> dict:
+    """The metadata an entry declares (description, licence, sizes, chunking, benchmark, ...)."""
+    if name not in cat:
+        raise KeyError(f"catalog has no entry {name!r}; entries: {', '.join(sorted(cat))}")
+    desc = cat._entries[name].describe()
+    return {"description": desc.get("description", ""), **(desc.get("metadata") or {})}

@@ -34,6 +34,55 @@ def _convert(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _train_config(args: argparse.Namespace):
+    from scibench_data.pipelines.cloudmask import TrainConfig
+
+    return TrainConfig(entry=args.entry, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                       seed=args.seed, patch=args.patch, mode=args.mode, patches_per_scene=args.patches_per_scene,
+                       num_workers=args.num_workers, max_steps=args.max_steps)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from scibench_data.pipelines.cloudmask import train
+
+    result = train(args.root, _train_config(args), args.out, progress=args.progress)
+    print(f"trained on {len(result.splits['train'])} scenes, {result.samples} patches in {result.seconds:.0f} s; "
+          f"final loss {result.losses[-1]:.4f}\nmodel: {result.model_path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from scibench_data.pipelines.cloudmask import evaluate, print_scores
+
+    result = evaluate(args.root, args.model, args.entry, args.split, args.out, progress=args.progress)
+    print_scores(result)
+    print(f"scores: {args.out}/scores.json")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from scibench_data.pipelines.cloudmask import RunConfig, run
+
+    cfg = RunConfig(train_products=args.products, test_products=args.test_products, grid=(args.height, args.width),
+                    layout=args.layout)
+    run(args.root, cfg, progress=args.progress, fresh=args.fresh)
+    return 0
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--entry", default="cloudmask_ds1", help="catalog entry (default cloudmask_ds1)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--patch", type=int, default=256)
+    p.add_argument("--mode", choices=("fixed", "random"), default="fixed",
+                   help="the reference's 20 fixed patches per scene, or seeded random patches")
+    p.add_argument("--patches-per-scene", type=int, default=20, help="random mode only")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--max-steps", type=int, default=None)
+
+
 def register(cli) -> None:  # noqa: ANN001
     p = cli.dataset("generate", "cloudmask", _generate, "synthetic SLSTR products in layout hdf or sen3")
     p.add_argument("--layout", choices=("hdf", "sen3"), required=True)
@@ -53,4 +102,28 @@ def register(cli) -> None:  # noqa: ANN001
     p.add_argument("--break-lock", action="store_true", help="remove a lock left by a writer that is gone")
     add_scheduler(p)
     add_progress(p)
-    _ = add_root  # train/evaluate/run take --root
+
+    p = cli.dataset("train", "cloudmask", _train, "train the reference U-Net on a catalog entry")
+    add_root(p)
+    _add_train_options(p)
+    p.add_argument("--out", default="outputs/cloudmask", help="folder for model.pt (default outputs/cloudmask)")
+    add_progress(p)
+
+    p = cli.dataset("evaluate", "cloudmask", _evaluate, "score a trained U-Net (accuracy, F1, IoU, log loss per scene)")
+    add_root(p)
+    p.add_argument("--entry", default="cloudmask_ds1")
+    p.add_argument("--model", required=True, help="model.pt written by train")
+    p.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    p.add_argument("--out", default="outputs/cloudmask", help="folder for scores.json")
+    add_progress(p)
+
+    p = cli.dataset("run", "cloudmask", _run,
+                    "generate small synthetic products, convert, open via the catalog, train briefly, evaluate")
+    add_root(p)
+    p.add_argument("--products", type=int, default=8, help="training products (default 8)")
+    p.add_argument("--test-products", type=int, default=2, help="inference (test) products (default 2)")
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--layout", choices=("hdf", "sen3"), default="hdf")
+    p.add_argument("--fresh", action="store_true", help="regenerate and reconvert even if a store exists")
+    add_progress(p)

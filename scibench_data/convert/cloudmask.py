@@ -6,7 +6,7 @@ Store layout (zarr format 3)::
     cloud_mask     (scene, y, x)          uint8    bayes_in > 0 (the label), 255 = not written
     summary_cloud  (scene, y, x)          uint8    summary_cloud bit of confidence_in
     channel, channel_units, channel_kind, wavelength      (channel)
-    source_name, time, source_sha256                       (scene)
+    source_name, time, split, source_sha256                (scene)
 
 Chunks are ``(1, 9, 256, 256)`` for ``image`` and ``(1, 256, 256)`` for the
 masks: one object holds every channel of a 256x256 tile, so a 256x256 training
@@ -67,7 +67,7 @@ class CloudMaskConversion:
             raise ValueError(f"tile must be a positive multiple of 16, got {self.tile}")
 
 
-def template(names: list[str], times: np.ndarray, grid: tuple[int, int], tile: int) -> xr.Dataset:
+def template(names: list[str], times: np.ndarray, splits: list[str], grid: tuple[int, int], tile: int) -> xr.Dataset:
     """The store's variables for ``len(names)`` scenes, data as lazy placeholders."""
     n, (h, w) = len(names), grid
     image = da.full((n, len(CHANNELS), h, w), np.nan, dtype=np.float32, chunks=(1, len(CHANNELS), tile, tile))
@@ -93,6 +93,8 @@ def template(names: list[str], times: np.ndarray, grid: tuple[int, int], tile: i
             "wavelength": ("channel", np.array(WAVELENGTH_UM), {"units": "um", "long_name": "central wavelength"}),
             "source_name": ("scene", np.array(names, dtype=object), {"long_name": "source product name"}),
             "time": ("scene", times, {"long_name": "acquisition start time (from the product name)"}),
+            "split": ("scene", np.array(splits, dtype=object),
+                      {"long_name": "source subfolder: training or inference (empty for a flat source folder)"}),
             "source_sha256": ("scene", np.array([""] * n, dtype=object),
                               {"long_name": "sha256 over the product's files (sha256sum lines, sorted by name)"}),
         },
@@ -182,12 +184,13 @@ def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCon
     grid = grid_of(fs, products[0])
     names = [p.name.stem for p in products]
     times = np.array([np.datetime64(p.name.start, "ns") for p in products])
-    ds = template(names, times, grid, options.tile)
+    ds = template(names, times, [p.split for p in products], grid, options.tile)
     enc = encodings(ds, options.tile, options.codec)
     store = RecordStore(location, RECORD_DIM)
     with WriterLock(location, operation="convert cloudmask"):
         state = store.prepare(ds, enc, names, {"format": "cloudmask", "grid": list(grid), "tile": options.tile,
-                                                 "layout": options.layout})
+                                                 "layout": options.layout,
+                                                 "splits": [p.split for p in products]})
         done = store.done() if state != "created" else {}
         if state == "complete":
             return ConversionReport(dest=location.url, total=len(products), already_done=len(products),

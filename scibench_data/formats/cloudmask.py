@@ -36,6 +36,8 @@ BT_CHANNELS = CHANNELS[6:]
 #: The 1 km nadir 'in' grid of a full product.
 FULL_GRID: tuple[int, int] = (1200, 1500)
 SUMMARY_CLOUD = "summary_cloud"
+#: DS1's subfolders; a flat source folder has no split.
+SPLIT_FOLDERS: tuple[str, ...] = ("training", "inference")
 
 _NAME = re.compile(
     r"^(?P<mission>S3[AB])_SL_1_RBT____"
@@ -127,6 +129,7 @@ class SourceProduct:
     path: str  # fsspec path of the .hdf file or the .SEN3 folder
     name: ProductName
     layout: str
+    split: str = ""  # "training" or "inference" when the source has DS1's subfolders
 
     def files(self, fs: fsspec.AbstractFileSystem) -> list[str]:
         """The files that make up this product (for provenance digests)."""
@@ -146,28 +149,35 @@ class Rejected:
 def discover_products(
     fs: fsspec.AbstractFileSystem, root: str, layout: str
 ) -> tuple[list[SourceProduct], list[Rejected]]:
-    """List the products under ``root``, ordered by acquisition time then name.
+    """List the products under ``root``, ordered by split, acquisition time and name.
 
-    Entries that look like products of this layout but whose names do not parse
-    are returned as :class:`Rejected` (never silently dropped).
+    ``root`` is either a flat folder of products or, as DS1 is published, a
+    folder with ``training/`` and ``inference/`` subfolders (the split of each
+    product is kept). Entries that look like products of this layout but whose
+    names do not parse are returned as :class:`Rejected` (never silently dropped).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown CloudMask layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if not fs.exists(root):
         raise FileNotFoundError(f"source folder {root} does not exist")
     suffix = ".hdf" if layout == "hdf" else ".SEN3"
+    entries = fs.ls(root, detail=True)
+    subfolders = {posixpath.basename(e["name"].rstrip("/")): e["name"].rstrip("/") for e in entries
+                  if e["type"] == "directory" and posixpath.basename(e["name"].rstrip("/")) in SPLIT_FOLDERS}
+    listings = [(split, fs.ls(path, detail=True)) for split, path in sorted(subfolders.items())] or [("", entries)]
     products, rejected = [], []
-    for entry in fs.ls(root, detail=True):
-        path = entry["name"].rstrip("/")
-        base = posixpath.basename(path)
-        is_dir = entry["type"] == "directory"
-        if not base.endswith(suffix) or is_dir != (layout == "sen3"):
-            continue
-        try:
-            products.append(SourceProduct(path=path, name=ProductName.parse(base), layout=layout))
-        except ValueError as err:
-            rejected.append(Rejected(path=path, reason=str(err)))
-    products.sort(key=lambda p: (p.name.start, p.name.name))
+    for split, listing in listings:
+        for entry in listing:
+            path = entry["name"].rstrip("/")
+            base = posixpath.basename(path)
+            is_dir = entry["type"] == "directory"
+            if not base.endswith(suffix) or is_dir != (layout == "sen3"):
+                continue
+            try:
+                products.append(SourceProduct(path=path, name=ProductName.parse(base), layout=layout, split=split))
+            except ValueError as err:
+                rejected.append(Rejected(path=path, reason=str(err)))
+    products.sort(key=lambda p: (SPLIT_FOLDERS.index(p.split) if p.split else 0, p.name.start, p.name.name))
     return products, rejected
 
 

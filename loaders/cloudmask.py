@@ -1,0 +1,148 @@
+"""CloudMask patches from a Zarr store: a PyTorch dataset and a framework-free NumPy iterator.
+
+Patches are 9 x 256 x 256 (reflectance channels first), normalised as the
+reference does: ``refs - 0.5`` and ``(bts - 270) / 22``; NaN (fill) becomes 0.
+The store is opened lazily, once per process (DataLoader workers included),
+because fsspec's event loop does not survive ``fork``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+from loaders.patches import Window, fixed_windows, random_windows
+from scibench_data.storage.location import StoreLocation
+
+N_REFLECTANCE = 6
+BT_OFFSET, BT_SCALE, REFL_OFFSET = 270.0, 22.0, 0.5
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """Reference normalisation of a ``(9, ...)`` image; NaN -> 0. Returns float32."""
+    out = np.array(image, dtype=np.float32, copy=True)
+    out[:N_REFLECTANCE] -= REFL_OFFSET
+    out[N_REFLECTANCE:] = (out[N_REFLECTANCE:] - BT_OFFSET) / BT_SCALE
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class StoreHandle:
+    """A zarr group opened on first use in each process (a pid check), never pickled open."""
+
+    def __init__(self, location: StoreLocation) -> None:
+        self.location = location
+        self._pid: int | None = None
+        self._group: zarr.Group | None = None
+
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None or self._pid != os.getpid():
+            self._group = zarr.open_group(self.location.zarr_store(read_only=True), mode="r")
+            self._pid = os.getpid()
+        return self._group
+
+    def __getstate__(self) -> dict:
+        return {"location": self.location, "_pid": None, "_group": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """Which patches to read: ``mode`` ``"fixed"`` (the reference's) or ``"random"``."""
+
+    mode: str = "fixed"
+    patch: int = 256
+    patches_per_scene: int = 20  # random mode only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fixed", "random"):
+            raise ValueError(f"mode must be 'fixed' or 'random', got {self.mode!r}")
+        if self.patches_per_scene < 1:
+            raise ValueError(f"patches_per_scene must be >= 1, got {self.patches_per_scene}")
+
+
+def plan_patches(scenes: Sequence[int], shape: tuple[int, int], spec: PatchSpec, epoch: int = 0) -> list[tuple[int, Window]]:
+    """Every (scene, window) of one epoch; random windows are reseeded per epoch."""
+    h, w = shape
+    if spec.mode == "fixed":
+        wins = fixed_windows(h, w, spec.patch)
+        return [(s, win) for s in scenes for win in wins]
+    rng = np.random.default_rng([spec.seed, epoch])
+    return [(s, win) for s in scenes for win in random_windows(rng, spec.patches_per_scene, h, w, spec.patch)]
+
+
+def read_patch(group: zarr.Group, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised ``(9, p, p)`` float32 image and ``(p, p)`` float32 mask (NaN where unlabelled)."""
+    ys, xs = win.slices
+    image = group["image"][scene, :, ys, xs]
+    mask = group["cloud_mask"][scene, ys, xs].astype(np.float32)
+    mask[mask > 1] = np.nan
+    return normalise(image), mask
+
+
+class CloudMaskPatches:
+    """Map-style dataset of (image, mask) patches; usable as a ``torch.utils.data.Dataset``.
+
+    ``scenes`` are indices along the store's ``scene`` dimension (e.g. a split).
+    Call :meth:`set_epoch` to draw new random windows each epoch.
+    """
+
+    def __init__(self, location: StoreLocation | str, scenes: Sequence[int] | None = None,
+                 spec: PatchSpec = PatchSpec(), as_torch: bool = True) -> None:
+        self.handle = StoreHandle(location if isinstance(location, StoreLocation) else StoreLocation(location))
+        g = self.handle.group
+        n_scenes, _, h, w = g["image"].shape
+        self.shape = (h, w)
+        self.scenes = list(range(n_scenes)) if scenes is None else [int(s) for s in scenes]
+        bad = [s for s in self.scenes if not 0 <= s < n_scenes]
+        if bad:
+            raise IndexError(f"scene indices {bad[:5]} outside 0..{n_scenes - 1}")
+        self.spec = spec
+        self.as_torch = as_torch
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.items = plan_patches(self.scenes, self.shape, self.spec, epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        scene, win = self.items[i]
+        image, mask = read_patch(self.handle.group, scene, win)
+        if self.as_torch:
+            import torch
+
+            return torch.from_numpy(image), torch.from_numpy(mask)[None]
+        return image, mask[None]
+
+
+def numpy_batches(dataset: CloudMaskPatches, batch_size: int = 32, shuffle: bool = True,
+                  seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Framework-free batches ``(B, 9, p, p)``, ``(B, 1, p, p)`` from a dataset."""
+    order = np.arange(len(dataset))
+    if shuffle:
+        np.random.default_rng(seed).shuffle(order)
+    as_torch, dataset.as_torch = dataset.as_torch, False
+    try:
+        for start in range(0, len(order), batch_size):
+            items = [dataset[int(i)] for i in order[start:start + batch_size]]
+            yield np.stack([a for a, _ in items]), np.stack([b for _, b in items])
+    finally:
+        dataset.as_torch = as_torch
+
+
+def read_scene(location: StoreLocation | str, scene: int) -> tuple[np.ndarray, np.ndarray]:
+    """A whole normalised scene ``(9, H, W)`` and its mask ``(H, W)`` (for inference)."""
+    handle = StoreHandle(location if isinstance(location, StoreLocation) else StoreLocation(location))
+    g = handle.group
+    mask = g["cloud_mask"][scene].astype(np.float32)
+    mask[mask > 1] = np.nan
+    return normalise(g["image"][scene]), mask

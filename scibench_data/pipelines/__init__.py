@@ -1,0 +1,1 @@
+"""Benchmark pipelines: train, evaluate and run end to end, per data set."""

@@ -1,0 +1,302 @@
+"""CloudMask: train the reference U-Net on a catalog entry, evaluate it, or run it all.
+
+Data is always opened through the catalog (``root`` is the catalog-level
+parameter); patches stream from the entry's Zarr store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from loaders.cloudmask import CloudMaskPatches, PatchSpec, read_scene
+from loaders.patches import inference_tiles, mosaic, pad_for_tiles
+from reference_models.unet import UNet, n_parameters
+from scibench_data.catalog import entry_location, open_catalog
+from scibench_data.scoring.mllog import BenchmarkLog
+from scibench_data.scoring.report import format_table, write_scores
+from scibench_data.scoring.segmentation import average_scores, fit_single_channel_threshold, scene_scores
+
+BENCHMARK = "cloudmask"
+TARGET = {"pixel_accuracy": 0.9}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Reference settings by default (Adam 1e-3, batch 32, seed 1234, 20 fixed patches per scene)."""
+
+    entry: str = "cloudmask_ds1"
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    seed: int = 1234
+    split_seed: int = 42
+    val_fraction: float = 0.2
+    patch: int = 256
+    mode: str = "fixed"
+    patches_per_scene: int = 20
+    num_workers: int = 0
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.patch % 8:
+            raise ValueError(f"patch must be a multiple of 8 for the U-Net, got {self.patch}")
+
+
+def split_scenes(splits: np.ndarray, val_fraction: float, seed: int) -> dict[str, list[int]]:
+    """80/20 of the training scenes by file (seeded); test = the inference scenes, if any,
+    else the validation scenes."""
+    splits = np.array([str(s) for s in np.asarray(splits).ravel()])
+    training = np.flatnonzero(splits != "inference")
+    inference = np.flatnonzero(splits == "inference")
+    order = np.random.default_rng(seed).permutation(training)
+    n_val = int(round(len(order) * val_fraction)) if len(order) > 1 else 0
+    val, train = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
+    return {"train": train, "validation": val, "test": sorted(inference.tolist()) or val}
+
+
+def _open(root: str | None, entry: str):
+    cat = open_catalog(root=root)
+    if entry not in cat:
+        raise KeyError(f"catalog has no entry {entry!r}")
+    ds = getattr(cat, entry).to_dask()
+    return ds, entry_location(cat, entry)
+
+
+def masked_bce(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    valid = ~torch.isnan(mask)
+    target = torch.nan_to_num(mask, nan=0.0)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (loss * valid).sum() / valid.sum().clamp_min(1)
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    splits: dict[str, list[int]]
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    samples: int = 0
+
+
+def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: BenchmarkLog | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train the U-Net on the catalog entry's training scenes; saves ``model.pt`` in ``outdir``."""
+    torch.manual_seed(cfg.seed)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    ds, location = _open(root, cfg.entry)
+    splits = split_scenes(ds["split"].values, cfg.val_fraction, cfg.split_seed)
+    if not splits["train"]:
+        raise ValueError(f"{cfg.entry} has no training scenes")
+    data = CloudMaskPatches(location, splits["train"], PatchSpec(cfg.mode, cfg.patch, cfg.patches_per_scene, cfg.seed))
+    kwargs = {"multiprocessing_context": "forkserver", "persistent_workers": False} if cfg.num_workers else {}
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
+    model = UNet()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    if log:
+        log.event("seed", cfg.seed)
+        log.event("global_batch_size", cfg.batch_size)
+        log.event("train_samples", len(data))
+        log.event("opt_name", "adam")
+        log.event("opt_base_learning_rate", cfg.learning_rate)
+    result = TrainResult(model_path=outdir / "model.pt", splits=splits)
+    t0, step = time.perf_counter(), 0
+    model.train()
+    for epoch in range(cfg.epochs):
+        data.set_epoch(epoch)
+        if log:
+            log.start("epoch_start", metadata={"epoch_num": epoch + 1})
+        bar = tqdm(loader, desc=f"train epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress)
+        for image, mask in bar:
+            opt.zero_grad()
+            loss = masked_bce(model(image), mask)
+            loss.backward()
+            opt.step()
+            result.losses.append(loss.item())
+            result.samples += len(image)
+            bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
+            step += 1
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        if log:
+            log.end("epoch_stop", metadata={"epoch_num": epoch + 1, "loss": result.losses[-1] if result.losses else None})
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    result.seconds = time.perf_counter() - t0
+    torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "splits": splits,
+                "parameters": n_parameters(model)}, result.model_path)
+    return result
+
+
+def load_model(path: str | Path) -> tuple[UNet, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = UNet()
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
+
+
+def predict_scene(model: UNet, image: np.ndarray, patch: int = 256, stride: int = 176, batch: int = 8) -> np.ndarray:
+    """Cloud probability of a whole normalised scene ``(9, H, W)``: reference inference tiling."""
+    h, w = image.shape[1:]
+    tiles, padding = inference_tiles(h, w, patch, stride)
+    padded = pad_for_tiles(image, padding)
+    preds: list[np.ndarray] = []
+    for start in range(0, len(tiles), batch):
+        chunk = tiles[start:start + batch]
+        x = np.stack([padded[:, ty.start:ty.start + patch, tx.start:tx.start + patch] for ty, tx in chunk])
+        preds.extend(model.predict_proba(torch.from_numpy(x))[:, 0].numpy())
+    return mosaic(preds, tiles, (h, w))
+
+
+def evaluate(root: str | None, model_path: str | Path, entry: str = "cloudmask_ds1", split: str = "test",
+             outdir: str | Path | None = None, log: BenchmarkLog | None = None, progress: bool = True,
+             baseline: bool = True) -> dict:
+    """Per-scene pixel accuracy, F1, IoU and log loss of a model, averaged over the split's scenes.
+
+    With ``baseline``, the best single-channel threshold (fitted on the training
+    scenes) is scored on the same scenes.
+    """
+    model, ckpt = load_model(model_path)
+    ds, location = _open(root, entry)
+    splits = split_scenes(ds["split"].values, ckpt["config"]["val_fraction"], ckpt["config"]["split_seed"])
+    scenes = splits[split]
+    if not scenes:
+        raise ValueError(f"{entry}: split {split!r} has no scenes")
+    if log:
+        log.start("eval_start", metadata={"split": split})
+        log.event("eval_samples", len(scenes))
+    per_scene, probs = [], {}
+    for s in tqdm(scenes, desc=f"evaluate {split}", unit="scene", disable=not progress):
+        image, mask = read_scene(location, s)
+        prob = predict_scene(model, image)
+        probs[s] = prob
+        per_scene.append({"scene": int(s), "source_name": str(ds["source_name"].values[s]), **scene_scores(prob, mask)})
+    scores = average_scores([{k: v for k, v in r.items() if k not in ("scene", "source_name")} for r in per_scene])
+    out = {"scores": scores, "per_scene": per_scene, "split": split, "entry": entry}
+    if baseline:
+        rule, _ = fit_single_channel_threshold(*_pixels(location, splits["train"]))
+        base = [scene_scores(rule.predict(read_scene(location, s)[0]), read_scene(location, s)[1]) for s in scenes]
+        out["baseline_single_channel"] = {"channel": str(ds["channel"].values[rule.channel]),
+                                          "threshold": rule.threshold, "sign": rule.sign,
+                                          **average_scores(base)}
+    if log:
+        log.end("eval_stop", metadata={"split": split})
+        log.event("result", scores)
+    if outdir is not None:
+        write_scores(Path(outdir) / "scores.json", BENCHMARK, scores, entry=entry, split=split,
+                     per_scene=per_scene, baseline=out.get("baseline_single_channel"), model=str(model_path))
+    return out
+
+
+def _pixels(location, scenes: list[int], max_pixels: int = 400_000) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised images and masks of some scenes, subsampled to at most ``max_pixels`` per scene."""
+    images, masks = [], []
+    for s in scenes:
+        img, m = read_scene(location, s)
+        step = max(1, int(np.sqrt(m.size / max_pixels)))
+        images.append(img[:, ::step, ::step])
+        masks.append(m[::step, ::step])
+    shape = min(i.shape[1] for i in images), min(i.shape[2] for i in images)
+    return (np.stack([i[:, :shape[0], :shape[1]] for i in images]),
+            np.stack([m[:shape[0], :shape[1]] for m in masks]))
+
+
+def print_scores(result: dict) -> None:
+    print(format_table(result["scores"], f"CloudMask scores ({result['entry']}, {result['split']} split, "
+                                         f"{len(result['per_scene'])} scenes)", TARGET))
+    if "baseline_single_channel" in result:
+        b = result["baseline_single_channel"]
+        print(f"best single-channel threshold ({b['channel']} {'>' if b['sign'] > 0 else '<'} {b['threshold']:.3f}): "
+              f"pixel accuracy {b['pixel_accuracy']:.4f}")
+
+
+def save_json(path: Path, obj: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The end-to-end demo: a few small synthetic products, converted, opened via the catalog,
+    a brief training run and an evaluation."""
+
+    train_products: int = 8
+    test_products: int = 2
+    grid: tuple[int, int] = (512, 640)
+    layout: str = "hdf"
+    seed: int = 0
+    train: TrainConfig = TrainConfig(mode="random", patch=128, patches_per_scene=64, batch_size=16, max_steps=60,
+                                     epochs=10)
+
+
+def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, fresh: bool = False) -> dict:
+    """Generate -> convert -> open through the catalog -> train -> evaluate; returns a summary."""
+    import shutil
+
+    from scibench_data.catalog import default_root, store_url
+    from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
+    from scibench_data.storage.location import StoreLocation
+    from scibench_data.storage.records import store_state
+    from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
+
+    root = root or default_root()
+    raw = Path(root) / "raw" / "cloudmask"
+    store = store_url(cfg.train.entry, root)
+    outdir = Path(root) / "outputs" / "cloudmask" / time.strftime("run-%Y%m%d-%H%M%S")
+    outdir.mkdir(parents=True, exist_ok=True)
+    log = BenchmarkLog(outdir / "result-0.txt", BENCHMARK)
+    t0 = time.perf_counter()
+    log.start("init_start")
+    log.end("init_stop")
+    log.start("run_start")
+    with log.interval("staging", metadata={"store": store}):
+        if fresh:
+            shutil.rmtree(raw, ignore_errors=True)
+            shutil.rmtree(store, ignore_errors=True)
+        if store_state(StoreLocation(store)).complete:
+            print(f"using the existing complete store {store}")
+        else:
+            for split, n, seed in (("training", cfg.train_products, cfg.seed), ("inference", cfg.test_products, cfg.seed + 1)):
+                folder = raw / split
+                if folder.exists() and any(folder.iterdir()):
+                    continue
+                print(f"generating {n} synthetic {cfg.layout} products ({cfg.grid[0]}x{cfg.grid[1]}) in {folder}")
+                generate(folder, cfg.layout, SyntheticCloudMask(n_products=n, grid=cfg.grid, seed=seed))
+            report = convert_cloudmask(str(raw), store, CloudMaskConversion(layout=cfg.layout, progress=progress))
+            print("\n".join(report.lines()))
+            if not report.ok:
+                raise RuntimeError(f"conversion did not complete: {report.failed or report.rejected}")
+    t_open = time.perf_counter()
+    ds = getattr(open_catalog(root=root), cfg.train.entry).to_dask()
+    print(f"opened {cfg.train.entry} through the catalog in {time.perf_counter() - t_open:.2f} s: "
+          f"{dict(ds.sizes)}, image {ds['image'].dtype}, lazy={ds['image'].chunks is not None}")
+    result = train(root, cfg.train, outdir, log=log, progress=progress)
+    print(f"trained {result.samples} patches in {result.seconds:.0f} s (final loss {result.losses[-1]:.4f})")
+    scores = evaluate(root, result.model_path, cfg.train.entry, "test", outdir, log=log, progress=progress)
+    log.end("run_stop", metadata={"status": "success"})
+    log.close()
+    elapsed = time.perf_counter() - t0
+    print_scores(scores)
+    summary = {"root": root, "raw": str(raw), "store": store, "outputs": str(outdir), "model": str(result.model_path),
+               "scores_json": str(outdir / "scores.json"), "mllog": str(log.path), "seconds": round(elapsed, 1),
+               "scores": scores["scores"], "baseline_single_channel": scores.get("baseline_single_channel")}
+    save_json(outdir / "run.json", summary)
+    print(f"\nraw products: {raw}\nZarr store:   {store}\nmodel:        {result.model_path}\n"
+          f"scores:       {outdir / 'scores.json'}\nmllog:        {log.path}\ntotal time:   {elapsed:.0f} s")
+    return summary

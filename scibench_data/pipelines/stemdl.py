@@ -1,0 +1,289 @@
+"""STEMDL: train and evaluate both tasks on catalog entries, and run the whole benchmark end to end.
+
+Classification: a ResNet (ResNet-50 by default; ``resnet-small`` for the CPU
+demo) on the ``stemdl`` entry, cross-entropy, AdamW lr 1e-3, weight decay
+5e-5, batch 32 (the reference settings). Reconstruction: the encoder-decoder
+on ``stemdl_reconstruction``, MSE on standardised potentials. Data is opened
+only through the catalog (``root`` is the catalog parameter).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from loaders.stemdl import DEFAULT_ENTRY, from_catalog
+from reference_models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from reference_models.resnet import build as build_resnet
+from scibench_data.formats.stemdl import N_CLASSES
+from scibench_data.scoring.classification import classification_scores
+from scibench_data.scoring.mllog import BenchmarkLog
+from scibench_data.scoring.reconstruction import mse, reconstruction_scores
+from scibench_data.scoring.report import format_table, write_scores
+
+BENCHMARK = "stemdl"
+TASKS = ("classification", "reconstruction")
+#: Reference baseline of the classification task (formats.md).
+TARGET = {"top1": 0.57, "macro_f1": 0.43}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``model`` and ``input_mode`` apply to classification only."""
+
+    task: str = "classification"
+    entry: str | None = None
+    model: str = "resnet50"
+    input_mode: str = "stack"  # or "random_projection" (1 channel; logits averaged over 3 at evaluation)
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 5e-5
+    widths: tuple[int, ...] = (16, 32, 64)  # encoder-decoder
+    seed: int = 1234
+    num_workers: int = 0
+    max_steps: int = 0  # 0: no limit
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.input_mode not in ("stack", "random_projection"):
+            raise ValueError(f"input_mode must be 'stack' or 'random_projection', got {self.input_mode!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0 or self.num_workers < 0:
+            raise ValueError(f"epochs, batch_size must be >= 1, learning_rate > 0, num_workers >= 0: {self}")
+
+    @property
+    def entry_name(self) -> str:
+        return self.entry or DEFAULT_ENTRY[self.task]
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    samples: int = 0
+
+
+def _loader(data, cfg: TrainConfig, shuffle: bool) -> DataLoader:
+    kwargs = {"multiprocessing_context": "forkserver"} if cfg.num_workers else {}
+    return DataLoader(data, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
+                      generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
+
+
+def target_stats(data) -> tuple[float, float]:
+    """Mean and standard deviation of the reconstruction targets of a dataset."""
+    as_torch, data.as_torch = data.as_torch, False
+    try:
+        values = np.stack([data[i][1] for i in range(len(data))])
+    finally:
+        data.as_torch = as_torch
+    return float(values.mean()), float(values.std() + 1e-8)
+
+
+def build_model(cfg: TrainConfig, in_channels: int) -> torch.nn.Module:
+    if cfg.task == "classification":
+        return build_resnet(cfg.model, in_channels=in_channels, num_classes=N_CLASSES)
+    return EncoderDecoder(EncoderDecoderConfig(widths=cfg.widths))
+
+
+def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: BenchmarkLog | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train on the ``train`` split of the task's catalog entry; saves ``model-{task}.pt`` in ``outdir``."""
+    torch.manual_seed(cfg.seed)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    kwargs = {"mode": cfg.input_mode, "seed": cfg.seed} if cfg.task == "classification" else {}
+    data = from_catalog(cfg.task, "train", root, cfg.entry, **kwargs)
+    stats = target_stats(data) if cfg.task == "reconstruction" else (0.0, 1.0)
+    model = build_model(cfg, getattr(data, "in_channels", 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss() if cfg.task == "classification" else torch.nn.MSELoss()
+    if log:
+        log.event("seed", cfg.seed)
+        log.event("global_batch_size", cfg.batch_size)
+        log.event("train_samples", len(data))
+        log.event("opt_name", "adamw")
+        log.event("opt_base_learning_rate", cfg.learning_rate)
+        log.event("opt_weight_decay", cfg.weight_decay)
+    result = TrainResult(model_path=outdir / f"model-{cfg.task}.pt")
+    loader = _loader(data, cfg, shuffle=True)
+    t0, step = time.perf_counter(), 0
+    model.train()
+    for epoch in range(cfg.epochs):
+        if hasattr(data, "set_epoch"):
+            data.set_epoch(epoch)
+        if log:
+            log.start("epoch_start", metadata={"epoch_num": epoch + 1, "task": cfg.task})
+        bar = tqdm(loader, desc=f"train {cfg.task} {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress)
+        for x, y in bar:
+            opt.zero_grad()
+            out = model(x)
+            loss = loss_fn(out, y) if cfg.task == "classification" else loss_fn(out, (y - stats[0]) / stats[1])
+            loss.backward()
+            opt.step()
+            result.losses.append(loss.item())
+            result.samples += len(x)
+            bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
+            step += 1
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        if log:
+            log.end("epoch_stop", metadata={"epoch_num": epoch + 1, "loss": result.losses[-1] if result.losses else None})
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    result.seconds = time.perf_counter() - t0
+    torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "target_stats": stats,
+                "in_channels": getattr(data, "in_channels", 3)}, result.model_path)
+    return result
+
+
+def load_model(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    c = ckpt["config"]
+    cfg = TrainConfig(**{**c, "widths": tuple(c["widths"])})
+    model = build_model(cfg, ckpt["in_channels"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, cfg, ckpt
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data, batch_size: int = 64, progress: bool = True,
+            desc: str = "evaluate") -> tuple[np.ndarray, np.ndarray]:
+    """Model outputs and targets over a dataset; ``(B, 3, 1, H, W)`` inputs get their logits averaged."""
+    outs, targets = [], []
+    for x, y in tqdm(DataLoader(data, batch_size=batch_size), desc=desc, unit="batch", disable=not progress):
+        if x.ndim == 5:
+            b, k = x.shape[:2]
+            out = model(x.flatten(0, 1)).view(b, k, -1).mean(dim=1)
+        else:
+            out = model(x)
+        outs.append(out.numpy())
+        targets.append(y.numpy())
+    return np.concatenate(outs), np.concatenate(targets)
+
+
+def evaluate(root: str | None, model_path: str | Path, split: str = "test", outdir: str | Path | None = None,
+             log: BenchmarkLog | None = None, progress: bool = True) -> dict:
+    """Score a trained model on ``split`` of its catalog entry; writes ``scores-{task}.json`` in ``outdir``."""
+    model, cfg, ckpt = load_model(model_path)
+    t0 = time.perf_counter()
+    if log:
+        log.start("eval_start", metadata={"task": cfg.task})
+    if cfg.task == "classification":
+        mode = "projections" if cfg.input_mode == "random_projection" else "stack"
+        data = from_catalog("classification", split, root, cfg.entry, mode=mode)
+        logits, labels = predict(model, data, progress=progress, desc=f"evaluate {split}")
+        scores = classification_scores(logits, labels)
+        extra = {"chance_top1": 1.0 / len(np.unique(labels)), "n_classes_present": int(len(np.unique(labels)))}
+    else:
+        data = from_catalog("reconstruction", split, root, cfg.entry)
+        mean, std = ckpt["target_stats"]
+        pred, target = predict(model, data, progress=progress, desc=f"evaluate {split}")
+        pred = pred * std + mean
+        scores = reconstruction_scores(pred, target)
+        extra = {"baseline_mean_image_mse": mse(np.broadcast_to(mean_image(root, cfg.entry), target.shape), target)}
+    if log:
+        log.event("eval_samples", len(data))
+        for k, v in scores.items():
+            log.event(f"eval_{k}", v, metadata={"task": cfg.task})
+        log.end("eval_stop", metadata={"task": cfg.task})
+    result = {"task": cfg.task, "entry": cfg.entry_name, "split": split, "n_samples": len(data), "scores": scores,
+              "model": cfg.model if cfg.task == "classification" else "encoder-decoder",
+              "seconds": round(time.perf_counter() - t0, 2), **extra}
+    if outdir is not None:
+        write_scores(Path(outdir) / f"scores-{cfg.task}.json", BENCHMARK, scores,
+                     **{k: v for k, v in result.items() if k != "scores"})
+    return result
+
+
+def mean_image(root: str | None, entry: str | None = None) -> np.ndarray:
+    """The mean training target ``(1, H, W)``: the trivial reconstruction baseline."""
+    data = from_catalog("reconstruction", "train", root, entry, as_torch=False)
+    return np.mean([data[i][1] for i in range(len(data))], axis=0)
+
+
+def print_scores(result: dict) -> None:
+    title = f"STEMDL {result['task']} ({result['entry']}, {result['split']} split, {result['n_samples']} samples)"
+    print(format_table(result["scores"], title, TARGET if result["task"] == "classification" else None))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The end-to-end demo on the embedded default: small synthetic raw files, two stores
+    (``stemdl`` preprocessed to ``size``, ``stemdl_reconstruction`` raw), both tasks."""
+
+    n_classes: int = 8
+    materials_per_class: int = 6
+    samples_per_material: int = 6
+    pattern: int = 128
+    size: int = 64
+    seed: int = 0
+    classification: TrainConfig = TrainConfig(model="resnet-small", epochs=8, batch_size=32)
+    reconstruction: TrainConfig = TrainConfig(task="reconstruction", epochs=4, batch_size=16, learning_rate=3e-3)
+
+
+def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, fresh: bool = False) -> dict:
+    """Generate -> convert (twice) -> open through the catalog -> train and evaluate both tasks."""
+    import shutil
+
+    from scibench_data.catalog import default_root, store_url
+    from scibench_data.convert.stemdl import STEMDLConversion, convert_stemdl
+    from scibench_data.synthetic.stemdl import SyntheticSTEMDL, generate
+
+    root = root or default_root()
+    raw = Path(root) / "raw" / "stemdl"
+    stores = {"stemdl": store_url("stemdl", root), "stemdl_reconstruction": store_url("stemdl_reconstruction", root)}
+    outdir = Path(root) / "outputs" / "stemdl" / time.strftime("run-%Y%m%d-%H%M%S")
+    outdir.mkdir(parents=True, exist_ok=True)
+    log = BenchmarkLog(outdir / "result-0.txt", BENCHMARK)
+    t0 = time.perf_counter()
+    log.start("init_start")
+    log.end("init_stop")
+    log.start("run_start")
+    with log.interval("staging", metadata={"stores": list(stores.values())}):
+        if fresh:
+            shutil.rmtree(raw, ignore_errors=True)
+            for s in stores.values():
+                shutil.rmtree(s, ignore_errors=True)
+        synth = SyntheticSTEMDL(n_classes=cfg.n_classes, materials_per_class=cfg.materials_per_class,
+                                samples_per_material=cfg.samples_per_material, pattern=cfg.pattern, seed=cfg.seed)
+        if not (raw.exists() and any(raw.iterdir())):
+            print(f"generating {synth.n_samples} synthetic raw samples ({cfg.pattern}x{cfg.pattern}) in {raw}")
+            generate(raw, "raw", synth, progress=progress)
+        for entry, opts in (("stemdl", STEMDLConversion(preprocess=True, size=cfg.size, progress=progress)),
+                            ("stemdl_reconstruction", STEMDLConversion(progress=progress))):
+            report = convert_stemdl(str(raw), stores[entry], opts)
+            print("\n".join(report.lines()))
+            if not report.ok:
+                raise RuntimeError(f"conversion into {stores[entry]} did not complete: {report.failed or report.rejected}")
+    results = {}
+    for tcfg in (cfg.classification, cfg.reconstruction):
+        trained = train(root, tcfg, outdir, log=log, progress=progress)
+        print(f"trained {tcfg.task}: {trained.samples} samples in {trained.seconds:.0f} s "
+              f"(final loss {trained.losses[-1]:.4f})")
+        results[tcfg.task] = evaluate(root, trained.model_path, "test", outdir, log=log, progress=progress)
+    log.end("run_stop", metadata={"status": "success"})
+    log.close()
+    elapsed = time.perf_counter() - t0
+    for r in results.values():
+        print_scores(r)
+    rec = results["reconstruction"]
+    print(f"reconstruction baseline (mean training image) MSE: {rec['baseline_mean_image_mse']:.4f}; "
+          f"classification chance top-1: {results['classification']['chance_top1']:.3f}")
+    summary = {"root": root, "raw": str(raw), "stores": stores, "outputs": str(outdir), "mllog": str(log.path),
+               "seconds": round(elapsed, 1), "results": results}
+    (outdir / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(json.dumps({t: r["scores"] for t, r in results.items()}, indent=2))
+    print(f"\nraw files:   {raw}\nZarr stores: {stores['stemdl']}\n             {stores['stemdl_reconstruction']}\n"
+          f"outputs:     {outdir} (models, scores-*.json, run.json)\nmllog:       {log.path}\n"
+          f"total time:  {elapsed:.0f} s")
+    return summary
