@@ -142,6 +142,17 @@ def grid_of(fs: fsspec.AbstractFileSystem, product: SourceProduct) -> tuple[int,
         raise SourceFormatError(product.path, f"cannot be read ({err})") from err
 
 
+def common_grid(fs: fsspec.AbstractFileSystem, products: list[SourceProduct]) -> tuple[int, int]:
+    """The grid of the first readable product (a bad product is reported by its own task, not here)."""
+    errors = []
+    for product in products:
+        try:
+            return grid_of(fs, product)
+        except SourceFormatError as err:
+            errors.append(str(err))
+    raise SourceFormatError(products[0].path, "no product could be read: " + "; ".join(errors[:3]))
+
+
 @dataclass(frozen=True)
 class ConvertProduct:
     """The task run for one product: read, check, write the scene, then its marker. Picklable."""
@@ -181,7 +192,7 @@ def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCon
     rejected_rows = tuple((r.path, r.reason) for r in rejected)
     if not products:
         raise FileNotFoundError(f"no {options.layout} CloudMask products found in {src}")
-    grid = grid_of(fs, products[0])
+    grid = common_grid(fs, products)
     names = [p.name.stem for p in products]
     times = np.array([np.datetime64(p.name.start, "ns") for p in products])
     ds = template(names, times, [p.split for p in products], grid, options.tile)
