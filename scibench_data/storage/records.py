@@ -19,6 +19,15 @@ The life of a store, and what each step writes:
 A store is complete only if its root has both; the catalog opens stores with
 ``consolidated: true``, so an interrupted store cannot be opened as complete.
 Rerunning resumes: records with a readable marker are skipped.
+
+Growing a complete store (appending records) goes the same way back:
+``begin_update`` rewrites root ``zarr.json`` once with status
+``"incomplete"`` and without consolidated metadata, ``grow`` resizes the
+record dimension (existing chunks are not touched) and extends the plan, the
+new records are written and marked, and ``finalize`` makes it complete again.
+
+``finalize_as`` consolidates a store whose records are not all written under
+another status (e.g. ``"scaffold"``): it opens, but never reads as complete.
 """
 
 from __future__ import annotations
@@ -186,6 +195,72 @@ class RecordStore:
         g.attrs.update({**attrs, STATUS_ATTR: "complete"})
         zarr.consolidate_metadata(self.location.zarr_store())
         self._group = None
+
+    def finalize_as(self, status: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> None:
+        """Write whole-array values and consolidate under ``status``, which must not be ``"complete"``:
+        for stores whose records are deliberately not all written (say which in ``attrs``)."""
+        if status in ("complete", "incomplete", ""):
+            raise ValueError(f"finalize_as needs a status other than {status!r} (use finalize for complete stores)")
+        g = self.group()
+        for name, values in arrays.items():
+            g[name][...] = values
+        g.attrs.update({**attrs, STATUS_ATTR: status})
+        zarr.consolidate_metadata(self.location.zarr_store())
+        self._group = None
+
+    # ------------------------------------------------------------------ grow (append)
+
+    def begin_update(self) -> None:
+        """Mark a finished store incomplete before changing it: one rewrite of root ``zarr.json``
+        that sets the status to ``"incomplete"`` and drops the consolidated metadata, so no
+        reader can take a half-changed store for a complete one."""
+        root = self.location.read_json("zarr.json")
+        if root is None or STATUS_ATTR not in (root.get("attributes") or {}):
+            raise StoreStateError(f"{self.location.url} is not a store written by scibench-data")
+        root["attributes"][STATUS_ATTR] = "incomplete"
+        root.pop("consolidated_metadata", None)
+        self.location.write_json(root, "zarr.json")
+        self._group = None
+
+    def record_arrays(self) -> list[str]:
+        """Names of the arrays whose first dimension is the record dimension."""
+        g = zarr.open_group(self.location.zarr_store(), mode="r", zarr_format=3, use_consolidated=False)
+        return sorted(name for name, arr in g.arrays()
+                      if (arr.metadata.dimension_names or (None,))[0] == self.record_dim)
+
+    def grow(self, keys: Sequence[str], plan_info: Mapping[str, object],
+             values: Mapping[str, np.ndarray]) -> int:
+        """Extend the record dimension to ``len(keys)`` records; returns the number of records before.
+
+        The store must be incomplete (``begin_update``) and the planned keys must be a prefix
+        of ``keys``. Steps, each safe to repeat after a crash: resize every record array
+        (existing chunks are not rewritten), write ``values`` (full-length per-record arrays,
+        e.g. names and times) into the new records only, then rewrite the plan.
+        """
+        state = store_state(self.location)
+        if state.complete:
+            raise StoreStateError(f"{self.location.url} is complete; call begin_update before grow")
+        plan = self.plan()
+        if plan is None:
+            raise StoreStateError(f"{self.location.url} has no plan; it was never prepared")
+        old = list(plan.get("keys", []))
+        if list(keys[:len(old)]) != old:
+            raise StoreStateError(f"{self.location.url}: the new keys must extend the planned ones in order")
+        for name, v in values.items():
+            if len(v) != len(keys):
+                raise ValueError(f"{name}: {len(v)} values for {len(keys)} records")
+        n_old, n_new = len(old), len(keys)
+        g = zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3, use_consolidated=False)
+        for name in self.record_arrays():
+            arr = g[name]
+            if arr.shape[0] != n_new:
+                arr.resize((n_new, *arr.shape[1:]))
+        if n_new > n_old:
+            for name, v in values.items():
+                g[name][n_old:n_new] = np.asarray(v)[n_old:n_new]
+        self.location.write_json({**plan, **plan_info, "record_dim": self.record_dim, "keys": list(keys)}, *PLAN_KEY)
+        self._group = None
+        return n_old
 
 
 def _plan_difference(url: str, old: dict, new: dict) -> str:

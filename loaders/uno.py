@@ -1,0 +1,186 @@
+"""CANDLE-UNO batches gathered from the normalised store.
+
+The store keeps each cell's and drug's features once; a batch is a set of
+response rows, joined to their features by two vectorised NumPy gathers
+(``rnaseq[cell_index[rows]]``, ``descriptors[drug_index[rows]]``). The feature
+tables are small (MBs), so each process loads them once, lazily, from the
+catalog (a pid check makes forked DataLoader workers open their own copy).
+
+Framework-free: :func:`numpy_batches`. PyTorch: :class:`UnoDataset` (items
+are whole batches) with :class:`UnoBatchSampler` (seeded shuffling,
+``set_epoch``); use ``DataLoader(ds, sampler=sampler, batch_size=None)``, with
+``multiprocessing_context="forkserver"`` (or spawn) when ``num_workers > 0``:
+a forked worker inherits zarr's event-loop thread dead and hangs on its first
+read, so each worker must start fresh and load its own copy.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scibench_data.formats.uno import SPLITS
+
+ENTRY = "candle_uno"
+
+
+@dataclass(frozen=True)
+class UnoSource:
+    """Where the store is: a catalog entry under the catalog-level ``root`` (None: the embedded default)."""
+
+    root: str | None = None
+    entry: str = ENTRY
+    catalog: str | None = None
+
+    def open(self) -> Any:
+        """The store as a lazy xarray Dataset, through the catalog only."""
+        from scibench_data.catalog import open_catalog
+
+        return getattr(open_catalog(self.catalog, root=self.root), self.entry).to_dask()
+
+
+@dataclass(frozen=True)
+class UnoArrays:
+    """The store in memory: model-ready feature tables and the response columns."""
+
+    rnaseq: np.ndarray  # (cells, genes) float32
+    descriptors: np.ndarray  # (drugs, descriptors) float32
+    auc: np.ndarray  # (responses,) float32
+    cell_index: np.ndarray  # (responses,) int64
+    drug_index: np.ndarray
+    split: np.ndarray  # (responses,) int8
+
+    def rows(self, split: str) -> np.ndarray:
+        """Positions of the responses of ``split`` (train/val/test)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        return np.flatnonzero(self.split == SPLITS.index(split))
+
+
+def prepare_features(values: np.ndarray, standardise: bool = True) -> np.ndarray:
+    """Impute missing values with the column mean (0 if all missing) and, by default, scale each column
+    to zero mean and unit variance over the table's rows (as the UNO loader's 'std' scaling)."""
+    x = np.asarray(values, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column: its mean is 0
+        mean = np.nan_to_num(np.nanmean(x, axis=0))
+    x = np.where(np.isnan(x), mean, x)
+    if standardise:
+        std = x.std(axis=0)
+        x = (x - mean) / np.where(std > 0, std, 1.0)
+    return x.astype(np.float32)
+
+
+def load_arrays(ds: Any, standardise: bool = True) -> UnoArrays:
+    """Read a ``candle_uno`` Dataset into memory (about 50 MB at full size)."""
+    return UnoArrays(
+        rnaseq=prepare_features(ds["rnaseq"].values, standardise),
+        descriptors=prepare_features(ds["descriptors"].values, standardise),
+        auc=ds["auc"].values.astype(np.float32), cell_index=ds["cell_index"].values.astype(np.int64),
+        drug_index=ds["drug_index"].values.astype(np.int64), split=ds["split"].values.astype(np.int8),
+    )
+
+
+def gather(arrays: UnoArrays, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The joined rows ``rows``: cell features, drug features, target. Two fancy-index gathers, no loop."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return {"cell": arrays.rnaseq[arrays.cell_index[rows]], "drug": arrays.descriptors[arrays.drug_index[rows]],
+            "auc": arrays.auc[rows]}
+
+
+def batch_order(n: int, batch_size: int, *, seed: int, epoch: int = 0, shuffle: bool = True,
+                drop_last: bool = False) -> list[np.ndarray]:
+    """Positions ``0..n-1`` cut into batches; shuffled from ``(seed, epoch)`` when ``shuffle``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    return [order[a: a + batch_size] for a in range(0, stop, batch_size)]
+
+
+class _Cache:
+    """One in-memory copy of the store per process (reopened after a fork)."""
+
+    def __init__(self, source: UnoSource, standardise: bool) -> None:
+        self.source, self.standardise = source, standardise
+        self._pid: int | None = None
+        self._arrays: UnoArrays | None = None
+
+    def get(self) -> UnoArrays:
+        if self._arrays is None or self._pid != os.getpid():
+            self._arrays = load_arrays(self.source.open(), self.standardise)
+            self._pid = os.getpid()
+        return self._arrays
+
+    def __getstate__(self) -> dict:  # workers started with spawn open their own copy
+        return {"source": self.source, "standardise": self.standardise, "_pid": None, "_arrays": None}
+
+
+def numpy_batches(arrays: UnoArrays, split: str, batch_size: int, *, seed: int = 0, epoch: int = 0,
+                  shuffle: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Framework-free batches of joined rows of ``split``."""
+    rows = arrays.rows(split)
+    for pos in batch_order(len(rows), batch_size, seed=seed, epoch=epoch, shuffle=shuffle):
+        yield gather(arrays, rows[pos])
+
+
+class UnoDataset:
+    """Map-style dataset whose items are whole batches: ``ds[positions]`` -> dict of tensors.
+
+    ``positions`` index the rows of ``split``. Nothing is opened at construction.
+    """
+
+    def __init__(self, source: UnoSource, split: str, standardise: bool = True) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        self.split = split
+        self._cache = _Cache(source, standardise)
+        self._rows: np.ndarray | None = None
+        self._rows_pid: int | None = None
+
+    @property
+    def arrays(self) -> UnoArrays:
+        return self._cache.get()
+
+    def rows(self) -> np.ndarray:
+        if self._rows is None or self._rows_pid != os.getpid():
+            self._rows, self._rows_pid = self.arrays.rows(self.split), os.getpid()
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self.rows())
+
+    def __getitem__(self, positions: Any) -> dict[str, Any]:
+        import torch
+
+        pos = np.atleast_1d(np.asarray(positions, dtype=np.int64))
+        return {k: torch.from_numpy(v) for k, v in gather(self.arrays, self.rows()[pos]).items()}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_rows": None, "_rows_pid": None}
+
+
+class UnoBatchSampler:
+    """Yields batches of positions, reshuffled each epoch from ``(seed, epoch)``; call :meth:`set_epoch`."""
+
+    def __init__(self, n: int, batch_size: int, *, seed: int = 0, shuffle: bool = True, drop_last: bool = False) -> None:
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self.n, self.batch_size, self.seed, self.shuffle, self.drop_last = n, batch_size, seed, shuffle, drop_last
+        self.epoch = 0
+        batch_order(0, batch_size, seed=seed)  # validates batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(batch_order(self.n, self.batch_size, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
+                                drop_last=self.drop_last))
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
