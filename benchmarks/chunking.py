@@ -1,0 +1,158 @@
+"""Codec and chunk-layout choice for CloudMask stores (issue 8, item 5).
+
+Writes the same full-size synthetic scenes (1200 x 1500, 9 channels, float32)
+with each candidate codec and chunk layout, then measures, side by side in one
+run: compression ratio, decode speed of whole chunks, and random 256 x 256
+patch reads (objects touched per patch, bytes read per patch byte, patches/s).
+
+    python benchmarks/chunking.py [--scenes 4] [--patches 200] [--out benchmarks/results/chunking.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from numcodecs import Zlib
+from zarr.codecs import BloscCodec, BloscShuffle, ShardingCodec, BytesCodec
+
+from scibench_data.synthetic.cloudmask import SyntheticCloudMask, draw_truth
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    tile: int
+    channels_inside: bool
+    shard: bool = False
+
+
+def codecs():
+    blosc = lambda c, l, s: BloscCodec(cname=c, clevel=l, shuffle=BloscShuffle[s], typesize=4)  # noqa: E731
+    return {
+        "zstd1+shuffle": [blosc("zstd", 1, "shuffle")],
+        "zstd3+shuffle": [blosc("zstd", 3, "shuffle")],
+        "zstd5+shuffle": [blosc("zstd", 5, "shuffle")],
+        "zstd3+bitshuffle": [blosc("zstd", 3, "bitshuffle")],
+        "lz4+shuffle": [blosc("lz4", 5, "shuffle")],
+        "lz4+bitshuffle": [blosc("lz4", 5, "bitshuffle")],
+        "zlib4 (netCDF-style)": "zlib",
+    }
+
+
+LAYOUTS = [
+    Layout("9ch x 256 (default)", 256, True),
+    Layout("9ch x 128", 128, True),
+    Layout("9ch x 512", 512, True),
+    Layout("1ch x 256", 256, False),
+    Layout("9ch x 256, sharded per scene", 256, True, shard=True),
+]
+
+
+def scenes(n: int) -> np.ndarray:
+    out = []
+    for i in range(n):
+        t = draw_truth(np.random.default_rng([5, i]), SyntheticCloudMask().grid)
+        out.append(np.concatenate([t.reflectance, t.brightness_temperature]).astype(np.float32))
+    return np.stack(out)
+
+
+def write(path: Path, data: np.ndarray, layout: Layout, codec) -> zarr.Array:
+    chunks = (1, 9 if layout.channels_inside else 1, layout.tile, layout.tile)
+    kwargs: dict = {}
+    if codec == "zlib":
+        from zarr.codecs.numcodecs import Shuffle, Zlib as Z
+
+        compressors = None
+        filters = [Shuffle(elementsize=4)]
+        kwargs["compressors"] = [Z(level=4)]
+        kwargs["filters"] = filters
+    else:
+        kwargs["compressors"] = codec
+    if layout.shard:
+        arr = zarr.create_array(str(path), shape=data.shape, dtype="f4", chunks=chunks,
+                                shards=(1, 9, data.shape[2], data.shape[3]), **kwargs)
+    else:
+        arr = zarr.create_array(str(path), shape=data.shape, dtype="f4", chunks=chunks, **kwargs)
+    arr[...] = data
+    return arr
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def measure(path: Path, data: np.ndarray, layout: Layout, n_patches: int) -> dict:
+    arr = zarr.open_array(str(path), mode="r")
+    t0 = time.perf_counter()
+    for s in range(data.shape[0]):
+        arr[s]
+    decode_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    h, w = data.shape[2:]
+    t0 = time.perf_counter()
+    objects = 0
+    for _ in range(n_patches):
+        s = int(rng.integers(data.shape[0]))
+        y, x = int(rng.integers(h - 256 + 1)), int(rng.integers(w - 256 + 1))
+        arr[s, :, y:y + 256, x:x + 256]
+        ny = (y + 255) // layout.tile - y // layout.tile + 1
+        nx = (x + 255) // layout.tile - x // layout.tile + 1
+        objects += ny * nx * (1 if layout.channels_inside else 9)
+    patch_s = time.perf_counter() - t0
+    tile_bytes = layout.tile * layout.tile * 4 * (9 if layout.channels_inside else 1)
+    return {"decode_MBps": data.nbytes / decode_s / 1e6, "patches_per_s": n_patches / patch_s,
+            "chunks_per_patch": objects / n_patches,
+            "read_amplification": objects * tile_bytes / (n_patches * 9 * 256 * 256 * 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenes", type=int, default=4)
+    ap.add_argument("--patches", type=int, default=200)
+    ap.add_argument("--out", default="benchmarks/results/chunking.json")
+    args = ap.parse_args()
+    data = scenes(args.scenes)
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="chunking-"))
+    try:
+        default = LAYOUTS[0]
+        for cname, codec in codecs().items():  # codecs at the default layout
+            p = tmp / f"c-{len(rows)}"
+            t0 = time.perf_counter()
+            write(p, data, default, codec)
+            enc = data.nbytes / (time.perf_counter() - t0) / 1e6
+            rows.append({"codec": cname, "layout": default.name, "ratio": data.nbytes / dir_bytes(p),
+                         "encode_MBps": enc, **measure(p, data, default, args.patches)})
+            shutil.rmtree(p)
+        codec = codecs()["zstd3+shuffle"]
+        for layout in LAYOUTS[1:]:  # layouts with the default codec
+            p = tmp / f"l-{len(rows)}"
+            t0 = time.perf_counter()
+            write(p, data, layout, codec)
+            enc = data.nbytes / (time.perf_counter() - t0) / 1e6
+            rows.append({"codec": "zstd3+shuffle", "layout": layout.name, "ratio": data.nbytes / dir_bytes(p),
+                         "encode_MBps": enc, **measure(p, data, layout, args.patches)})
+            shutil.rmtree(p)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    cols = ["codec", "layout", "ratio", "encode_MBps", "decode_MBps", "patches_per_s", "chunks_per_patch",
+            "read_amplification"]
+    print(f"{args.scenes} synthetic full-size scenes ({data.nbytes / 1e6:.0f} MB float32), {args.patches} random 256x256 patches")
+    print(" | ".join(f"{c:>20}" if i < 2 else f"{c:>12}" for i, c in enumerate(cols)))
+    for r in rows:
+        print(" | ".join(f"{r[c]:>20}" if i < 2 else f"{r[c]:>12.2f}" for i, c in enumerate(cols)))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"scenes": args.scenes, "patches": args.patches, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
