@@ -23,6 +23,8 @@ class StoreLocation:
 
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    #: Opt-in local chunk cache for read-only remote opens (see :mod:`scibench_data.storage.cache`).
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not self.url:
@@ -51,7 +53,12 @@ class StoreLocation:
     def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
         if self.is_local:
             return LocalStore(self.root, read_only=read_only)
-        return FsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
+        store = FsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
+        if self.cache_dir and read_only:
+            from scibench_data.storage.cache import ChunkCacheStore, cache_folder
+
+            return ChunkCacheStore(store, cache_folder(self.cache_dir, self.url))
+        return store
 
     def exists(self) -> bool:
         return self.fs.exists(self.path("zarr.json"))

@@ -1,0 +1,256 @@
+"""Manifests: every object of a store with its size and sha256, and checks against them.
+
+A manifest lists the objects of a store by key relative to the store root
+(``zarr.json``, ``image/c/0/0/1/2``), excluding the ``_scibench/`` bookkeeping
+prefix, where the manifest itself lives (``_scibench/manifest.json``). Its
+digest (sha256 of its canonical JSON bytes) is what a catalog entry records,
+so a reader can check the manifest, and through it every object.
+
+The comparison functions are pure; the I/O around them is thin fsspec calls,
+hashing objects concurrently (threads; s3fs calls run on its own event loop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import fsspec
+
+from scibench_data.storage.location import StoreLocation
+
+STATE_PREFIX = "_scibench/"
+MANIFEST_KEY = ("_scibench", "manifest.json")
+MANIFEST_FORMAT = 1
+_BLOCK = 8 * 2**20
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, unreadable or does not match its recorded digest."""
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    key: str
+    size: int
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if not self.key or self.key.startswith("/") or ".." in self.key.split("/"):
+            raise ManifestError(f"manifest key {self.key!r} is not a relative object key")
+        if self.size < 0:
+            raise ManifestError(f"{self.key}: negative size {self.size}")
+        if len(self.sha256) != 64:
+            raise ManifestError(f"{self.key}: {self.sha256!r} is not a hex sha256")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The objects of one store version."""
+
+    entries: tuple[ManifestEntry, ...]
+    dataset: str = ""
+    version: int | None = None
+
+    def __post_init__(self) -> None:
+        keys = [e.key for e in self.entries]
+        if len(set(keys)) != len(keys):
+            dup = sorted({k for k in keys if keys.count(k) > 1})
+            raise ManifestError(f"manifest lists keys more than once: {dup[:5]}")
+
+    @property
+    def by_key(self) -> dict[str, ManifestEntry]:
+        return {e.key: e for e in self.entries}
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    def content_digest(self) -> str:
+        """sha256 over the objects alone (``sha256sum`` lines), independent of dataset name and version."""
+        lines = "".join(f"{e.sha256}  {e.size}  {e.key}\n" for e in sorted(self.entries, key=lambda e: e.key))
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+    def to_bytes(self) -> bytes:
+        obj = {"format": MANIFEST_FORMAT, "dataset": self.dataset, "version": self.version,
+               "content_sha256": self.content_digest(),
+               "objects": [{"key": e.key, "size": e.size, "sha256": e.sha256}
+                           for e in sorted(self.entries, key=lambda e: e.key)]}
+        return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
+
+    def digest(self) -> str:
+        """sha256 of the manifest's bytes as published: what the catalog entry records."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "manifest") -> "Manifest":
+        try:
+            obj = json.loads(data)
+            entries = tuple(ManifestEntry(o["key"], int(o["size"]), o["sha256"]) for o in obj["objects"])
+            return cls(entries=entries, dataset=obj.get("dataset", ""), version=obj.get("version"))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ManifestError(f"{where} is not a readable manifest ({err})") from err
+
+    def with_version(self, dataset: str, version: int | None) -> "Manifest":
+        return Manifest(self.entries, dataset=dataset, version=version)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What a store holds compared with its manifest."""
+
+    location: str
+    checked: int
+    missing: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    corrupted: tuple[tuple[str, str], ...] = ()  # (key, what differs)
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.corrupted)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.location}: {self.checked} object(s) checked, "
+               + ("all match the manifest" if self.ok else
+                  f"{len(self.missing)} missing, {len(self.corrupted)} corrupted, {len(self.extra)} extra")]
+        out += [f"  missing:   {k}" for k in self.missing]
+        out += [f"  corrupted: {k} ({why})" for k, why in self.corrupted]
+        out += [f"  extra:     {k}" for k in self.extra]
+        out += [f"  note: {n}" for n in self.notes]
+        return out
+
+
+# --------------------------------------------------------------------------- pure comparisons
+
+
+def compare_sizes(expected: Mapping[str, ManifestEntry], sizes: Mapping[str, int]
+                  ) -> tuple[list[str], list[str], list[tuple[str, str]], list[str]]:
+    """Split keys by a listing's sizes: (missing, extra, wrong size, same size: still to hash)."""
+    missing = sorted(set(expected) - set(sizes))
+    extra = sorted(set(sizes) - set(expected))
+    wrong, to_hash = [], []
+    for key in sorted(set(expected) & set(sizes)):
+        if sizes[key] != expected[key].size:
+            wrong.append((key, f"size {sizes[key]} != {expected[key].size}"))
+        else:
+            to_hash.append(key)
+    return missing, extra, wrong, to_hash
+
+
+def compare_digests(expected: Mapping[str, ManifestEntry], digests: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Keys whose content hash differs from the manifest's."""
+    return [(k, f"sha256 {d[:12]}... != {expected[k].sha256[:12]}...")
+            for k, d in sorted(digests.items()) if d != expected[k].sha256]
+
+
+def is_state_key(key: str) -> bool:
+    return key == STATE_PREFIX.rstrip("/") or key.startswith(STATE_PREFIX)
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def list_objects(location: StoreLocation) -> dict[str, int]:
+    """Object key (relative to the store root) -> size, excluding ``_scibench/``. One listing."""
+    fs, root = location.fs, location.root
+    fs.invalidate_cache(root)  # always the server's current state, never a cached listing
+    try:
+        found = fs.find(root, detail=True, withdirs=False)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for path, info in found.items():
+        if info.get("type") == "directory":
+            continue
+        key = posixpath.relpath(path, root) if location.is_local else path[len(root):].lstrip("/")
+        if key and not is_state_key(key):
+            out[key] = int(info["size"])
+    return out
+
+
+def sha256_object(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """sha256 of one object, read in ranged 8 MiB requests (no cached size or ETag is trusted)."""
+    h = hashlib.sha256()
+    start = 0
+    while True:
+        block = fs.cat_file(path, start=start, end=start + _BLOCK)
+        h.update(block)
+        if len(block) < _BLOCK:
+            return h.hexdigest()
+        start += _BLOCK
+
+
+def hash_objects(location: StoreLocation, keys: Iterable[str], workers: int = 16,
+                 on_done: Callable[[str], None] | None = None) -> dict[str, str]:
+    """sha256 of each key, hashed concurrently; a key that vanished meanwhile is left out."""
+    keys = list(keys)
+
+    def one(key: str) -> tuple[str, str | None]:
+        try:
+            digest = sha256_object(location.fs, location.path(key))
+        except FileNotFoundError:
+            digest = None
+        if on_done:
+            on_done(key)
+        return key, digest
+
+    if not keys:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
+        return {k: d for k, d in pool.map(one, keys) if d is not None}
+
+
+def build_manifest(location: StoreLocation, dataset: str = "", version: int | None = None,
+                   workers: int = 8) -> Manifest:
+    """List and hash every object of a store (``_scibench/`` excluded)."""
+    sizes = list_objects(location)
+    if not sizes:
+        raise FileNotFoundError(f"{location.url} holds no objects")
+    digests = hash_objects(location, sizes, workers=workers)
+    return Manifest(tuple(ManifestEntry(k, sizes[k], digests[k]) for k in sorted(digests)),
+                    dataset=dataset, version=version)
+
+
+def read_manifest(location: StoreLocation, expected_digest: str | None = None) -> Manifest:
+    """The manifest stored with a store, checked against ``expected_digest`` when given."""
+    path = location.path(*MANIFEST_KEY)
+    try:
+        data = location.fs.cat_file(path)
+    except FileNotFoundError:
+        raise ManifestError(f"{location.url} has no manifest ({'/'.join(MANIFEST_KEY)})") from None
+    if expected_digest is not None:
+        got = hashlib.sha256(data).hexdigest()
+        if got != expected_digest:
+            raise ManifestError(f"the manifest of {location.url} has sha256 {got}, but the catalog records "
+                                f"{expected_digest}: the manifest was altered or belongs to another version")
+    return Manifest.from_bytes(data, where=f"{location.url}/{'/'.join(MANIFEST_KEY)}")
+
+
+def verify_store(location: StoreLocation, manifest: Manifest, keys: Iterable[str] | None = None,
+                 workers: int = 16, allow_extra: bool = False) -> VerifyReport:
+    """Compare a store with its manifest, naming every missing, extra and corrupted object.
+
+    ``keys`` restricts the check to a subset (a partial copy); objects outside it are then
+    not reported missing. Sizes come from one listing; same-size objects are hashed.
+    """
+    expected = manifest.by_key
+    if keys is not None:
+        wanted = set(keys)
+        unknown = sorted(wanted - set(expected))
+        if unknown:
+            raise ManifestError(f"keys not in the manifest: {unknown[:5]}")
+        expected = {k: v for k, v in expected.items() if k in wanted}
+    sizes = list_objects(location)
+    missing, extra, wrong, to_hash = compare_sizes(expected, sizes)
+    if keys is not None:
+        extra = [k for k in extra if k not in manifest.by_key]
+    digests = hash_objects(location, to_hash, workers=workers)
+    vanished = sorted(set(to_hash) - set(digests))
+    corrupted = sorted(wrong + compare_digests(expected, digests))
+    return VerifyReport(location=location.url, checked=len(expected), missing=tuple(sorted(missing + vanished)),
+                        extra=() if allow_extra else tuple(extra), corrupted=tuple(corrupted))
