@@ -1,0 +1,60 @@
+"""The command line: convert, exit codes and error messages for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from scibench_data.cli import main
+
+
+def test_convert_via_cli_and_report(cloudmask_raw, tmp_path, capsys):
+    dest = tmp_path / "c.zarr"
+    rc = main(["convert", "cloudmask", "--layout", "sen3", str(cloudmask_raw["sen3"]), str(dest), "--no-progress",
+               "--report", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "status: complete" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["complete"] and len(report["converted"]) == 3 and report["failed"] == []
+
+
+def test_missing_source_is_a_clear_error(tmp_path, capsys):
+    rc = main(["convert", "cloudmask", "--layout", "hdf", str(tmp_path / "nope"), str(tmp_path / "d.zarr")])
+    assert rc == 2
+    assert f"source folder {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("nan", "every pixel of every channel is NaN or a fill value"),
+    ("shape", "dataset 'bts' has shape (64, 96, 2), expected (H, W, 3)"),
+    ("dtype", "dataset 'refs' has non-numeric dtype"),
+    ("grid", "grid (32, 96) differs from the store's (64, 96)"),
+])
+def test_bad_product_fails_by_name_rest_converts_exit_1(cloudmask_raw, tmp_path, capsys, damage, message):
+    src = tmp_path / "src"
+    shutil.copytree(cloudmask_raw["hdf"], src)
+    victim = sorted(src.iterdir())[-1]
+    with h5py.File(victim, "a") as f:
+        if damage == "nan":
+            for k in ("refs", "bts"):
+                f[k][...] = np.nan
+        elif damage == "shape":
+            del f["bts"]
+            f["bts"] = np.zeros((64, 96, 2), np.float32)
+        elif damage == "dtype":
+            del f["refs"]
+            f["refs"] = np.full((64, 96, 6), b"x", dtype="S1")
+        else:
+            for k in ("refs", "rads", "bts", "bayes", "summary"):
+                data = f[k][:32]
+                del f[k]
+                f[k] = data
+    rc = main(["convert", "cloudmask", "--layout", "hdf", str(src), str(tmp_path / "o.zarr"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert f"failed {victim.name}" in out and message in out
+    assert "2 converted now" in out and "INCOMPLETE" in out
