@@ -61,50 +61,18 @@ def cloudmask_training_root(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- S3 (moto_server), issue 3
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A ``moto_server`` on 127.0.0.1 (a free port) for the session; stopped by its process."""
-    import shutil
-    import subprocess
-    import time
-    import urllib.request
+    from scibench_data.storage.local_s3 import moto_server
 
-    exe = shutil.which("moto_server")
-    if exe is None:
-        raise RuntimeError("moto_server is not on PATH: pip install 'moto[server]'")
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start on {endpoint}") from None
-                time.sleep(0.1)
+    with moto_server() as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="session")
 def s3_storage_options(s3_endpoint) -> dict:
     """s3fs storage options for the moto server (any key and secret)."""
-    return {"key": "testing-key", "secret": "testing-secret", "client_kwargs": {"endpoint_url": s3_endpoint}}
+    from scibench_data.storage.local_s3 import storage_options
+
+    return storage_options(s3_endpoint)
