@@ -363,7 +363,7 @@ class WriteResponses:
 def convert_uno(src: str | Path, dest: str | StoreLocation, options: UnoConversion = UnoConversion()) -> ConversionReport:
     """Convert the export file or raw folder ``src`` into the store ``dest``. Resumable and idempotent."""
     t0 = time.perf_counter()
-    location = dest if isinstance(dest, StoreLocation) else StoreLocation(dest)
+    location = dest if isinstance(dest, StoreLocation) else StoreLocation(str(dest))
     layout, path = detect_layout(src)
     if layout not in LAYOUTS:
         raise ValueError(layout)

@@ -113,7 +113,7 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
             loss = torch.nn.functional.mse_loss(model(batch["cell"], batch["drug"]), batch["auc"])
             loss.backward()
             opt.step()
-            total += float(loss) * len(batch["auc"])
+            total += loss.item() * len(batch["auc"])
             n += len(batch["auc"])
         y, p = predict(model, arrays, "val")
         val = regression_scores(y, p)
