@@ -279,7 +279,8 @@ def parse_result(path: Path, v: Validation, benchmark: str | None) -> RunRecord 
         events = read_events(path)
     except (ValueError, OSError) as err:
         msg = str(err)
-        v.add(path, msg.split(": ", 1)[1] if msg.startswith(str(path)) else msg)
+        where, _, what = msg.partition(": ")  # read_events names "file:line"
+        v.add(where, what) if msg.startswith(str(path)) and what else v.add(path, msg)
         return None
     present = {e["key"] for e in events}
     missing = [k for k in REQUIRED_KEYS if k not in present]
