@@ -75,7 +75,8 @@ def write(path: Path, data: np.ndarray, layout: Layout, codec) -> zarr.Array:
         kwargs["compressors"] = codec
     if layout.shard:
         arr = zarr.create_array(str(path), shape=data.shape, dtype="f4", chunks=chunks,
-                                shards=(1, 9, data.shape[2], data.shape[3]), **kwargs)
+                                shards=(1, 9, -(-data.shape[2] // layout.tile) * layout.tile,
+                                        -(-data.shape[3] // layout.tile) * layout.tile), **kwargs)
     else:
         arr = zarr.create_array(str(path), shape=data.shape, dtype="f4", chunks=chunks, **kwargs)
     arr[...] = data

@@ -1,0 +1,382 @@
+"""CloudMask data-path performance, measured side by side in one run (issue 8).
+
+On full-size synthetic scenes (1200 x 1500, 9 channels) it measures:
+
+1. time to first batch and epoch time including staging: ours streaming from the
+   catalog on loopback S3 (moto) versus the reference way (copy every per-product
+   HDF5 file down, then read them);
+2. training-patch throughput (9 x 256 x 256 + mask, samples/s, 1 and 2 loader
+   workers) in the reference's fixed regime (20 patches per scene) and in a random
+   regime (random patches across scenes): our loader on local Zarr and on S3 (with
+   and without the chunk cache), the reference approach (h5py reads each
+   product's whole arrays, normalises, cuts patches) and xbatcher over the same Zarr;
+3. ceilings: decoding exactly the chunks the patch stream touches in a tight loop
+   (local), and fetching exactly those objects with concurrent raw GETs (S3);
+4. conversion MB/s of this run (the 1-vs-2-process study is ``benchmarks/ds2_scale.py``);
+5. storage: bytes of our store versus the original files.
+
+    python benchmarks/performance.py [--scenes 6] [--out benchmarks/results/performance.json]
+
+Prints a table, writes JSON and a plot (``--plot docs/performance.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from loaders.cloudmask import CloudMaskPatches, PatchSpec, normalise, plan_patches
+from loaders.patches import fixed_windows
+from scibench_data.catalog import entry_location
+from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
+from scibench_data.storage.local_s3 import moto_server, storage_options
+from scibench_data.storage.location import StoreLocation
+from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
+
+BATCH = 16
+
+
+# --------------------------------------------------------------------------- the reference approach
+
+
+def reference_read(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """What the reference loader does per product: read whole arrays, normalise, channel-first."""
+    with h5py.File(path, "r") as f:
+        image = np.concatenate([f["refs"][()], f["bts"][()]], axis=2)
+        mask = (f["bayes"][()][..., 0] > 0).astype(np.float32)
+    return normalise(np.moveaxis(image, 2, 0)), mask
+
+
+class ReferenceFixed(IterableDataset):
+    """Each worker reads its share of the files once and yields their 20 fixed patches."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+
+    def __iter__(self):
+        info = get_worker_info()
+        files = self.files if info is None else self.files[info.id::info.num_workers]
+        for path in files:
+            image, mask = reference_read(path)
+            for win in fixed_windows(*mask.shape):
+                ys, xs = win.slices
+                yield torch.from_numpy(image[:, ys, xs].copy()), torch.from_numpy(mask[None, ys, xs].copy())
+
+
+class ReferenceRandom(Dataset):
+    """A random patch of a random product per sample: the whole product must be read each time."""
+
+    def __init__(self, files: list[str], items: list) -> None:
+        self.files, self.items = files, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        scene, win = self.items[i]
+        image, mask = reference_read(self.files[scene])
+        ys, xs = win.slices
+        return torch.from_numpy(image[:, ys, xs].copy()), torch.from_numpy(mask[None, ys, xs].copy())
+
+
+class XbatcherPatches(Dataset):
+    """xbatcher over the same Zarr: non-overlapping 256 x 256 windows from (0, 0), one scene each."""
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        self._gen = None
+
+    def _generator(self):
+        if self._gen is None:
+            import xarray as xr
+            import xbatcher
+
+            ds = xr.open_zarr(self.store)[["image", "cloud_mask"]]
+            self._gen = xbatcher.BatchGenerator(ds, input_dims={"scene": 1, "y": 256, "x": 256})
+        return self._gen
+
+    def __len__(self) -> int:
+        return len(self._generator())
+
+    def __getitem__(self, i: int):
+        b = self._generator()[i]
+        image = normalise(b["image"].values[0])
+        mask = b["cloud_mask"].values[0].astype(np.float32)
+        return torch.from_numpy(image), torch.from_numpy(mask[None])
+
+    def __getstate__(self):
+        return {"store": self.store, "_gen": None}
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def epoch(dataset, workers: int, shuffle: bool) -> tuple[float, float, int]:
+    """(seconds to first batch, seconds for the epoch, samples) through a DataLoader.
+
+    Worker start-up (forkserver, importing torch) lands in the first batch; throughput
+    is reported for the batches after it (see :func:`steady_rate`)."""
+    kwargs = {"multiprocessing_context": "forkserver"} if workers else {}
+    loader = DataLoader(dataset, batch_size=BATCH, num_workers=workers, shuffle=shuffle if not isinstance(
+        dataset, IterableDataset) else None, **kwargs)
+    t0 = time.perf_counter()
+    first, n = None, 0
+    for image, mask in loader:
+        if first is None:
+            first = time.perf_counter() - t0
+            epoch.first_size = len(image)  # type: ignore[attr-defined]
+        n += len(image)
+    return first or 0.0, time.perf_counter() - t0, n
+
+
+def steady_rate(first: float, total: float, n: int, first_size: int) -> float:
+    """Samples per second after the first batch."""
+    return (n - first_size) / (total - first) if total > first and n > first_size else float("nan")
+
+
+def touched_chunks(items: list, tile: int = 256) -> list[tuple[int, int, int]]:
+    """The (scene, cy, cx) chunk of ``image`` each patch of a stream touches, with multiplicity."""
+    out = []
+    for scene, win in items:
+        for cy in range(win.y0 // tile, (win.y0 + win.size - 1) // tile + 1):
+            for cx in range(win.x0 // tile, (win.x0 + win.size - 1) // tile + 1):
+                out.append((scene, cy, cx))
+    return out
+
+
+def decode_ceiling(store: Path, chunks: list[tuple[int, int, int]], n_patches: int) -> dict:
+    """Decode exactly the chunks the stream touches (image and mask), bytes already in memory."""
+    import numcodecs
+
+    blobs = []
+    for s, cy, cx in chunks:
+        blobs.append((store / "image" / "c" / str(s) / "0" / str(cy) / str(cx)).read_bytes())
+        blobs.append((store / "cloud_mask" / "c" / str(s) / str(cy) / str(cx)).read_bytes())
+    codec = numcodecs.Blosc()
+    t0 = time.perf_counter()
+    out = sum(len(codec.decode(b)) for b in blobs)
+    dt = time.perf_counter() - t0
+    return {"patches_per_s": n_patches / dt, "decoded_MB": out / 1e6, "MBps": out / dt / 1e6}
+
+
+def get_ceiling(fs, base: str, chunks: list[tuple[int, int, int]], n_patches: int) -> dict:
+    """Fetch exactly those objects with concurrent raw GETs from the same S3 server."""
+    paths = []
+    for s, cy, cx in chunks:
+        paths += [f"{base}/image/c/{s}/0/{cy}/{cx}", f"{base}/cloud_mask/c/{s}/{cy}/{cx}"]
+    fs.invalidate_cache()
+    t0 = time.perf_counter()
+    got = fs.cat(paths)
+    dt = time.perf_counter() - t0
+    size = sum(len(v) for v in got.values())
+    return {"patches_per_s": n_patches / dt, "requests": len(paths), "MBps": size / dt / 1e6}
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenes", type=int, default=6)
+    ap.add_argument("--workers", default="1,2", help="loader worker counts to compare (default 1,2)")
+    ap.add_argument("--out", default="benchmarks/results/performance.json")
+    ap.add_argument("--plot", default=None, help="also write a bar chart PNG here")
+    args = ap.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="scibench-perf-"))
+    results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                 "python": platform.python_version()}, "scenes": args.scenes, "rows": []}
+    rows = results["rows"]
+    try:
+        raw = tmp / "raw"
+        generate(raw, "hdf", SyntheticCloudMask(n_products=args.scenes, seed=21))
+        files = sorted(str(p) for p in raw.iterdir())
+        store = tmp / "cloudmask_ds1.zarr"
+        t0 = time.perf_counter()
+        convert_cloudmask(str(raw), str(store), CloudMaskConversion(layout="hdf", progress=False))
+        conv_s = time.perf_counter() - t0
+        raw_bytes, store_bytes = dir_bytes(raw), dir_bytes(store)
+        results["conversion"] = {"layout": "hdf", "seconds": conv_s, "MBps": raw_bytes / conv_s / 1e6}
+        sen3 = tmp / "sen3"
+        generate(sen3, "sen3", SyntheticCloudMask(n_products=2, seed=22))
+        sen3_store = tmp / "sen3.zarr"
+        convert_cloudmask(str(sen3), str(sen3_store), CloudMaskConversion(layout="sen3", progress=False))
+        results["storage"] = [
+            {"data set": "cloudmask (hdf layout)", "original_bytes": raw_bytes, "store_bytes": store_bytes},
+            {"data set": "cloudmask (sen3 layout)", "original_bytes": dir_bytes(sen3), "store_bytes": dir_bytes(sen3_store)},
+        ]
+
+        with moto_server() as endpoint:
+            so = storage_options(endpoint)
+            import s3fs
+
+            fs = s3fs.S3FileSystem(**so)
+            fs.mkdir("bench")
+            fs.put(str(raw) + "/", "bench/raw/", recursive=True)
+            from scibench_data.storage.publish import PublishOptions, publish
+
+            publish("cloudmask_ds1", StoreLocation(str(store)), "s3://bench/pub", storage_options=so,
+                    options=PublishOptions(progress=False))
+            os.environ.update({"AWS_ACCESS_KEY_ID": so["key"], "AWS_SECRET_ACCESS_KEY": so["secret"],
+                               "AWS_ENDPOINT_URL": endpoint})
+            import intake
+
+            # 1. time to first batch and epoch including staging
+            t0 = time.perf_counter()
+            cat = intake.open_catalog("s3://bench/pub/catalog.yaml", storage_options=so)
+            cat.cloudmask_ds1.to_dask()
+            loc = entry_location(cat, "cloudmask_ds1")
+            loc = StoreLocation(loc.url, {**so, **loc.storage_options})
+            data = CloudMaskPatches(loc, spec=PatchSpec("fixed"))
+            first, ep, n = epoch(data, max(worker_counts), shuffle=True)
+            open_s = time.perf_counter() - t0 - ep
+            results["staging"] = {"ours_first_batch_s": open_s + first, "ours_epoch_s": open_s + ep}
+            t0 = time.perf_counter()
+            local_raw = tmp / "staged"
+            fs.get("bench/raw/", str(local_raw) + "/", recursive=True)
+            stage = time.perf_counter() - t0
+            staged = sorted(str(p) for p in local_raw.rglob("*.hdf"))
+            first_r, ep_r, _ = epoch(ReferenceFixed(staged), max(worker_counts), shuffle=False)
+            results["staging"].update({"reference_staging_s": stage, "reference_first_batch_s": stage + first_r,
+                                       "reference_epoch_s": stage + ep_r, "workers": max(worker_counts)})
+
+            # 2. throughput
+            h, w = 1200, 1500
+            spec_random = PatchSpec("random", 256, 20, seed=3)
+            rand_items = plan_patches(range(args.scenes), (h, w), spec_random)
+            rng = np.random.default_rng(0)
+            rand_items = [rand_items[i] for i in rng.permutation(len(rand_items))]  # across scenes
+            cache = tmp / "cache"
+            loaders = {
+                "ours, local Zarr": lambda spec: CloudMaskPatches(str(store), spec=spec),
+                "ours, S3": lambda spec: CloudMaskPatches(loc, spec=spec),
+                "ours, S3 + cache (warm)": lambda spec: CloudMaskPatches(
+                    StoreLocation(loc.url, loc.storage_options, cache_dir=str(cache)), spec=spec),
+                "reference (h5py whole product)": None,
+                "xbatcher, local Zarr": None,
+            }
+            for regime in ("fixed", "random"):
+                spec = PatchSpec("fixed") if regime == "fixed" else spec_random
+                for name, make in loaders.items():
+                    for workers in worker_counts:
+                        if name.startswith("reference"):
+                            ds = ReferenceFixed(files) if regime == "fixed" else ReferenceRandom(files, rand_items)
+                        elif name.startswith("xbatcher"):
+                            ds = XbatcherPatches(str(store))
+                        else:
+                            ds = make(spec)
+                            if regime == "random":
+                                ds.items = rand_items
+                            if "cache" in name:
+                                epoch(ds, workers, shuffle=False)  # warm the cache
+                        first, secs, n = epoch(ds, workers, shuffle=regime == "random")
+                        rate = steady_rate(first, secs, n, epoch.first_size)  # type: ignore[attr-defined]
+                        rows.append({"regime": regime, "loader": name, "workers": workers, "samples_per_s": rate,
+                                     "first_batch_s": first, "epoch_s": secs, "samples": n})
+                        print(f"{regime:>6} | {name:<32} | {workers} workers | {rate:8.1f} samples/s "
+                              f"(first batch {first:.1f} s)", flush=True)
+
+            # 3. ceilings, for the same two patch streams
+            results["ceilings"] = {}
+            for regime, items in (("fixed", plan_patches(range(args.scenes), (h, w), PatchSpec("fixed"))),
+                                  ("random", rand_items)):
+                chunks = touched_chunks(items)
+                results["ceilings"][regime] = {
+                    "decode_local": decode_ceiling(store, chunks, len(items)),
+                    "get_s3": get_ceiling(fs, loc.url.removeprefix("s3://"), chunks, len(items)),
+                }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    report(results)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
+
+
+def _rate(rows, regime, loader, workers):
+    for r in rows:
+        if (r["regime"], r["loader"], r["workers"]) == (regime, loader, workers):
+            return r["samples_per_s"]
+    return float("nan")
+
+
+def report(results: dict) -> None:
+    rows = results["rows"]
+    workers = sorted({r["workers"] for r in rows})
+    print(f"\nCloudMask patch throughput, samples/s ({results['scenes']} full-size scenes, batch {BATCH})")
+    loaders = list(dict.fromkeys(r["loader"] for r in rows))
+    print(f"{'loader':<34}" + "".join(f"{f'{reg} {w}w':>14}" for reg in ("fixed", "random") for w in workers))
+    for name in loaders:
+        print(f"{name:<34}" + "".join(f"{_rate(rows, reg, name, w):>14.1f}" for reg in ("fixed", "random") for w in workers))
+    print("\nratios (same run)")
+    for reg in ("fixed", "random"):
+        for w in workers:
+            ours = _rate(rows, reg, "ours, local Zarr", w)
+            ref = _rate(rows, reg, "reference (h5py whole product)", w)
+            s3 = _rate(rows, reg, "ours, S3", w)
+            print(f"  {reg:>6} {w}w: ours local / reference = {ours / ref:6.1f}x, ours S3 / reference = {s3 / ref:6.1f}x")
+    for reg, c in results["ceilings"].items():
+        dec, get = c["decode_local"]["patches_per_s"], c["get_s3"]["patches_per_s"]
+        ours1 = _rate(rows, reg, "ours, local Zarr", workers[0])
+        s31 = _rate(rows, reg, "ours, S3", max(workers))
+        print(f"  {reg:>6}: decode ceiling {dec:7.1f} patches/s (ours local {workers[0]}w = {100 * ours1 / dec:5.1f}%), "
+              f"raw-GET ceiling {get:7.1f} patches/s (ours S3 {max(workers)}w = {100 * s31 / get:5.1f}%)")
+    st = results["staging"]
+    print(f"\nstaging ({st['workers']} workers): ours from the S3 catalog first batch {st['ours_first_batch_s']:.2f} s, "
+          f"epoch {st['ours_epoch_s']:.1f} s; reference copy {st['reference_staging_s']:.1f} s, first batch "
+          f"{st['reference_first_batch_s']:.2f} s, epoch {st['reference_epoch_s']:.1f} s")
+    for s in results["storage"]:
+        print(f"storage {s['data set']}: original {s['original_bytes'] / 1e6:.0f} MB, store {s['store_bytes'] / 1e6:.0f} MB "
+              f"({s['store_bytes'] / s['original_bytes']:.2f}x)")
+    c = results["conversion"]
+    print(f"conversion (threads, this run): {c['MBps']:.0f} MB/s of HDF5 input")
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    loaders = list(dict.fromkeys(r["loader"] for r in rows))
+    workers = sorted({r["workers"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, reg in zip(axes, ("fixed", "random")):
+        x = np.arange(len(loaders))
+        for k, w in enumerate(workers):
+            ax.bar(x + k * 0.8 / len(workers), [_rate(rows, reg, n, w) for n in loaders], 0.8 / len(workers),
+                   label=f"{w} worker(s)")
+        ax.axhline(results["ceilings"][reg]["decode_local"]["patches_per_s"], ls="--", c="k", lw=1, label="decode ceiling")
+        ax.axhline(results["ceilings"][reg]["get_s3"]["patches_per_s"], ls=":", c="r", lw=1, label="S3 raw-GET ceiling")
+        ax.set_xticks(x + 0.4 - 0.4 / len(workers), [n.replace(", ", "\n") for n in loaders], fontsize=7)
+        ax.set_yscale("log")
+        ax.set_title(f"{reg} patches (256x256x9)")
+        ax.set_ylabel("samples/s")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
