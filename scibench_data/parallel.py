@@ -3,6 +3,11 @@
 The same code runs on Dask's local threaded scheduler, on a
 ``dask.distributed.LocalCluster`` or on an existing cluster given by its
 scheduler address (e.g. one started by dask-jobqueue or on Kubernetes).
+
+Worker processes are tuned for tasks that decode and encode whole products
+(see ``docs/ds2.md`` for the profile behind this): one thread per worker, no
+nested thread pools (BLAS/OpenMP, Blosc, zarr's codec threads) and no
+statistical profiler sampling the task thread every 10 ms under the GIL.
 """
 
 from __future__ import annotations
@@ -16,6 +21,52 @@ import dask
 from tqdm.auto import tqdm
 
 LOCAL_SCHEDULERS = ("sync", "threads")
+
+#: Environment of every worker process we start: one thread per library.
+WORKER_ENV: dict[str, str] = {
+    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+    "BLOSC_NTHREADS": "1", "ZARR_THREADING__MAX_WORKERS": "1", "MALLOC_TRIM_THRESHOLD_": "65536",
+}
+#: Dask configuration of the workers we start (passed to spawned workers by the nanny).
+WORKER_CONFIG: dict[str, object] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.nanny.pre-spawn-environ": WORKER_ENV,
+}
+
+
+def limit_worker_threads() -> dict[str, object]:
+    """Make this process single-threaded below the task: Blosc and zarr's codec pool use one
+    thread. Safe to call repeatedly; returns what it set."""
+    import numcodecs.blosc
+    import zarr
+
+    numcodecs.blosc.set_nthreads(1)
+    numcodecs.blosc.use_threads = False
+    zarr.config.set({"threading.max_workers": 1})
+    return {"blosc_nthreads": 1, "zarr_threading_max_workers": 1}
+
+
+def _worker_plugin() -> Any:
+    """A plugin that tunes every worker of a cluster (also one we did not start)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class SingleThreadedTasks(WorkerPlugin):
+        name = "scibench-single-threaded-tasks"
+
+        def setup(self, worker: Any) -> None:
+            for name, value in WORKER_ENV.items():
+                import os
+
+                os.environ.setdefault(name, value)
+            limit_worker_threads()
+            # the statistical profiler samples the running task's stack every 10 ms from the
+            # event loop thread; for GIL-bound decoding that costs CPU and stalls the task
+            for key in ("profile", "profile-cycle"):
+                pc = worker.periodic_callbacks.pop(key, None)
+                if pc is not None:
+                    pc.stop()
+
+    return SingleThreadedTasks()
 
 
 @dataclass(frozen=True)
@@ -56,11 +107,20 @@ def distributed_client(scheduler: str, n_workers: int | None = None) -> Iterator
     from distributed import Client, LocalCluster
 
     if scheduler == "local-cluster":
-        with LocalCluster(n_workers=n_workers or 2, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+        if n_workers is not None and n_workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {n_workers}")
+        with dask.config.set(WORKER_CONFIG), \
+                LocalCluster(n_workers=n_workers or 2, threads_per_worker=1, processes=True,
+                             dashboard_address=None) as cluster, Client(cluster) as client:
+            client.register_plugin(_worker_plugin())
             yield client
     else:
-        with Client(scheduler) as client:
+        try:  # waits up to distributed.comm.timeouts.connect (30 s by default)
+            client = Client(scheduler)
+        except (OSError, TimeoutError) as err:
+            raise ConnectionError(f"cannot reach the dask scheduler at {scheduler!r}: {err}") from err
+        with client:
+            client.register_plugin(_worker_plugin())
             yield client
 
 
@@ -76,20 +136,31 @@ def run_tasks(
     unit: str = "item",
     progress: bool = True,
     on_result: Callable[[TaskResult], None] | None = None,
+    bytes_of: Callable[[Any], int] | None = None,
 ) -> list[TaskResult]:
     """Run ``fn`` on every item, in parallel, and return one :class:`TaskResult` per item
     (in completion order). A failing item is retried, then reported; the rest go on.
 
     ``scheduler``: ``"sync"``, ``"threads"``, ``"local-cluster"`` or a scheduler address
-    such as ``"tcp://10.0.0.5:8786"``.
+    such as ``"tcp://10.0.0.5:8786"``. The progress bar shows items done, rate and ETA,
+    and with ``bytes_of`` (bytes of a successful result's value) the bytes and MB/s.
+    On a cluster, items travel to the workers and only the (small) results come back.
     """
+    import time
+
     if len(items) != len(keys):
         raise ValueError(f"{len(items)} items but {len(keys)} keys")
     results: list[TaskResult] = []
     bar = tqdm(total=len(items), desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
+    t0, n_bytes = time.perf_counter(), 0
 
     def done(r: TaskResult) -> None:
+        nonlocal n_bytes
         results.append(r)
+        if r.ok and bytes_of is not None:
+            n_bytes += int(bytes_of(r.value))
+            rate = n_bytes / max(time.perf_counter() - t0, 1e-9) / 1e6
+            bar.set_postfix_str(f"{n_bytes / 1e6:.0f} MB, {rate:.1f} MB/s", refresh=False)
         bar.update(1)
         if not r.ok:
             bar.write(f"failed: {r.key}: {r.error}")
@@ -117,12 +188,15 @@ def run_tasks(
             with distributed_client(scheduler, n_workers) as client:
                 futures = client.map(attempt, [fn] * len(items), items, keys, [retries] * len(items),
                                      key=[f"task-{k}" for k in keys], pure=False)
+                by_key = {f.key: k for f, k in zip(futures, keys)}
                 for f in as_completed(futures):
                     try:
                         done(f.result())
-                    except Exception as err:  # noqa: BLE001 - a worker died: say which item
-                        done(TaskResult(key=str(f.key).removeprefix("task-"), ok=False,
+                    except Exception as err:  # noqa: BLE001 - a worker died (e.g. KilledWorker): say which item
+                        done(TaskResult(key=by_key.get(f.key, str(f.key)), ok=False,
                                         error=f"worker failed: {type(err).__name__}: {err}"))
+                    finally:
+                        f.release()
     finally:
         bar.close()
     return results

@@ -18,7 +18,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
+    from scibench_data.convert.cloudmask import CloudMaskConversion, append_cloudmask, convert_cloudmask
     from scibench_data.storage.lock import WriterLock
     from scibench_data.storage.location import StoreLocation
 
@@ -27,7 +27,7 @@ def _convert(args: argparse.Namespace) -> int:
         WriterLock(StoreLocation(args.dest), held=True).release()
     opts = CloudMaskConversion(layout=args.layout, tile=args.tile, scheduler=args.scheduler,
                                n_workers=args.workers, retries=args.retries, progress=args.progress)
-    report = convert_cloudmask(args.src, args.dest, opts)
+    report = (append_cloudmask if args.append else convert_cloudmask)(args.src, args.dest, opts)
     print("\n".join(report.lines()))
     if args.report:
         write_json(args.report, report.as_dict())
@@ -100,6 +100,8 @@ def register(cli) -> None:  # noqa: ANN001
     p.add_argument("--retries", type=int, default=1, help="retries per product before it is reported failed")
     p.add_argument("--report", default=None, help="also write the conversion report as JSON here")
     p.add_argument("--break-lock", action="store_true", help="remove a lock left by a writer that is gone")
+    p.add_argument("--append", action="store_true",
+                   help="add the products DEST lacks (later in time) to a complete store (= append cloudmask)")
     add_scheduler(p)
     add_progress(p)
 

@@ -17,12 +17,24 @@ fastest per patch; 512 tiles read 7.8x and were ~1.9x slower; 128 tiles read
 1.8x but needed 9-16 objects per patch, 2.4x the requests of 256 (which is
 what object storage charges for). Channels inside the chunk need one request
 per tile instead of nine.
+
+The per-scene coordinates (``source_name``, ``time``, ``split``,
+``source_sha256``) are stored in one chunk each (``SCENE_COORD_CHUNK``
+scenes), so opening even a full DS2-sized store reads one object per
+coordinate, and appending never adds chunks to them.
+
+Three ways to fill a store, one task per product on any Dask scheduler:
+``convert_cloudmask`` (all products of a folder, resumable),
+``append_cloudmask`` (later products onto a complete store) and
+``scaffold_cloudmask`` (the full-scale shape with only some scenes written).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import dask.array as da
@@ -34,16 +46,23 @@ import xarray as xr
 from scibench_data.convert import ConversionReport
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.cloudmask import (
-    BT_CHANNELS, CHANNELS, FULL_GRID, SourceProduct, discover_products, read_product, sen3_grid_shape,
+    BT_CHANNELS, CHANNELS, FULL_GRID, ProductName, SourceProduct, discover_products, product_name,
+    read_product, sen3_grid_shape,
 )
 from scibench_data.parallel import run_tasks
 from scibench_data.storage.encoding import DEFAULT_CODEC, CodecChoice, encoding_for
 from scibench_data.storage.hashing import combined_digest, sha256_file
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
-from scibench_data.storage.records import RecordStore
+from scibench_data.storage.records import RecordStore, StoreStateError, store_state
 
 TILE = 256
+#: Chunk length of the per-scene coordinates: one chunk holds every scene of DS2 (~9800).
+SCENE_COORD_CHUNK = 65536
+SCENE_COORDS = ("source_name", "time", "split", "source_sha256")
+#: Status of a store with the full shape but only some scenes written (see ``scaffold_cloudmask``).
+SCAFFOLD_STATUS = "scaffold"
+FILLED_ATTR = "scibench_filled_scenes"
 RECORD_DIM = "scene"
 WAVELENGTH_UM = (0.555, 0.659, 0.865, 1.375, 1.61, 2.25, 3.74, 10.85, 12.0)
 FORMAT_VERSION = 1
@@ -70,8 +89,10 @@ class CloudMaskConversion:
 def template(names: list[str], times: np.ndarray, splits: list[str], grid: tuple[int, int], tile: int) -> xr.Dataset:
     """The store's variables for ``len(names)`` scenes, data as lazy placeholders."""
     n, (h, w) = len(names), grid
-    image = da.full((n, len(CHANNELS), h, w), np.nan, dtype=np.float32, chunks=(1, len(CHANNELS), tile, tile))
-    mask = da.full((n, h, w), 255, dtype=np.uint8, chunks=(1, tile, tile))
+    # One dask chunk per variable: the template is never computed (only its metadata is
+    # written), and a graph of one task per Zarr chunk would cost minutes at DS2 scale.
+    image = da.full((n, len(CHANNELS), h, w), np.nan, dtype=np.float32, chunks=-1)
+    mask = da.full((n, h, w), 255, dtype=np.uint8, chunks=-1)
     refl = "reflectance"
     kinds = [refl] * 6 + ["brightness_temperature"] * 3
     ds = xr.Dataset(
@@ -120,8 +141,10 @@ def encodings(ds: xr.Dataset, tile: int, codec: CodecChoice) -> dict[str, dict]:
         "image": encoding_for(4, (1, len(CHANNELS), tile, tile), codec),
         "cloud_mask": encoding_for(1, (1, tile, tile), codec),
         "summary_cloud": encoding_for(1, (1, tile, tile), codec),
-        "time": {"units": "seconds since 1970-01-01", "dtype": "int64"},
+        "time": {"units": "seconds since 1970-01-01", "dtype": "int64", "chunks": (SCENE_COORD_CHUNK,)},
     }
+    for v in ("source_name", "split", "source_sha256"):
+        enc[v] = {"chunks": (SCENE_COORD_CHUNK,)}
     for v in ("image", "cloud_mask", "summary_cloud"):
         enc[v]["fill_value"] = ds[v].attrs.pop("_FillValue")
     return enc
@@ -179,6 +202,27 @@ class ConvertProduct:
         return info
 
 
+def _run(store: RecordStore, src: str, jobs: list[tuple[int, SourceProduct]], grid: tuple[int, int],
+         options: CloudMaskConversion, desc: str) -> tuple[list, tuple[tuple[str, str], ...]]:
+    """Convert ``jobs`` (record index, product) with one task each; (successful results, failures)."""
+    task = ConvertProduct(store.location, src, options.src_storage_options, grid)
+    results = run_tasks(task, jobs, [p.name.name for _, p in jobs], scheduler=options.scheduler,
+                        n_workers=options.n_workers, retries=options.retries, desc=desc, unit="product",
+                        progress=options.progress, bytes_of=lambda v: v["bytes"])
+    return [r for r in results if r.ok], tuple((r.key, r.error) for r in results if not r.ok)
+
+
+def _discover(src: str, options: CloudMaskConversion) -> tuple[fsspec.AbstractFileSystem, list[SourceProduct], tuple]:
+    fs, src_root = fsspec.core.url_to_fs(src, **options.src_storage_options)
+    products, rejected = discover_products(fs, src_root, options.layout)
+    return fs, products, tuple((r.path, r.reason) for r in rejected)
+
+
+def _sha256_array(store: RecordStore, n: int) -> np.ndarray:
+    markers = store.done()
+    return np.array([markers[i]["sha256"] if i in markers else "" for i in range(n)], dtype=object)
+
+
 def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConversion) -> ConversionReport:
     """Convert every product of ``options.layout`` under ``src`` into the store ``dest``.
 
@@ -187,9 +231,7 @@ def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCon
     """
     t0 = time.perf_counter()
     location = dest if isinstance(dest, StoreLocation) else StoreLocation(dest)
-    fs, src_root = fsspec.core.url_to_fs(src, **options.src_storage_options)
-    products, rejected = discover_products(fs, src_root, options.layout)
-    rejected_rows = tuple((r.path, r.reason) for r in rejected)
+    fs, products, rejected_rows = _discover(src, options)
     if not products:
         raise FileNotFoundError(f"no {options.layout} CloudMask products found in {src}")
     grid = common_grid(fs, products)
@@ -207,21 +249,187 @@ def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCon
             return ConversionReport(dest=location.url, total=len(products), already_done=len(products),
                                     complete=True, rejected=rejected_rows, elapsed_s=time.perf_counter() - t0)
         todo = [(i, p) for i, p in enumerate(products) if i not in done]
-        task = ConvertProduct(location, src, options.src_storage_options, grid)
-        results = run_tasks(task, todo, [p.name.name for _, p in todo], scheduler=options.scheduler,
-                            n_workers=options.n_workers, retries=options.retries,
-                            desc=f"convert {options.layout}", unit="product", progress=options.progress)
-        ok = [r for r in results if r.ok]
-        failed = tuple((r.key, r.error) for r in results if not r.ok)
+        ok, failed = _run(store, src, todo, grid, options, f"convert {options.layout}")
         complete = False
         if not failed:
-            markers = store.done()
-            sha = np.array([markers[i]["sha256"] for i in range(len(products))], dtype=object)
-            store.finalize({"source_sha256": sha}, {"scibench_layout": options.layout,
-                                                     "scibench_n_scenes": len(products)})
+            store.finalize({"source_sha256": _sha256_array(store, len(products))},
+                           {"scibench_layout": options.layout, "scibench_n_scenes": len(products)})
             complete = True
     return ConversionReport(
         dest=location.url, total=len(products), converted=tuple(r.value["key"] for r in ok),
         already_done=len(done), failed=failed, rejected=rejected_rows, complete=complete,
         elapsed_s=time.perf_counter() - t0, bytes_read=sum(r.value["bytes"] for r in ok),
+    )
+
+
+def _start_of(key: str) -> datetime:
+    """Acquisition start of a planned record from its key (a product name without extension)."""
+    return ProductName.parse(f"{key}.SEN3").start
+
+
+def _encoded_seconds(times: Sequence[datetime]) -> np.ndarray:
+    """Times as stored in the ``time`` array (int64 seconds since 1970-01-01)."""
+    return np.array([np.datetime64(t, "s") for t in times]).astype("datetime64[s]").astype(np.int64)
+
+
+def append_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConversion) -> ConversionReport:
+    """Append the products under ``src`` that ``dest`` does not hold yet to the end of ``dest``.
+
+    Existing chunks are not rewritten. New products must not start before the store's last
+    scene (appends are time-ordered; anything else needs a new conversion). During the
+    append the store is incomplete (status attribute and consolidated metadata removed in one
+    root write); it is complete again only after every new scene is written and finalized.
+    Idempotent: products already in the store are skipped, so rerunning the same append
+    after a crash resumes it, and an append of nothing new leaves the store untouched.
+    """
+    t0 = time.perf_counter()
+    location = dest if isinstance(dest, StoreLocation) else StoreLocation(dest)
+    store = RecordStore(location, RECORD_DIM)
+    fs, products, rejected_rows = _discover(src, options)
+    with WriterLock(location, operation="append cloudmask"):
+        plan, state = store.plan(), store_state(location)
+        if plan is None or not state.ours or plan.get("format") != "cloudmask":
+            raise StoreStateError(f"{location.url} is not a CloudMask store written by scibench-data; "
+                                  "convert into it first")
+        if state.status == SCAFFOLD_STATUS:
+            raise StoreStateError(f"{location.url} is a scaffold (full shape, some scenes written); "
+                                  "appending to it is not supported")
+        for key, want in (("layout", options.layout), ("tile", options.tile)):
+            if plan.get(key) != want:
+                raise StoreStateError(f"{location.url} was converted with {key}={plan.get(key)!r}, "
+                                      f"the append asks for {want!r}")
+        planned = list(plan["keys"])
+        planned_set = set(planned)
+        by_key = {p.name.stem: p for p in products}
+        new = [p for p in products if p.name.stem not in planned_set]
+        done = store.done()
+        unwritten = [k for i, k in enumerate(planned) if i not in done]
+        if new and unwritten:
+            raise StoreStateError(f"{location.url} has {len(unwritten)} unwritten scene(s), e.g. {unwritten[0]}; "
+                                  "rerun the conversion or append that planned them before adding more")
+        if not new and state.complete:
+            return ConversionReport(dest=location.url, total=len(planned), already_done=len(planned),
+                                    complete=True, rejected=rejected_rows, elapsed_s=time.perf_counter() - t0)
+        keys, splits = planned, list(plan.get("splits", [""] * len(planned)))
+        if new:
+            last = max(_start_of(k) for k in planned)
+            too_old = [p.name.name for p in new if p.name.start < last]
+            if too_old:
+                raise ValueError(f"{src}: {len(too_old)} product(s) start before the last scene of {location.url} "
+                                 f"({last:%Y-%m-%dT%H:%M:%S}), e.g. {too_old[0]}; appends must be time-ordered "
+                                 "(convert all products into a new store instead)")
+            grid = tuple(plan["grid"])
+            new_grid = common_grid(fs, new)
+            if new_grid != grid:
+                raise SourceFormatError(new[0].path, f"grid {new_grid} differs from the store's {grid}")
+            if state.status == "complete" or state.consolidated:
+                store.begin_update()
+            keys = planned + [p.name.stem for p in new]
+            splits = splits + [p.split for p in new]
+            store.grow(keys, {"splits": splits}, {
+                "source_name": np.array(keys, dtype=object),
+                "time": _encoded_seconds([_start_of(k) for k in keys]),
+                "split": np.array(splits, dtype=object)})
+        missing = [k for i, k in enumerate(keys) if i not in done and k not in by_key]
+        if missing:
+            raise FileNotFoundError(f"{src} lacks {len(missing)} product(s) that {location.url} planned, "
+                                    f"e.g. {missing[0]}")
+        todo = [(i, by_key[k]) for i, k in enumerate(keys) if i not in done]
+        ok, failed = _run(store, src, todo, tuple(plan["grid"]), options, f"append {options.layout}")
+        complete = False
+        if not failed:
+            store.finalize({"source_sha256": _sha256_array(store, len(keys))},
+                           {"scibench_layout": options.layout, "scibench_n_scenes": len(keys)})
+            complete = True
+    return ConversionReport(
+        dest=location.url, total=len(keys), converted=tuple(r.value["key"] for r in ok),
+        already_done=len(done), failed=failed, rejected=rejected_rows, complete=complete,
+        elapsed_s=time.perf_counter() - t0, bytes_read=sum(r.value["bytes"] for r in ok),
+        extra={"appended": [p.name.stem for p in new]},
+    )
+
+
+#: Products that 4.9 TB of raw SLSTR RBT products implies at ~0.5 GB each (see docs/ds2.md).
+DS2_N_SCENES = 9800
+#: Seconds between consecutive SLSTR L1 products along an orbit (each covers 180 s).
+PRODUCT_CADENCE_S = 180
+
+
+def scaffold_slots(n_scenes: int, n_filled: int) -> list[int]:
+    """Record indices of ``n_filled`` scenes spread evenly over ``n_scenes`` (first and last included)."""
+    if not 1 <= n_filled <= n_scenes:
+        raise ValueError(f"need 1 <= filled ({n_filled}) <= scenes ({n_scenes})")
+    return sorted({int(round(x)) for x in np.linspace(0, n_scenes - 1, n_filled)})
+
+
+def scaffold_times(filled_times: Sequence[datetime], slots: Sequence[int], n_scenes: int,
+                   cadence_s: int = PRODUCT_CADENCE_S) -> list[datetime]:
+    """Strictly increasing start times for every slot: the filled slots keep their products' times,
+    the others are interpolated between them (``cadence_s`` apart before the first and after the last)."""
+    if len(filled_times) != len(slots) or list(slots) != sorted(set(slots)):
+        raise ValueError("slots must be increasing and as many as the filled times")
+    if any(b <= a for a, b in zip(filled_times, filled_times[1:])):
+        raise ValueError("filled products must be in increasing time order")
+    t = np.array([np.datetime64(x, "s").astype(np.int64) for x in filled_times], dtype=np.float64)
+    s = np.asarray(slots, dtype=np.float64)
+    idx = np.arange(n_scenes, dtype=np.float64)
+    out = np.interp(idx, s, t)
+    out[idx < s[0]] = t[0] - (s[0] - idx[idx < s[0]]) * cadence_s
+    out[idx > s[-1]] = t[-1] + (idx[idx > s[-1]] - s[-1]) * cadence_s
+    secs = np.floor(out).astype(np.int64)
+    for i in range(1, n_scenes):  # interpolation may round two slots onto one second
+        secs[i] = max(secs[i], secs[i - 1] + 1)
+    if any(secs[int(k)] != int(tk) for k, tk in zip(slots, t)):
+        raise ValueError(f"{n_scenes} scenes do not fit between the filled products' times at one per second")
+    return [datetime(1970, 1, 1) + timedelta(seconds=int(x)) for x in secs]
+
+
+def scaffold_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConversion,
+                       n_scenes: int = DS2_N_SCENES, slots: Sequence[int] | None = None) -> ConversionReport:
+    """A store with the full shape of ``n_scenes`` scenes in which only the products under ``src``
+    are written, at ``slots`` (default: spread evenly). Unwritten chunks are not stored.
+
+    The store is consolidated (it opens through the catalog) but its status is
+    ``"scaffold"``, never ``"complete"``, and root attribute ``scibench_filled_scenes`` lists
+    the scenes that hold data. Scenes without data read as fill values (NaN, 255) and carry
+    planned names and times (interpolated) with an empty ``source_sha256``.
+    """
+    t0 = time.perf_counter()
+    location = dest if isinstance(dest, StoreLocation) else StoreLocation(dest)
+    fs, products, rejected_rows = _discover(src, options)
+    if not products:
+        raise FileNotFoundError(f"no {options.layout} CloudMask products found in {src}")
+    slots = list(slots) if slots is not None else scaffold_slots(n_scenes, len(products))
+    if len(slots) != len(products) or (slots and not 0 <= min(slots) <= max(slots) < n_scenes):
+        raise ValueError(f"{len(products)} products need {len(products)} slots within 0..{n_scenes - 1}, got {slots}")
+    grid = common_grid(fs, products)
+    times = scaffold_times([p.name.start for p in products], slots, n_scenes)
+    names = [product_name(t, mission="S3A", orbit=i % 1000, extension="SEN3").rsplit(".", 1)[0]
+             for i, t in enumerate(times)]
+    splits = [""] * n_scenes
+    for slot, p in zip(slots, products):
+        names[slot], splits[slot] = p.name.stem, p.split
+    ds = template(names, np.array([np.datetime64(t, "ns") for t in times]), splits, grid, options.tile)
+    enc = encodings(ds, options.tile, options.codec)
+    store = RecordStore(location, RECORD_DIM)
+    with WriterLock(location, operation="scaffold cloudmask"):
+        state = store.prepare(ds, enc, names, {"format": "cloudmask", "grid": list(grid), "tile": options.tile,
+                                                 "layout": options.layout, "splits": splits,
+                                                 "scaffold_slots": slots})
+        done = store.done() if state != "created" else {}
+        if state == "complete":  # cannot happen for a scaffold; kept for symmetry
+            raise StoreStateError(f"{location.url} is a complete store, not a scaffold")
+        todo = [(slot, p) for slot, p in zip(slots, products) if slot not in done]
+        ok, failed = _run(store, src, todo, grid, options, f"scaffold {options.layout}")
+        if not failed:
+            store.finalize_as(SCAFFOLD_STATUS, {"source_sha256": _sha256_array(store, n_scenes)}, {
+                "scibench_layout": options.layout, "scibench_n_scenes": n_scenes, FILLED_ATTR: slots,
+                "scibench_scaffold": f"full DS2 shape, {len(slots)} of {n_scenes} scenes written "
+                                     f"(listed in {FILLED_ATTR}); the others are planned names and "
+                                     "interpolated times whose data reads as fill values"})
+    return ConversionReport(
+        dest=location.url, total=n_scenes, converted=tuple(r.value["key"] for r in ok),
+        already_done=len(done), failed=failed, rejected=rejected_rows, complete=False,
+        elapsed_s=time.perf_counter() - t0, bytes_read=sum(r.value["bytes"] for r in ok),
+        extra={"filled_scenes": slots, "status": SCAFFOLD_STATUS if not failed else "incomplete"},
     )
