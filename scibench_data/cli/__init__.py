@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 #: Modules with a ``register(cli: Commands)`` function.
 MODULES: tuple[str, ...] = (
     "scibench_data.cli.cloudmask",
+    "scibench_data.cli.cloudmask_ds2",
     "scibench_data.cli.storage",
     "scibench_data.cli.uno",
 )
