@@ -79,7 +79,7 @@ def area_resize(images: np.ndarray, size: int) -> np.ndarray:
     """Area-resize the last two axes of ``images`` to ``(size, size)``."""
     h, w = images.shape[-2:]
     ry, rx = area_weights(h, size), area_weights(w, size)
-    return np.einsum("ij,...jk,lk->...il", ry, np.asarray(images, dtype=np.float64), rx)
+    return ry @ np.asarray(images, dtype=np.float64) @ rx.T
 
 
 def preprocess_stack(stack: np.ndarray, size: int = PREPROCESSED_SIZE) -> np.ndarray:
@@ -303,6 +303,8 @@ def read_npz_sample(fs: fsspec.AbstractFileSystem, path: str) -> Sample:
     try:
         with fs.open(path, "rb") as f:
             raw = f.read()
+        if not raw.startswith(b"PK\x03\x04"):
+            raise SourceFormatError(path, "cannot be read as an npz file (not a zip archive)")
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             for key in ("data", "label"):
                 if key not in z.files:
@@ -312,7 +314,8 @@ def read_npz_sample(fs: fsspec.AbstractFileSystem, path: str) -> Sample:
     except SourceFormatError:
         raise
     except ValueError as err:  # includes "Object arrays cannot be loaded when allow_pickle=False"
-        raise SourceFormatError(path, f"cannot be read without unpickling ({err})") from err
+        raise SourceFormatError(path, f"holds a pickled object array, refused: npz files are read without "
+                                      f"unpickling ({err})") from err
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
         raise SourceFormatError(path, f"cannot be read as an npz file ({type(err).__name__}: {err})") from err
     if data.ndim != 3 or data.shape[0] != N_PROJECTIONS or not np.issubdtype(data.dtype, np.number):

@@ -88,10 +88,10 @@ def target_stats(data) -> tuple[float, float]:
     return float(values.mean()), float(values.std() + 1e-8)
 
 
-def build_model(cfg: TrainConfig, in_channels: int) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, in_channels: int, size: int) -> torch.nn.Module:
     if cfg.task == "classification":
         return build_resnet(cfg.model, in_channels=in_channels, num_classes=N_CLASSES)
-    return EncoderDecoder(EncoderDecoderConfig(widths=cfg.widths))
+    return EncoderDecoder(EncoderDecoderConfig(size=size, widths=cfg.widths))
 
 
 def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: BenchmarkLog | None = None,
@@ -103,7 +103,8 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
     kwargs = {"mode": cfg.input_mode, "seed": cfg.seed} if cfg.task == "classification" else {}
     data = from_catalog(cfg.task, "train", root, cfg.entry, **kwargs)
     stats = target_stats(data) if cfg.task == "reconstruction" else (0.0, 1.0)
-    model = build_model(cfg, getattr(data, "in_channels", 3))
+    size = int(data[0][0].shape[-1])
+    model = build_model(cfg, getattr(data, "in_channels", 3), size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss() if cfg.task == "classification" else torch.nn.MSELoss()
     if log:
@@ -139,17 +140,37 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
             log.end("epoch_stop", metadata={"epoch_num": epoch + 1, "loss": result.losses[-1] if result.losses else None})
         if cfg.max_steps and step >= cfg.max_steps:
             break
+    recalibrate_batchnorm(model, _loader(data, cfg, shuffle=False))
     result.seconds = time.perf_counter() - t0
     torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "target_stats": stats,
-                "in_channels": getattr(data, "in_channels", 3)}, result.model_path)
+                "in_channels": getattr(data, "in_channels", 3), "size": size}, result.model_path)
     return result
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, loader: DataLoader) -> None:
+    """Recompute BatchNorm running statistics as exact averages over one pass of the training data
+    with the final weights ("precise BN"): short runs otherwise evaluate with stale statistics."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for x, _ in loader:
+        model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     c = ckpt["config"]
     cfg = TrainConfig(**{**c, "widths": tuple(c["widths"])})
-    model = build_model(cfg, ckpt["in_channels"])
+    model = build_model(cfg, ckpt["in_channels"], ckpt["size"])
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, cfg, ckpt
@@ -227,8 +248,8 @@ class RunConfig:
     pattern: int = 128
     size: int = 64
     seed: int = 0
-    classification: TrainConfig = TrainConfig(model="resnet-small", epochs=8, batch_size=32)
-    reconstruction: TrainConfig = TrainConfig(task="reconstruction", epochs=4, batch_size=16, learning_rate=3e-3)
+    classification: TrainConfig = TrainConfig(model="resnet-small", epochs=30, batch_size=32)
+    reconstruction: TrainConfig = TrainConfig(task="reconstruction", epochs=8, batch_size=16, learning_rate=3e-3)
 
 
 def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, fresh: bool = False) -> dict:

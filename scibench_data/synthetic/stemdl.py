@@ -7,7 +7,9 @@ A toy crystallography, deterministic from seeds:
   equal; the cell lengths, angles and lattice centering (P, C, I, F) are drawn
   from a seed that depends on the space group only, so every seed shares them.
 * **Material**: the class's cell scaled by ~2 % and 1-4 atoms of random
-  scattering power at random fractional positions (so disk intensities differ).
+  scattering power (one heavy, the others at most half as strong) at random
+  fractional positions, the heavy one on the origin
+  (so disk intensities differ, and the potential's origin is defined).
 * **Sample**: three zone axes [001], [100], [010] of one material: each
   pattern is the 2-D reciprocal lattice of that projection, drawn as disks of
   intensity ``|F(g)|^2 exp(-2 B |g|^2)`` (F the structure factor of the
@@ -16,7 +18,7 @@ A toy crystallography, deterministic from seeds:
   Poisson noise at a random dose. Intensities span orders of magnitude, as
   real ones do, which is what the reference log scaling is for.
 * **Target** (our addition, dataset ``potential`` (1, H, W)): the projected
-  potential along [001] over a 32 A field of view, the Fourier sum of the same
+  potential along [001] over a 16 A field of view, the Fourier sum of the same
   structure factors: consistent with pattern 0 by construction.
 
 Materials are split across ``train``/``dev``/``test`` within each class, so
@@ -36,7 +38,7 @@ from scibench_data.formats.stemdl import LAYOUTS, N_CLASSES, PREPROCESSED_SIZE, 
 SPLIT_ORDER = ("train", "dev", "test")
 #: Pixels per inverse angstrom, as a fraction of the pattern size.
 CAMERA = 0.45
-FIELD_OF_VIEW_A = 32.0
+FIELD_OF_VIEW_A = 16.0
 _CENTERING = {
     "P": [(0.0, 0.0, 0.0)],
     "C": [(0.0, 0.0, 0.0), (0.5, 0.5, 0.0)],
@@ -141,9 +143,12 @@ def draw_material(space_group: int, index: int, seed: int) -> Material:
     scale = 1.0 + rng.normal(0.0, 0.02)
     n_atoms = int(rng.integers(1, 5))
     lattice = Lattice(tuple(x * scale for x in base.lengths), base.angles, base.centering)  # type: ignore[arg-type]
+    positions = rng.uniform(0.0, 1.0, (n_atoms, 3))
+    positions[0] = 0.0  # the heaviest atom on the origin: fixes the translation intensities cannot tell
+    scattering = np.sort(rng.uniform(3.0, 60.0, n_atoms) ** 0.7)[::-1]
+    scattering[1:] *= 0.5  # light atoms beside one heavy one: the lattice dominates the potential
     return Material(material_id=f"sg{space_group:03d}-m{index:02d}", space_group=space_group, lattice=lattice,
-                    positions=rng.uniform(0.0, 1.0, (n_atoms, 3)),
-                    scattering=rng.uniform(3.0, 60.0, n_atoms) ** 0.7)
+                    positions=positions, scattering=scattering)
 
 
 def projection_cell(material: Material, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +209,7 @@ def cbed_pattern(material: Material, axis: int, size: int, rng: np.random.Genera
     return noisy.reshape(size, size).astype(np.float32)
 
 
-def projected_potential(material: Material, size: int, fov: float = FIELD_OF_VIEW_A, sigma: float = 0.35) -> np.ndarray:
+def projected_potential(material: Material, size: int, fov: float = FIELD_OF_VIEW_A, sigma: float = 0.8) -> np.ndarray:
     """The [001] projected potential over ``fov`` angstrom, ``(size, size)`` float32, mean ~1:
     the Fourier sum of the structure factors of pattern 0 with a Gaussian atom shape."""
     cell, _ = projection_cell(material, 0)

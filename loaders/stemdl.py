@@ -1,0 +1,154 @@
+"""STEMDL samples from a Zarr store: PyTorch datasets for both tasks and a NumPy batch iterator.
+
+Inputs are scaled to [0, 1]: stores converted with preprocessing (or from npz)
+hold the reference 0..255 values and are divided by 255; raw stores get the
+reference log scaling (:func:`scibench_data.formats.stemdl.log_scale`) first,
+without the resize. Stores are opened lazily, once per process (a pid check,
+:class:`loaders.cloudmask.StoreHandle`), so DataLoader workers are safe.
+
+Classification input modes: ``"stack"`` (the three projections as three
+channels, the reference), ``"random_projection"`` (one projection per sample,
+drawn per epoch; 1 channel) and ``"projections"`` (all three as a
+``(3, 1, H, W)`` batch of one-channel images, to average logits at evaluation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from loaders.cloudmask import StoreHandle
+from scibench_data.formats.stemdl import CLIP_MAX, log_scale
+from scibench_data.storage.location import StoreLocation
+
+MODES = ("stack", "random_projection", "projections")
+DEFAULT_ENTRY = {"classification": "stemdl", "reconstruction": "stemdl_reconstruction"}
+
+
+def scale_input(cbed: np.ndarray, preprocessed: bool) -> np.ndarray:
+    """CBED values -> float32 in [0, 1] (pure)."""
+    x = np.asarray(cbed, dtype=np.float32) if preprocessed else log_scale(cbed)
+    return (np.nan_to_num(x, nan=0.0) / CLIP_MAX).astype(np.float32)
+
+
+def split_indices(splits: np.ndarray, split: str) -> np.ndarray:
+    """Sample indices of ``split`` (pure); ``ValueError`` naming the splits present if it is empty."""
+    splits = np.asarray([str(s) for s in np.asarray(splits).ravel()])
+    idx = np.flatnonzero(splits == split)
+    if idx.size == 0:
+        raise ValueError(f"no samples in split {split!r}; the store has {sorted(set(splits.tolist()))}")
+    return idx
+
+
+def projection_choice(seed: int, epoch: int, index: int) -> int:
+    """The projection a ``random_projection`` dataset shows for sample ``index`` in ``epoch`` (pure)."""
+    return int(np.random.default_rng([seed, epoch, index]).integers(3))
+
+
+class _StoreDataset:
+    def __init__(self, location: StoreLocation | str, indices: Sequence[int], preprocessed: bool,
+                 as_torch: bool = True) -> None:
+        self.handle = StoreHandle(location if isinstance(location, StoreLocation) else StoreLocation(location))
+        self.indices = np.asarray(indices, dtype=np.int64)
+        n = self.handle.group["cbed"].shape[0]
+        bad = self.indices[(self.indices < 0) | (self.indices >= n)]
+        if bad.size:
+            raise IndexError(f"sample indices {bad[:5].tolist()} outside 0..{n - 1}")
+        self.preprocessed = preprocessed
+        self.as_torch = as_torch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _cbed(self, i: int) -> np.ndarray:
+        return scale_input(self.handle.group["cbed"][int(self.indices[i])], self.preprocessed)
+
+
+class STEMDLClassification(_StoreDataset):
+    """Map-style dataset of (input, label): see the module docstring for ``mode``."""
+
+    def __init__(self, location: StoreLocation | str, indices: Sequence[int], labels: Sequence[int],
+                 preprocessed: bool, mode: str = "stack", seed: int = 0, as_torch: bool = True) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        super().__init__(location, indices, preprocessed, as_torch)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if self.labels.shape != self.indices.shape:
+            raise ValueError(f"{len(self.labels)} labels for {len(self.indices)} samples")
+        self.mode, self.seed, self.epoch = mode, seed, 0
+
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.mode == "stack" else 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int):
+        x = self._cbed(i)
+        if self.mode == "random_projection":
+            k = projection_choice(self.seed, self.epoch, int(self.indices[i]))
+            x = x[k:k + 1]
+        elif self.mode == "projections":
+            x = x[:, None]
+        y = self.labels[i]
+        if self.as_torch:
+            import torch
+
+            return torch.from_numpy(x), torch.tensor(y)
+        return x, y
+
+
+class STEMDLReconstruction(_StoreDataset):
+    """Map-style dataset of (input (3, H, W), projected potential (1, H, W))."""
+
+    def __init__(self, location: StoreLocation | str, indices: Sequence[int], preprocessed: bool,
+                 as_torch: bool = True) -> None:
+        super().__init__(location, indices, preprocessed, as_torch)
+        if "potential" not in self.handle.group:
+            raise ValueError(f"{self.handle.location.url} has no 'potential' array (convert a raw source that has one)")
+
+    def __getitem__(self, i: int):
+        x = self._cbed(i)
+        t = np.asarray(self.handle.group["potential"][int(self.indices[i])], dtype=np.float32)[None]
+        if self.as_torch:
+            import torch
+
+            return torch.from_numpy(x), torch.from_numpy(t)
+        return x, t
+
+
+def from_catalog(task: str, split: str, root: str | None = None, entry: str | None = None, **kwargs):
+    """A dataset of ``task`` (``classification`` or ``reconstruction``) over one split of a catalog entry:
+    the store is found through the catalog only."""
+    from scibench_data.catalog import entry_location, open_catalog
+
+    if task not in DEFAULT_ENTRY:
+        raise ValueError(f"task must be one of {', '.join(DEFAULT_ENTRY)}, got {task!r}")
+    entry = entry or DEFAULT_ENTRY[task]
+    cat = open_catalog(root=root)
+    location = entry_location(cat, entry)
+    ds = getattr(cat, entry).to_dask()
+    idx = split_indices(ds["split"].values, split)
+    preprocessed = bool(ds.attrs.get("scibench_preprocessed", False))
+    if task == "classification":
+        return STEMDLClassification(location, idx, ds["label"].values[idx], preprocessed, **kwargs)
+    return STEMDLReconstruction(location, idx, preprocessed, **kwargs)
+
+
+def numpy_batches(dataset: _StoreDataset, batch_size: int = 32, shuffle: bool = True,
+                  seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Framework-free batches ``(B, ...)`` of inputs and targets from either dataset."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.arange(len(dataset))
+    if shuffle:
+        np.random.default_rng(seed).shuffle(order)
+    as_torch, dataset.as_torch = dataset.as_torch, False
+    try:
+        for start in range(0, len(order), batch_size):
+            items = [dataset[int(i)] for i in order[start:start + batch_size]]
+            yield np.stack([a for a, _ in items]), np.stack([np.asarray(b) for _, b in items])
+    finally:
+        dataset.as_torch = as_torch
