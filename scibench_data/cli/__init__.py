@@ -17,6 +17,7 @@ MODULES: tuple[str, ...] = (
     "scibench_data.cli.cloudmask",
     "scibench_data.cli.cloudmask_ds2",
     "scibench_data.cli.storage",
+    "scibench_data.cli.stemdl",
     "scibench_data.cli.uno",
 )
 
