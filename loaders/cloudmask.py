@@ -17,6 +17,7 @@ import zarr
 
 from loaders.patches import Window, fixed_windows, random_windows
 from scibench_data.storage.location import StoreLocation
+from scibench_data.storage.retries import RemoteReadError
 
 N_REFLECTANCE = 6
 BT_OFFSET, BT_SCALE, REFL_OFFSET = 270.0, 22.0, 0.5
@@ -116,7 +117,14 @@ class CloudMaskPatches:
 
     def __getitem__(self, i: int):
         scene, win = self.items[i]
-        image, mask = read_patch(self.handle.group, scene, win)
+        try:
+            image, mask = read_patch(self.handle.group, scene, win)
+        except Exception as err:  # noqa: BLE001 - any failure below zarr: name what was being read
+            ys, xs = win.slices
+            loc = self.handle.location
+            raise RemoteReadError(
+                f"{loc.url}: reading scene {scene}, rows {ys.start}:{ys.stop}, columns {xs.start}:{xs.stop} "
+                f"failed{'' if loc.is_local else ' after retries'} ({type(err).__name__}: {err})") from err
         if self.as_torch:
             import torch
 

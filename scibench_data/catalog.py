@@ -15,9 +15,18 @@ def default_root() -> str:
     return os.environ.get(ROOT_ENV) or str(Path.home() / "scibench-data")
 
 
-def store_url(entry: str, root: str | None = None) -> str:
-    """The URL of an entry's store under ``root`` (same rule as the catalog)."""
-    return f"{(root or default_root()).rstrip('/')}/{entry}.zarr"
+def store_url(entry: str, root: str | None = None, allow_escape: bool = False) -> str:
+    """The URL of an entry's store under ``root`` (same rule as the catalog).
+
+    An entry name that would leave ``root`` (``..``, an absolute path, a URL) is refused
+    with :class:`~scibench_data.storage.confine.PathEscapeError` unless ``allow_escape``.
+    """
+    from scibench_data.storage.confine import confine, relative_part
+
+    root = root or default_root()
+    if not allow_escape:
+        relative_part(entry, "catalog entry name", root)
+    return confine(root, f"{entry}.zarr", allow_escape=allow_escape, what="catalog entry name")
 
 
 def open_catalog(path: str | None = None, root: str | None = None, **kwargs) -> intake.catalog.Catalog:

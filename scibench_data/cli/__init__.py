@@ -74,14 +74,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the input's fault: printed as one line, exit code 2, no traceback."""
+    """Errors that are the input's fault: printed as one line, exit code 2, no traceback.
+
+    ``KeyError`` is an unknown name (a catalog entry, a data set); ``ValueError`` covers bad
+    values and names that would leave the configured root (``PathEscapeError``)."""
     from scibench_data.formats import SourceFormatError
     from scibench_data.storage.lock import StoreLockedError
     from scibench_data.storage.records import StoreStateError
     from scibench_data.storage.regions import MisalignedRegionError
 
     return (SourceFormatError, StoreStateError, StoreLockedError, MisalignedRegionError, FileNotFoundError,
-            PermissionError, ValueError)
+            PermissionError, ValueError, KeyError)
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the storage service (unreachable, reset) after every retry: one line, exit code 3."""
+    from scibench_data.storage.retries import RemoteReadError
+
+    errors: tuple[type[BaseException], ...] = (RemoteReadError, ConnectionError, TimeoutError)
+    try:
+        from botocore.exceptions import BotoCoreError
+
+        errors += (BotoCoreError,)
+    except ImportError:  # S3 support not installed
+        pass
+    return errors
+
+
+def message(err: BaseException) -> str:
+    """An error's message (a KeyError's without the quotes ``str`` adds)."""
+    return str(err.args[0]) if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,8 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except user_errors() as err:
-        print(f"scibench-data: error: {err}", file=sys.stderr)
+        print(f"scibench-data: error: {message(err)}", file=sys.stderr)
         return 2
+    except storage_errors() as err:
+        print(f"scibench-data: storage error ({type(err).__name__}): {message(err)}; rerun the same "
+              "command once the storage is reachable (finished work is kept)", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("scibench-data: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -56,9 +56,17 @@ def _verify(args: argparse.Namespace) -> int:
     if args.store:
         report = verify_local(args.store, workers=args.workers)
     elif not args.dataset:
-        raise ValueError("give a DATASET (with --catalog) or --store PATH")
-    else:
+        raise ValueError("give a DATASET (with --catalog for a published version, else its local store under "
+                         "--root is checked) or --store PATH")
+    elif args.catalog or os.environ.get(CATALOG_ENV):
         report = verify_published(_catalog(args), args.dataset, _storage_options(args), workers=args.workers)
+    else:
+        from scibench_data.catalog import open_catalog, store_url
+
+        cat = open_catalog()
+        if args.dataset not in cat:
+            raise KeyError(f"catalog has no entry {args.dataset!r}; entries: {', '.join(sorted(cat))}")
+        report = verify_local(store_url(args.dataset, args.root), workers=args.workers)
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
 
@@ -119,6 +127,8 @@ def register(cli) -> None:  # noqa: ANN001
     p.add_argument("dataset", nargs="?", default=None, help="catalog entry name (for a published version)")
     p.add_argument("--catalog", default=None, help=f"published catalog URL (default ${CATALOG_ENV})")
     p.add_argument("--store", default=None, help="verify this local store (e.g. a pulled copy) instead")
+    p.add_argument("--root", default=None,
+                   help="without --catalog: verify the local store ROOT/DATASET.zarr (default $SCIBENCH_DATA_ROOT)")
     p.add_argument("--workers", type=int, default=16, help="concurrent hashing requests (default 16)")
     _add_access(p)
 

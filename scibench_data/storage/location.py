@@ -12,6 +12,8 @@ import fsspec
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
+from scibench_data.storage.retries import with_retries
+
 
 @dataclass(frozen=True)
 class StoreLocation:
@@ -31,12 +33,18 @@ class StoreLocation:
             raise ValueError("store URL must not be empty")
 
     @property
+    def options(self) -> dict[str, Any]:
+        """The storage options the filesystem is opened with: the caller's, plus S3 retry
+        defaults where they set none (:mod:`scibench_data.storage.retries`)."""
+        return with_retries(self.url, self.storage_options)
+
+    @property
     def is_local(self) -> bool:
         return "://" not in self.url or self.url.startswith("file://")
 
     @cached_property
     def _fs_root(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        fs, root = fsspec.core.url_to_fs(self.url, **self.options)
         return fs, root.rstrip("/")
 
     @property
@@ -53,7 +61,7 @@ class StoreLocation:
     def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
         if self.is_local:
             return LocalStore(self.root, read_only=read_only)
-        store = FsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
+        store = FsspecStore.from_url(self.url, storage_options=self.options, read_only=read_only)
         if self.cache_dir and read_only:
             from scibench_data.storage.cache import ChunkCacheStore, cache_folder
 

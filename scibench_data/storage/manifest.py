@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 
+from scibench_data.storage.confine import PathEscapeError, relative_part
 from scibench_data.storage.location import StoreLocation
 
 STATE_PREFIX = "_scibench/"
@@ -40,8 +41,12 @@ class ManifestEntry:
     sha256: str
 
     def __post_init__(self) -> None:
-        if not self.key or self.key.startswith("/") or ".." in self.key.split("/"):
-            raise ManifestError(f"manifest key {self.key!r} is not a relative object key")
+        try:
+            ok = relative_part(self.key, "manifest key") == self.key
+        except PathEscapeError as err:
+            raise ManifestError(f"{err}; refusing the manifest") from None
+        if not ok:
+            raise ManifestError(f"manifest key {self.key!r} is not a normalised relative object key; refusing the manifest")
         if self.size < 0:
             raise ManifestError(f"{self.key}: negative size {self.size}")
         if len(self.sha256) != 64:
@@ -109,15 +114,23 @@ class VerifyReport:
     extra: tuple[str, ...] = ()
     corrupted: tuple[tuple[str, str], ...] = ()  # (key, what differs)
     notes: tuple[str, ...] = field(default=())
+    #: Why the store is not a finished one (e.g. an interrupted conversion); empty when it is.
+    incomplete: str = ""
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.corrupted)
+        return not (self.missing or self.extra or self.corrupted or self.incomplete)
+
+    def with_state(self, incomplete: str) -> "VerifyReport":
+        return VerifyReport(self.location, self.checked, self.missing, self.extra, self.corrupted, self.notes,
+                            incomplete)
 
     def lines(self) -> list[str]:
+        counts = f"{len(self.missing)} missing, {len(self.corrupted)} corrupted, {len(self.extra)} extra"
         out = [f"{self.location}: {self.checked} object(s) checked, "
-               + ("all match the manifest" if self.ok else
-                  f"{len(self.missing)} missing, {len(self.corrupted)} corrupted, {len(self.extra)} extra")]
+               + ("all match the manifest" if self.ok else counts)]
+        if self.incomplete:
+            out.append(f"  INCOMPLETE: {self.incomplete}")
         out += [f"  missing:   {k}" for k in self.missing]
         out += [f"  corrupted: {k} ({why})" for k, why in self.corrupted]
         out += [f"  extra:     {k}" for k in self.extra]

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from scibench_data.storage.confine import confine
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import LOCK_KEY, StoreLockedError, WriterLock
 from scibench_data.storage.manifest import (
@@ -84,7 +85,7 @@ class PublishTarget:
         return f"{self.base}/{CATALOG_NAME}"
 
     def version_url(self, dataset: str, version: int) -> str:
-        return f"{self.base}/{dataset}/v{version}"
+        return confine(self.base, f"{check_dataset_name(dataset)}/v{int(version)}", what="data set version")
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,14 @@ def take_lock(location: StoreLocation, operation: str, break_lock: bool = False)
     return lock
 
 
+def _release_quietly(lock: WriterLock) -> None:
+    try:
+        lock.release()
+    except Exception as err:  # noqa: BLE001 - e.g. the server went away; a rerun takes the stale lock over
+        log.warning("could not remove the publish lock of %s (%s); a rerun on this host takes it over",
+                    lock.location.url, type(err).__name__)
+
+
 def _put(location: StoreLocation, key: str, data: bytes, acl: Mapping[str, str]) -> None:
     path = location.path(key)
     if location.is_local:
@@ -410,8 +419,10 @@ def publish(dataset: str, store: str | StoreLocation, to: str, version: int | No
         digest = sha256_bytes(published_bytes)
         update_catalog(target, dataset, v, published, digest, opts.public, so,
                        {**_base_metadata(dataset), **dict(opts.metadata)}, dims=store_dims(src))
-    finally:
-        lock.release()
+    except BaseException:
+        _release_quietly(lock)  # the original error matters more than a lock we could not remove
+        raise
+    lock.release()
     status = {"publish": "published", "resume": "resumed", "already": "already published"}[action]
     return PublishResult(dataset=dataset, version=v, url=dest.url, catalog_url=target.catalog_url(), status=status,
                          uploaded=uploaded, skipped=skipped, bytes_uploaded=nbytes, n_objects=len(manifest.entries),

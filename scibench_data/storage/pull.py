@@ -23,13 +23,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from scibench_data.storage.confine import PathEscapeError, check_within, confine, relative_part
 from scibench_data.storage.hashing import sha256_bytes
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.manifest import (
     MANIFEST_KEY, Manifest, ManifestError, VerifyReport, read_manifest, verify_store,
 )
 from scibench_data.storage.publish import is_truthy
-from scibench_data.storage.records import STATUS_ATTR, store_state
+from scibench_data.storage.records import STATUS_ATTR, incomplete_reason, store_state
 
 PULL_KEY = ("_scibench", "pull.json")
 ROOT_KEY = "zarr.json"
@@ -48,6 +49,9 @@ class Subset:
             raise ValueError(f"records must be a non-empty list of indices >= 0, got {self.records}")
         if self.variables is not None and not self.variables:
             raise ValueError("variables must not be empty")
+        for name in self.variables or ():
+            if relative_part(name, "variable") != name or "/" in name:
+                raise PathEscapeError(f"variable {name!r} is not a plain variable name")
 
     @property
     def everything(self) -> bool:
@@ -175,8 +179,12 @@ def normalise_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def open_published(catalog_url: str, dataset: str, storage_options: Mapping[str, Any] | None = None) -> Published:
+def open_published(catalog_url: str, dataset: str, storage_options: Mapping[str, Any] | None = None,
+                   allow_outside: bool = False) -> Published:
     """The store, manifest digest and metadata of a published entry.
+
+    The entry's store must lie under the catalog's folder (our publisher writes it there);
+    a catalog pointing elsewhere (another prefix or bucket) is refused unless ``allow_outside``.
 
     The caller's ``storage_options`` (e.g. an endpoint, ``anon``) apply to the catalog and to the
     store; the entry's own (templated) options fill in what they leave out.
@@ -188,6 +196,8 @@ def open_published(catalog_url: str, dataset: str, storage_options: Mapping[str,
     so = dict(storage_options or {})
     cat = intake.open_catalog(catalog_url, storage_options=so)
     loc = entry_location(cat, dataset)
+    catalog_dir = catalog_url.rsplit("/", 1)[0] if "/" in catalog_url else "."
+    check_within(catalog_dir, loc.url, allow_escape=allow_outside, what=f"catalog entry {dataset!r} store")
     meta = entry_metadata(cat, dataset)
     published = meta.get("published") or {}
     digest = published.get("manifest_sha256")
@@ -202,7 +212,8 @@ def verify_published(catalog_url: str, dataset: str, storage_options: Mapping[st
     """Check a published version: manifest digest against the catalog, every object against the manifest."""
     pub = open_published(catalog_url, dataset, storage_options)
     manifest = read_manifest(pub.location, pub.manifest_sha256)
-    return verify_store(pub.location, manifest, workers=workers)
+    report = verify_store(pub.location, manifest, workers=workers)
+    return report.with_state(incomplete_reason(store_state(pub.location)))
 
 
 def verify_local(path: str | os.PathLike, workers: int = 16, expected_digest: str | None = None) -> VerifyReport:
@@ -213,9 +224,7 @@ def verify_local(path: str | os.PathLike, workers: int = 16, expected_digest: st
         state = store_state(loc)
         if not state.complete:
             return VerifyReport(loc.url, 0, missing=(ROOT_KEY,) if state.status == "absent" else (),
-                                corrupted=() if state.status == "absent" else
-                                ((ROOT_KEY, f"store status {state.status!r}, consolidated {state.consolidated}: "
-                                             "not complete"),))
+                                incomplete=incomplete_reason(state))
         return VerifyReport(loc.url, 0, notes=("complete store, but it has no manifest to check its objects "
                                                "against (publish it, or pull a published version)",))
     digest = expected_digest or (info or {}).get("manifest_sha256")
@@ -233,7 +242,9 @@ def verify_local(path: str | os.PathLike, workers: int = 16, expected_digest: st
             report = VerifyReport(report.location, report.checked, missing=(*report.missing, ROOT_KEY),
                                   extra=report.extra, corrupted=report.corrupted)
         notes.append(f"partial copy ({Subset(**subset).as_dict()}); {ROOT_KEY} is rewritten for the subset")
-    return VerifyReport(report.location, report.checked, report.missing, report.extra, report.corrupted, tuple(notes))
+    state = incomplete_reason(store_state(loc), accept=("partial",) if partial else ("complete",))
+    return VerifyReport(report.location, report.checked, report.missing, report.extra, report.corrupted, tuple(notes),
+                        state)
 
 
 # --------------------------------------------------------------------------- pull
@@ -273,7 +284,7 @@ def download(src: StoreLocation, dest: Path, manifest: Manifest, keys: Iterable[
         if got != expected[key].sha256:
             raise ManifestError(f"{src.url}/{key} does not match the manifest (sha256 {got[:12]}... != "
                                 f"{expected[key].sha256[:12]}...): the published object is corrupted")
-        _write_atomic(dest / key, data)
+        _write_atomic(Path(confine(str(dest), key, what="manifest key")), data)
         bar.update(len(data))
         return len(data)
 
@@ -297,13 +308,14 @@ def pull(catalog_url: str, dataset: str, to: str | os.PathLike, subset: Subset =
         raise ManifestError(f"{pub.location.url}/{ROOT_KEY} does not match the manifest")
     root_meta = json.loads(root_bytes)
     keys = select_keys(manifest, root_meta, subset)
-    dest = Path(to) / f"{dataset}.zarr"
+    dest = Path(confine(str(to), f"{dataset}.zarr", what="data set name"))
     dest.mkdir(parents=True, exist_ok=True)
     (dest / ROOT_KEY).unlink(missing_ok=True)  # not openable until the pull is complete
     _write_atomic(dest.joinpath(*MANIFEST_KEY), manifest_bytes)
     body = [k for k in keys if k != ROOT_KEY]
     expected = manifest.by_key
-    todo = [k for k in body if not _local_ok(dest / k, expected[k].size, expected[k].sha256)]
+    todo = [k for k in body if not _local_ok(Path(confine(str(dest), k, what="manifest key")), expected[k].size,
+                                             expected[k].sha256)]
     total = sum(expected[k].size for k in keys)
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {dataset}", disable=not progress) as bar:
         bar.update(total - sum(expected[k].size for k in todo) - len(root_bytes))

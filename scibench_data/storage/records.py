@@ -65,6 +65,18 @@ class StoreState:
         return self.status == "complete" and self.consolidated
 
 
+def incomplete_reason(state: StoreState, accept: tuple[str, ...] = ("complete",)) -> str:
+    """Why ``state`` is not a finished store (status in ``accept`` and consolidated), or ``""``."""
+    if state.status == "absent":
+        return "no root zarr.json: the store was never finished (or its writer was interrupted)"
+    if state.status not in accept:
+        return (f"root status {state.status!r} (not {' or '.join(map(repr, accept))}): a conversion, append or "
+                "pull was interrupted or is still running; rerun it to finish the store")
+    if not state.consolidated:
+        return f"root status {state.status!r} but no consolidated metadata: the final write did not happen"
+    return ""
+
+
 def store_state(location: StoreLocation) -> StoreState:
     """Read the root ``zarr.json`` (one request) and say what the store is."""
     root = location.read_json("zarr.json")
