@@ -19,6 +19,7 @@ MODULES: tuple[str, ...] = (
     "scibench_data.cli.storage",
     "scibench_data.cli.stemdl",
     "scibench_data.cli.uno",
+    "scibench_data.cli.benchmarks",
 )
 
 VERB_HELP = {
