@@ -28,6 +28,9 @@ VERB_HELP = {
     "train": "train the reference model on a catalog entry",
     "evaluate": "score a trained model on a catalog entry",
     "run": "the whole benchmark on the embedded default: generate, convert, open via the catalog, train, evaluate",
+    "append": "append new raw products to a complete store, time-ordered (resumable)",
+    "scaffold": "create a store with a data set's full-scale shape as metadata, filling only some regions",
+    "subset": "select scenes, times, channels and a window lazily; --dry-run says what would be read",
 }
 
 
