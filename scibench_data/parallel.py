@@ -30,6 +30,9 @@ WORKER_ENV: dict[str, str] = {
 #: Dask configuration of the workers we start (passed to spawned workers by the nanny).
 WORKER_CONFIG: dict[str, object] = {
     "distributed.worker.profile.enabled": False,
+    # one task per product and one thread per worker: hand a worker its next product only when it
+    # is free (the default 1.1 lets one worker queue two while another idles at the end of a run)
+    "distributed.scheduler.worker-saturation": 1.0,
     "distributed.nanny.pre-spawn-environ": WORKER_ENV,
 }
 

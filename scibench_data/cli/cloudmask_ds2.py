@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from scibench_data.cli.common import add_progress, add_root, add_scheduler, write_json
 
