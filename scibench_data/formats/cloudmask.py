@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from scibench_data.formats import SourceFormatError
-from scibench_data.formats.slstr import GridGeometry, block_mean, interpolate_tie_points, radiance_to_reflectance
+from scibench_data.formats.slstr import GridGeometry, block_mean, cos_zenith, interpolate_tie_points, reflectance_from_mu0
 
 Layout = Literal["hdf", "sen3"]
 LAYOUTS: tuple[str, ...] = ("hdf", "sen3")
@@ -272,7 +272,7 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str) -> Scene:
     geo = _open_nc(fs, product, "geometry_tn.nc")
     tie = GridGeometry.from_attrs(geo.attrs, geo_path)
     zenith_tn = _variable(geo, geo_path, "solar_zenith_tn").values
-    zenith = None
+    mu0 = None
 
     refs = []
     for ch in REFLECTANCE_CHANNELS:
@@ -280,15 +280,15 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str) -> Scene:
         rpath = posixpath.join(product, fname)
         ds = _open_nc(fs, product, fname)
         radiance = _variable(ds, rpath, f"{ch}_radiance_an", fine).values
-        if zenith is None:
+        if mu0 is None:
             image_grid = GridGeometry.from_attrs(ds.attrs, rpath)
-            zenith = interpolate_tie_points(zenith_tn, tie, image_grid, fine)
+            mu0 = cos_zenith(interpolate_tie_points(zenith_tn, tie, image_grid, fine))
         qpath = posixpath.join(product, f"{ch}_quality_an.nc")
         quality = _open_nc(fs, product, f"{ch}_quality_an.nc")
         irr = np.asarray(_variable(quality, qpath, f"{ch}_solar_irradiance_an").values, dtype=np.float64).ravel()
         if irr.size == 0 or not np.isfinite(irr[0]) or irr[0] <= 0:
             raise SourceFormatError(qpath, f"{ch}_solar_irradiance_an[0] is not a positive number")
-        refs.append(block_mean(radiance_to_reflectance(radiance, float(irr[0]), zenith)).astype(np.float32))
+        refs.append(block_mean(reflectance_from_mu0(radiance, float(irr[0]), mu0)).astype(np.float32))
 
     fpath = posixpath.join(product, "flags_in.nc")
     flags = _open_nc(fs, product, "flags_in.nc", mask_and_scale=False)

@@ -105,9 +105,14 @@ def cos_zenith(solar_zenith_deg: np.ndarray) -> np.ndarray:
 
 def radiance_to_reflectance(radiance: np.ndarray, irradiance: float, solar_zenith_deg: np.ndarray) -> np.ndarray:
     """Top-of-atmosphere reflectance ``pi * L / (E0 * mu0)``."""
+    return reflectance_from_mu0(radiance, irradiance, cos_zenith(solar_zenith_deg))
+
+
+def reflectance_from_mu0(radiance: np.ndarray, irradiance: float, mu0: np.ndarray) -> np.ndarray:
+    """``pi * L / (E0 * mu0)`` with ``mu0`` already computed (one cosine per product, not per channel)."""
     if not np.isfinite(irradiance) or irradiance <= 0:
         raise ValueError(f"solar irradiance must be a positive number, got {irradiance}")
-    return np.pi * np.asarray(radiance, dtype=np.float64) / (irradiance * cos_zenith(solar_zenith_deg))
+    return np.asarray(radiance, dtype=np.float64) * (np.pi / irradiance) / mu0
 
 
 def reflectance_to_radiance(reflectance: np.ndarray, irradiance: float, solar_zenith_deg: np.ndarray) -> np.ndarray:
