@@ -6,6 +6,10 @@ run: compression ratio, decode speed of whole chunks, and random 256 x 256
 patch reads (objects touched per patch, bytes read per patch byte, patches/s).
 
     python benchmarks/chunking.py [--scenes 4] [--patches 200] [--out benchmarks/results/chunking.json]
+
+Encode speed includes zarr's write path; codec decode is the bare codec over
+every chunk object in memory; patch reads go through zarr from local disk.
+Timings are the best of three passes.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ def codecs():
     }
 
 
+REPEATS = 3
+
 LAYOUTS = [
     Layout("9ch x 256 (default)", 256, True),
     Layout("9ch x 128", 128, True),
@@ -87,26 +93,48 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "zarr.json")
 
 
-def measure(path: Path, data: np.ndarray, layout: Layout, n_patches: int) -> dict:
+def codec_decode_MBps(path: Path, codec, layout: Layout) -> float:
+    """Decode every chunk object of the array with the bare codec, bytes already in memory."""
+    import numcodecs
+
+    if layout.shard:
+        return float("nan")
+    blobs = [p.read_bytes() for p in (path / "c").rglob("*") if p.is_file()]
+    if codec == "zlib":
+        chain = [numcodecs.Zlib(), numcodecs.Shuffle(elementsize=4)]
+    else:
+        chain = [numcodecs.Blosc()]
+    best = float("inf")
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        total = 0
+        for b in blobs:
+            for c in chain:
+                b = c.decode(b)
+            total += len(b)
+        best = min(best, time.perf_counter() - t0)
+    return total / best / 1e6
+
+
+def measure(path: Path, data: np.ndarray, layout: Layout, n_patches: int, codec) -> dict:
     arr = zarr.open_array(str(path), mode="r")
-    t0 = time.perf_counter()
-    for s in range(data.shape[0]):
-        arr[s]
-    decode_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     h, w = data.shape[2:]
-    t0 = time.perf_counter()
+    windows = [(int(rng.integers(data.shape[0])), int(rng.integers(h - 256 + 1)), int(rng.integers(w - 256 + 1)))
+               for _ in range(n_patches)]
     objects = 0
-    for _ in range(n_patches):
-        s = int(rng.integers(data.shape[0]))
-        y, x = int(rng.integers(h - 256 + 1)), int(rng.integers(w - 256 + 1))
-        arr[s, :, y:y + 256, x:x + 256]
+    for _, y, x in windows:
         ny = (y + 255) // layout.tile - y // layout.tile + 1
         nx = (x + 255) // layout.tile - x // layout.tile + 1
         objects += ny * nx * (1 if layout.channels_inside else 9)
-    patch_s = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(REPEATS):  # best of REPEATS: the machine is shared
+        t0 = time.perf_counter()
+        for s, y, x in windows:
+            arr[s, :, y:y + 256, x:x + 256]
+        best = min(best, time.perf_counter() - t0)
     tile_bytes = layout.tile * layout.tile * 4 * (9 if layout.channels_inside else 1)
-    return {"decode_MBps": data.nbytes / decode_s / 1e6, "patches_per_s": n_patches / patch_s,
+    return {"codec_decode_MBps": codec_decode_MBps(path, codec, layout), "patches_per_s": n_patches / best,
             "chunks_per_patch": objects / n_patches,
             "read_amplification": objects * tile_bytes / (n_patches * 9 * 256 * 256 * 4)}
 
@@ -129,7 +157,7 @@ def main() -> None:
             write(p, data, default, codec)
             enc = data.nbytes / (time.perf_counter() - t0) / 1e6
             rows.append({"codec": cname, "layout": default.name, "ratio": data.nbytes / dir_bytes(p),
-                         "encode_MBps": enc, **measure(p, data, default, args.patches)})
+                         "encode_MBps": enc, **measure(p, data, default, args.patches, codec)})
             shutil.rmtree(p)
         codec = codecs()["zstd3+shuffle"]
         for layout in LAYOUTS[1:]:  # layouts with the default codec
@@ -138,16 +166,16 @@ def main() -> None:
             write(p, data, layout, codec)
             enc = data.nbytes / (time.perf_counter() - t0) / 1e6
             rows.append({"codec": "zstd3+shuffle", "layout": layout.name, "ratio": data.nbytes / dir_bytes(p),
-                         "encode_MBps": enc, **measure(p, data, layout, args.patches)})
+                         "encode_MBps": enc, **measure(p, data, layout, args.patches, codec)})
             shutil.rmtree(p)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    cols = ["codec", "layout", "ratio", "encode_MBps", "decode_MBps", "patches_per_s", "chunks_per_patch",
+    cols = ["codec", "layout", "ratio", "encode_MBps", "codec_decode_MBps", "patches_per_s", "chunks_per_patch",
             "read_amplification"]
     print(f"{args.scenes} synthetic full-size scenes ({data.nbytes / 1e6:.0f} MB float32), {args.patches} random 256x256 patches")
-    print(" | ".join(f"{c:>20}" if i < 2 else f"{c:>12}" for i, c in enumerate(cols)))
+    print(" | ".join(f"{c:>28}" if i < 2 else f"{c:>12}" for i, c in enumerate(cols)))
     for r in rows:
-        print(" | ".join(f"{r[c]:>20}" if i < 2 else f"{r[c]:>12.2f}" for i, c in enumerate(cols)))
+        print(" | ".join(f"{r[c]:>28}" if i < 2 else f"{r[c]:>12.2f}" for i, c in enumerate(cols)))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"scenes": args.scenes, "patches": args.patches, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
