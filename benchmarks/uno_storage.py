@@ -23,7 +23,7 @@ from pathlib import Path
 import zarr
 
 from scibench_data.convert.uno import UnoConversion, convert_uno
-from scibench_data.formats.uno import EXPORT_NAME, EXPORT_ROWS
+from scibench_data.formats.uno import EXPORT_ROWS
 from scibench_data.scoring.report import format_table
 from scibench_data.synthetic.uno import SyntheticUno, generate
 

@@ -55,7 +55,7 @@ def test_fetch_raw_anonymous_and_resumable(raw_on_s3, s3_endpoint, tmp_path, cap
     (tmp_path / "training" / raw_on_s3[0].name).unlink()  # an interrupted copy: one file missing
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert f"fetched 1 file(s)" in out and f"{len(raw_on_s3) - 1} already present" in out
+    assert "fetched 1 file(s)" in out and f"{len(raw_on_s3) - 1} already present" in out
 
 
 def test_converter_reads_products_from_s3(raw_on_s3, s3_endpoint, cloudmask_stores, tmp_path):

@@ -46,7 +46,7 @@ import xarray as xr
 from scibench_data.convert import ConversionReport
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.cloudmask import (
-    BT_CHANNELS, CHANNELS, FULL_GRID, ProductName, SourceProduct, discover_products, product_name,
+    CHANNELS, ProductName, SourceProduct, discover_products, product_name,
     read_product, sen3_grid_shape,
 )
 from scibench_data.parallel import run_tasks

@@ -38,7 +38,7 @@ import xarray as xr
 from scibench_data.convert import ConversionReport
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.uno import (
-    EXPORT_NAME, FINGERPRINT_KINDS, LAYOUTS, SPLITS, ExportReader, FeatureTable, Responses, concat_tables,
+    EXPORT_NAME, FINGERPRINT_KINDS, LAYOUTS, SPLITS, ExportReader, FeatureTable, concat_tables,
     export_responses, find_raw_files, read_feature_tsv, read_fingerprint_tsv, read_response_tsv, split_codes,
 )
 from scibench_data.parallel import run_tasks
