@@ -163,12 +163,13 @@ def test_misaligned_blocks_are_refused_before_writing(tmp_path):
     store = RecordStore(StoreLocation(str(tmp_path / "a.zarr")), "sample")
     with pytest.raises(ValueError, match="record shape"):
         store.write_block(0, {"cbed": np.zeros((2, 3, 8, 8), np.float32)})
-    zarr.open_array(str(tmp_path / "b.zarr"), mode="w", shape=(8, 2), chunks=(4, 2), dtype="f4", zarr_format=3)
+    group = zarr.open_group(str(tmp_path / "b.zarr"), mode="w", zarr_format=3)
+    group.create_array("v", shape=(8, 2), chunks=(4, 2), dtype="f4", fill_value=0.0)
+    chunked = RecordStore(StoreLocation(str(tmp_path / "b.zarr")), "sample")
     with pytest.raises(MisalignedRegionError, match="not a multiple of the chunk size 4"):
-        check = RecordStore(StoreLocation(str(tmp_path / "b.zarr")), "sample")
-        check._group = zarr.open_group(str(tmp_path / "c.zarr"), mode="w", zarr_format=3)
-        check._group.create_array("v", shape=(8, 2), chunks=(4, 2), dtype="f4")
-        check.write_block(2, {"v": np.ones((4, 2), np.float32)})
+        chunked.write_block(2, {"v": np.ones((4, 2), np.float32)})
+    chunked.write_block(4, {"v": np.ones((4, 2), np.float32)})
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "b.zarr" / "v"))[:, 0], [0] * 4 + [1] * 4)
     with pytest.raises(ValueError, match="multiple of sample_chunk"):
         STEMDLConversion(sample_chunk=3, files_per_task=256)
 

@@ -84,7 +84,7 @@ def test_projection_modes_and_numpy_batches(root):
 
 
 def test_short_training_is_far_above_chance(root, tmp_path):
-    cfg = TrainConfig(model="resnet-small", epochs=10, batch_size=8, learning_rate=3e-3, seed=0)
+    cfg = TrainConfig(model="resnet-small", epochs=10, batch_size=8, learning_rate=3e-3, seed=0, select_split=None)
     with BenchmarkLog(tmp_path / "result-0.txt", "stemdl") as log:
         result = train(root, cfg, tmp_path, log=log, progress=False)
         scores = evaluate(root, result.model_path, "test", tmp_path, log=log, progress=False)
@@ -98,7 +98,8 @@ def test_short_training_is_far_above_chance(root, tmp_path):
 
 
 def test_reconstruction_beats_the_mean_image(root, tmp_path):
-    cfg = TrainConfig(task="reconstruction", epochs=20, batch_size=8, learning_rate=3e-3, seed=0)
+    cfg = TrainConfig(task="reconstruction", epochs=20, batch_size=8, learning_rate=3e-3, widths=(8, 16, 32), seed=0,
+                      select_split=None)
     result = train(root, cfg, tmp_path, progress=False)
     scores = evaluate(root, result.model_path, "test", tmp_path, progress=False)
     baseline = scores["baseline_mean_image_mse"]
