@@ -58,3 +58,23 @@ def test_bad_product_fails_by_name_rest_converts_exit_1(cloudmask_raw, tmp_path,
     assert rc == 1
     assert f"failed {victim.name}" in out and message in out
     assert "2 converted now" in out and "INCOMPLETE" in out
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_commands_write_model_scores_and_mllog(cloudmask_training_root, tmp_path, capsys):
+    from scibench_data.scoring.mllog import read_events
+
+    out = tmp_path / "out"
+    assert main(["train", "cloudmask", "--root", str(cloudmask_training_root), "--out", str(out), "--patch", "64",
+                 "--batch-size", "4", "--max-steps", "2", "--no-progress"]) == 0
+    assert (out / "model.pt").exists()
+    assert main(["evaluate", "cloudmask", "--root", str(cloudmask_training_root), "--model", str(out / "model.pt"),
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "pixel_accuracy" in printed and "best single-channel threshold" in printed
+    scores = json.loads((out / "scores.json").read_text())["scores"]
+    assert set(scores) == {"pixel_accuracy", "f1", "iou", "log_loss"}
+    train_keys = [e["key"] for e in read_events(out / "train-mllog.txt")]
+    assert {"run_start", "seed", "global_batch_size", "epoch_start", "run_stop"} <= set(train_keys)
+    result = [e for e in read_events(out / "eval-mllog.txt") if e["key"] == "result"]
+    assert result and result[0]["value"] == scores

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from scibench_data.cli.common import add_progress, add_root, add_scheduler, write_json
 
@@ -45,7 +46,12 @@ def _train_config(args: argparse.Namespace):
 def _train(args: argparse.Namespace) -> int:
     from scibench_data.pipelines.cloudmask import train
 
-    result = train(args.root, _train_config(args), args.out, progress=args.progress)
+    from scibench_data.scoring.mllog import BenchmarkLog
+
+    with BenchmarkLog(Path(args.out) / "train-mllog.txt", "cloudmask") as log:
+        log.start("run_start")
+        result = train(args.root, _train_config(args), args.out, log=log, progress=args.progress)
+        log.end("run_stop", metadata={"status": "success"})
     print(f"trained on {len(result.splits['train'])} scenes, {result.samples} patches in {result.seconds:.0f} s; "
           f"final loss {result.losses[-1]:.4f}\nmodel: {result.model_path}")
     return 0
@@ -54,9 +60,12 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from scibench_data.pipelines.cloudmask import evaluate, print_scores
 
-    result = evaluate(args.root, args.model, args.entry, args.split, args.out, progress=args.progress)
+    from scibench_data.scoring.mllog import BenchmarkLog
+
+    with BenchmarkLog(Path(args.out) / "eval-mllog.txt", "cloudmask") as log:
+        result = evaluate(args.root, args.model, args.entry, args.split, args.out, log=log, progress=args.progress)
     print_scores(result)
-    print(f"scores: {args.out}/scores.json")
+    print(f"scores: {args.out}/scores.json\nmllog:  {log.path}")
     return 0
 
 
@@ -108,7 +117,7 @@ def register(cli) -> None:  # noqa: ANN001
     p = cli.dataset("train", "cloudmask", _train, "train the reference U-Net on a catalog entry")
     add_root(p)
     _add_train_options(p)
-    p.add_argument("--out", default="outputs/cloudmask", help="folder for model.pt (default outputs/cloudmask)")
+    p.add_argument("--out", default="outputs/cloudmask", help="folder for model.pt and train-mllog.txt")
     add_progress(p)
 
     p = cli.dataset("evaluate", "cloudmask", _evaluate, "score a trained U-Net (accuracy, F1, IoU, log loss per scene)")
@@ -116,7 +125,7 @@ def register(cli) -> None:  # noqa: ANN001
     p.add_argument("--entry", default="cloudmask_ds1")
     p.add_argument("--model", required=True, help="model.pt written by train")
     p.add_argument("--split", choices=("train", "validation", "test"), default="test")
-    p.add_argument("--out", default="outputs/cloudmask", help="folder for scores.json")
+    p.add_argument("--out", default="outputs/cloudmask", help="folder for scores.json and eval-mllog.txt")
     add_progress(p)
 
     p = cli.dataset("run", "cloudmask", _run,
