@@ -10,13 +10,15 @@ Store layout (zarr format 3)::
 
 Chunks are ``(1, 9, 256, 256)`` for ``image`` and ``(1, 256, 256)`` for the
 masks: one object holds every channel of a 256x256 tile, so a 256x256 training
-patch at a random offset reads at most 4 objects of ~2.4 MB (uncompressed).
-Measured with ``python benchmarks/chunking.py`` (random 256x256 patches,
-local disk, blosc zstd3): 256 tiles read 2.9x the patch's bytes and were
-fastest per patch; 512 tiles read 7.8x and were ~1.9x slower; 128 tiles read
-1.8x but needed 9-16 objects per patch, 2.4x the requests of 256 (which is
-what object storage charges for). Channels inside the chunk need one request
-per tile instead of nine.
+patch at a random offset reads 4 objects (2.4 MB each uncompressed).
+Measured with ``python benchmarks/chunking.py --scenes 3 --patches 150`` (3
+full-size scenes, random 256x256 patches from local disk, best of 3, three
+runs on a shared 2-core machine; ``docs/performance.md``): 512 tiles read
+8.6x the patch's bytes and served 0.6-0.8x the patches/s of 256; 128 tiles
+read 2.2x but need 9 objects per patch, 2.2x the requests of 256, and on
+object storage a request costs more than the bytes (moto: ~15 ms CPU each);
+one channel per chunk needs 36 objects per patch and was 0.6-0.8x as fast;
+sharding per scene saved objects but not time. Codec: ``storage/encoding.py``.
 
 The per-scene coordinates (``source_name``, ``time``, ``split``,
 ``source_sha256``) are stored in one chunk each (``SCENE_COORD_CHUNK``

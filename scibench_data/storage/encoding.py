@@ -15,8 +15,8 @@ from zarr.codecs import BloscCodec, BloscShuffle
 class CodecChoice:
     """A Blosc configuration (the default compressor of every array we write)."""
 
-    cname: str = "zstd"
-    clevel: int = 3
+    cname: str = "lz4"
+    clevel: int = 5
     shuffle: str = "shuffle"  # "shuffle", "bitshuffle" or "noshuffle"
 
     def __post_init__(self) -> None:
@@ -33,10 +33,13 @@ class CodecChoice:
         )
 
 
-#: Blosc zstd level 3 with byte shuffle. Measured here (``stack-notes.md`` and
-#: ``python benchmarks/codecs.py``): ratio 1.35 on radiance-like float32 with
-#: 1.7-2.8 GB/s decode per core, against netCDF-style zlib4 at ratio 1.44 but
-#: ~320 MB/s decode: decode speed is what a patch stream pays for.
+#: Blosc lz4 (level 5) with byte shuffle. ``python benchmarks/chunking.py`` on
+#: full-size synthetic CloudMask scenes (three runs, shared 2-core machine):
+#: lz4+shuffle decoded at 2.0-3.7 GB/s per core against 0.7-0.9 GB/s for zstd3
+#: and 0.25-0.32 GB/s for netCDF-style shuffle+zlib4, and served 1.4-2.7x the
+#: random 256x256 patches/s of zstd3, for a 7% larger store (ratio 1.33 vs
+#: 1.43; zlib4 1.45). A patch stream pays for decode speed; bytes on disk
+#: and on the wire grow by 7%.
 DEFAULT_CODEC = CodecChoice()
 
 
