@@ -243,9 +243,12 @@ def main() -> None:
             loc = entry_location(cat, "cloudmask_ds1")
             loc = StoreLocation(loc.url, {**so, **loc.storage_options})
             data = CloudMaskPatches(loc, spec=PatchSpec("fixed"))
-            first, ep, n = epoch(data, max(worker_counts), shuffle=True)
-            open_s = time.perf_counter() - t0 - ep
-            results["staging"] = {"ours_first_batch_s": open_s + first, "ours_epoch_s": open_s + ep}
+            open_s = time.perf_counter() - t0
+            image, _ = data[0]  # what an interactive user waits for: catalog -> lazy dataset -> a patch
+            first_patch_s = time.perf_counter() - t0
+            first, ep, n = epoch(data, max(worker_counts), shuffle=False)
+            results["staging"] = {"ours_open_s": open_s, "ours_first_patch_s": first_patch_s,
+                                  "ours_first_batch_s": open_s + first, "ours_epoch_s": open_s + ep}
             t0 = time.perf_counter()
             local_raw = tmp / "staged"
             fs.get("bench/raw/", str(local_raw) + "/", recursive=True)
@@ -341,7 +344,8 @@ def report(results: dict) -> None:
         print(f"  {reg:>6}: decode ceiling {dec:7.1f} patches/s (ours local {workers[0]}w = {100 * ours1 / dec:5.1f}%), "
               f"raw-GET ceiling {get:7.1f} patches/s (ours S3 {max(workers)}w = {100 * s31 / get:5.1f}%)")
     st = results["staging"]
-    print(f"\nstaging ({st['workers']} workers): ours from the S3 catalog first batch {st['ours_first_batch_s']:.2f} s, "
+    print(f"\nS3 catalog -> lazy dataset {st['ours_open_s']:.2f} s, first patch in-process {st['ours_first_patch_s']:.2f} s")
+    print(f"staging ({st['workers']} workers): ours from the S3 catalog first batch {st['ours_first_batch_s']:.2f} s, "
           f"epoch {st['ours_epoch_s']:.1f} s; reference copy {st['reference_staging_s']:.1f} s, first batch "
           f"{st['reference_first_batch_s']:.2f} s, epoch {st['reference_epoch_s']:.1f} s")
     for s in results["storage"]:

@@ -79,13 +79,27 @@ def plan_patches(scenes: Sequence[int], shape: tuple[int, int], spec: PatchSpec,
     return [(s, win) for s in scenes for win in random_windows(rng, spec.patches_per_scene, h, w, spec.patch)]
 
 
-def read_patch(group: zarr.Group, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised ``(9, p, p)`` float32 image and ``(p, p)`` float32 mask (NaN where unlabelled)."""
-    ys, xs = win.slices
+def read_window(group: zarr.Group, scene: int, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised ``(9, h, w)`` float32 image and ``(h, w)`` float32 mask (NaN where unlabelled)."""
     image = group["image"][scene, :, ys, xs]
     mask = group["cloud_mask"][scene, ys, xs].astype(np.float32)
     mask[mask > 1] = np.nan
     return normalise(image), mask
+
+
+def read_patch(group: zarr.Group, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised ``(9, p, p)`` float32 image and ``(p, p)`` float32 mask (NaN where unlabelled)."""
+    return read_window(group, scene, *win.slices)
+
+
+def aligned_bounds(windows: Sequence[Window], chunks: tuple[int, int], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The chunk-aligned region covering all ``windows`` (each chunk in it is read once)."""
+    (cy, cx), (h, w) = chunks, shape
+    y0 = min(win.y0 for win in windows) // cy * cy
+    x0 = min(win.x0 for win in windows) // cx * cx
+    y1 = min(h, -(-max(win.y0 + win.size for win in windows) // cy) * cy)
+    x1 = min(w, -(-max(win.x0 + win.size for win in windows) // cx) * cx)
+    return slice(y0, y1), slice(x0, x1)
 
 
 class CloudMaskPatches:
@@ -93,6 +107,13 @@ class CloudMaskPatches:
 
     ``scenes`` are indices along the store's ``scene`` dimension (e.g. a split).
     Call :meth:`set_epoch` to draw new random windows each epoch.
+
+    In the fixed regime the 20 patches of a scene overlap chunk boundaries (the
+    reference crop starts at 88, 110), so each process reads the chunk-aligned
+    region around the crop once per scene and cuts patches from it: every chunk
+    is decoded once per scene instead of up to four times. Patches of one scene
+    are adjacent in ``items``; keep the order (``shuffle=False``) or shuffle
+    scenes, not patches, to benefit.
     """
 
     def __init__(self, location: StoreLocation | str, scenes: Sequence[int] | None = None,
@@ -107,7 +128,23 @@ class CloudMaskPatches:
             raise IndexError(f"scene indices {bad[:5]} outside 0..{n_scenes - 1}")
         self.spec = spec
         self.as_torch = as_torch
+        self._crop: tuple[int, int, np.ndarray, np.ndarray] | None = None  # (pid, scene, image, mask)
+        self._crop_bounds = (aligned_bounds(fixed_windows(h, w, spec.patch), tuple(g["image"].chunks[2:]), (h, w))
+                             if spec.mode == "fixed" else None)
         self.set_epoch(0)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_crop": None}
+
+    def _read(self, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
+        if self._crop_bounds is None:
+            return read_patch(self.handle.group, scene, win)
+        ys, xs = self._crop_bounds
+        if self._crop is None or self._crop[:2] != (os.getpid(), scene):
+            self._crop = (os.getpid(), scene, *read_window(self.handle.group, scene, ys, xs))
+        _, _, image, mask = self._crop
+        py, px = slice(win.y0 - ys.start, win.y0 - ys.start + win.size), slice(win.x0 - xs.start, win.x0 - xs.start + win.size)
+        return image[:, py, px].copy(), mask[py, px].copy()
 
     def set_epoch(self, epoch: int) -> None:
         self.items = plan_patches(self.scenes, self.shape, self.spec, epoch)
@@ -118,7 +155,7 @@ class CloudMaskPatches:
     def __getitem__(self, i: int):
         scene, win = self.items[i]
         try:
-            image, mask = read_patch(self.handle.group, scene, win)
+            image, mask = self._read(scene, win)
         except Exception as err:  # noqa: BLE001 - any failure below zarr: name what was being read
             ys, xs = win.slices
             loc = self.handle.location
@@ -130,6 +167,32 @@ class CloudMaskPatches:
 
             return torch.from_numpy(image), torch.from_numpy(mask)[None]
         return image, mask[None]
+
+
+class SceneGroupedSampler:
+    """Shuffle scenes, then the patches within each scene (a ``DataLoader`` ``sampler``).
+
+    Consecutive items come from one scene, so the fixed regime's once-per-scene
+    crop is read once per scene per worker, as the reference reads one product
+    and yields its patches. Reseeded per epoch with :meth:`set_epoch`.
+    """
+
+    def __init__(self, dataset: CloudMaskPatches, seed: int = 0) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        by_scene: dict[int, list[int]] = {}
+        for i, (scene, _) in enumerate(self.dataset.items):
+            by_scene.setdefault(scene, []).append(i)
+        for scene in rng.permutation(list(by_scene)):
+            yield from (int(i) for i in rng.permutation(by_scene[int(scene)]))
 
 
 def numpy_batches(dataset: CloudMaskPatches, batch_size: int = 32, shuffle: bool = True,

@@ -46,6 +46,28 @@ def test_fixed_mode_uses_the_reference_crop(cloudmask_stores):
     assert len(data) == 18
     image, mask = data[0]
     assert image.shape == (9, 32, 32) and mask.shape == (1, 32, 32) and image.dtype == torch.float32
+    # patches cut from the once-per-scene crop equal direct reads, in any order across scenes
+    ds = xr.open_zarr(cloudmask_stores["hdf"])
+    for i in (17, 0, 9, 8, 3):
+        scene, win = data.items[i]
+        ys, xs = win.slices
+        image, mask = data[i]
+        np.testing.assert_array_equal(image.numpy(), normalise(ds["image"][scene, :, ys, xs].values))
+        np.testing.assert_array_equal(mask[0].numpy(), ds["cloud_mask"][scene, ys, xs].values.astype(np.float32))
+
+
+def test_scene_grouped_sampler_keeps_scenes_together(cloudmask_stores):
+    from loaders.cloudmask import SceneGroupedSampler
+
+    data = CloudMaskPatches(str(cloudmask_stores["hdf"]), spec=PatchSpec("fixed", 32))
+    sampler = SceneGroupedSampler(data, seed=5)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(data)))
+    scenes = [data.items[i][0] for i in order]
+    runs = [s for k, s in enumerate(scenes) if k == 0 or s != scenes[k - 1]]
+    assert sorted(runs) == [0, 1, 2]  # each scene's patches are contiguous
+    sampler.set_epoch(1)
+    assert list(sampler) != order
 
 
 def test_numpy_batches_cover_the_epoch(cloudmask_stores):

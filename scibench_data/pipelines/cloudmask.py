@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from loaders.cloudmask import CloudMaskPatches, PatchSpec, read_scene
+from loaders.cloudmask import CloudMaskPatches, PatchSpec, SceneGroupedSampler, read_scene
 from loaders.patches import inference_tiles, mosaic, pad_for_tiles
+from reference_models.training import TrainingProgress, run_epoch
 from reference_models.unet import UNet, n_parameters
 from scibench_data.catalog import entry_location, open_catalog
 from scibench_data.scoring.mllog import BenchmarkLog
@@ -103,8 +104,11 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
         raise ValueError(f"{cfg.entry} has no training scenes")
     data = CloudMaskPatches(location, splits["train"], PatchSpec(cfg.mode, cfg.patch, cfg.patches_per_scene, cfg.seed))
     kwargs = {"multiprocessing_context": "forkserver", "persistent_workers": False} if cfg.num_workers else {}
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
+    # fixed patches: shuffle scenes, then patches within a scene (each scene's crop is read once);
+    # random patches are already spread over scenes: shuffle them all
+    sampler = SceneGroupedSampler(data, cfg.seed) if cfg.mode == "fixed" else None
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
     model = UNet()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     if log:
@@ -114,29 +118,25 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
         log.event("opt_name", "adam")
         log.event("opt_base_learning_rate", cfg.learning_rate)
     result = TrainResult(model_path=outdir / "model.pt", splits=splits)
-    t0, step = time.perf_counter(), 0
-    model.train()
+    progress_ = TrainingProgress()
+
+    def loss_of_batch(batch):
+        image, mask = batch
+        return masked_bce(model(image), mask), len(image)
+
     for epoch in range(cfg.epochs):
         data.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         if log:
             log.start("epoch_start", metadata={"epoch_num": epoch + 1})
-        bar = tqdm(loader, desc=f"train epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress)
-        for image, mask in bar:
-            opt.zero_grad()
-            loss = masked_bce(model(image), mask)
-            loss.backward()
-            opt.step()
-            result.losses.append(loss.item())
-            result.samples += len(image)
-            bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
-            step += 1
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
+        stopped = run_epoch(model, loader, opt, loss_of_batch, progress_, max_steps=cfg.max_steps,
+                            desc=f"train epoch {epoch + 1}/{cfg.epochs}", show=progress)
         if log:
-            log.end("epoch_stop", metadata={"epoch_num": epoch + 1, "loss": result.losses[-1] if result.losses else None})
-        if cfg.max_steps and step >= cfg.max_steps:
+            log.end("epoch_stop", metadata={"epoch_num": epoch + 1, "loss": progress_.last_loss})
+        if stopped:
             break
-    result.seconds = time.perf_counter() - t0
+    result.losses, result.samples, result.seconds = progress_.losses, progress_.samples, progress_.seconds
     torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "splits": splits,
                 "parameters": n_parameters(model)}, result.model_path)
     return result

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from loaders.stemdl import DEFAULT_ENTRY, from_catalog
 from reference_models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from reference_models.resnet import build as build_resnet
+from reference_models.training import TrainingProgress, run_epoch
 from scibench_data.formats.stemdl import N_CLASSES
 from scibench_data.scoring.classification import classification_scores
 from scibench_data.scoring.mllog import BenchmarkLog
@@ -126,37 +127,33 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
             if cfg.task == "classification" else {}
         selection = from_catalog(cfg.task, cfg.select_split, root, cfg.entry, **eval_kwargs)
     best: tuple[float, dict | None, int] = (float("inf"), None, 0)
-    t0, step = time.perf_counter(), 0
-    model.train()
+    progress_ = TrainingProgress()
+
+    def loss_of_batch(batch):
+        x, y = batch
+        out = model(x)
+        loss = loss_fn(out, y) if cfg.task == "classification" else loss_fn(out, (y - stats[0]) / stats[1])
+        return loss, len(x)
+
+    t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         if hasattr(data, "set_epoch"):
             data.set_epoch(epoch)
         if log:
             log.start("epoch_start", metadata={"epoch_num": epoch + 1, "task": cfg.task})
-        bar = tqdm(loader, desc=f"train {cfg.task} {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress)
-        for x, y in bar:
-            opt.zero_grad()
-            out = model(x)
-            loss = loss_fn(out, y) if cfg.task == "classification" else loss_fn(out, (y - stats[0]) / stats[1])
-            loss.backward()
-            opt.step()
-            result.losses.append(loss.item())
-            result.samples += len(x)
-            bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
-            step += 1
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-        meta = {"epoch_num": epoch + 1, "loss": result.losses[-1] if result.losses else None}
+        stopped = run_epoch(model, loader, opt, loss_of_batch, progress_, max_steps=cfg.max_steps,
+                            desc=f"train {cfg.task} {epoch + 1}/{cfg.epochs}", show=progress)
+        meta = {"epoch_num": epoch + 1, "loss": progress_.last_loss}
         if selection is not None:
             recalibrate_batchnorm(model, calibration)
             meta[f"{cfg.select_split}_loss"] = selection_loss(model, selection, loss_fn, stats)
             if meta[f"{cfg.select_split}_loss"] < best[0]:
                 best = (meta[f"{cfg.select_split}_loss"], copy.deepcopy(model.state_dict()), epoch + 1)
-            model.train()
         if log:
             log.end("epoch_stop", metadata=meta)
-        if cfg.max_steps and step >= cfg.max_steps:
+        if stopped:
             break
+    result.losses, result.samples = progress_.losses, progress_.samples
     if best[1] is not None:
         model.load_state_dict(best[1])  # its BatchNorm statistics were recalibrated when it was chosen
         result.selected_epoch = best[2]
