@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import zarr
+from torch.utils.data import IterableDataset, get_worker_info
 
 from loaders.patches import Window, fixed_windows, random_windows
 from scibench_data.storage.location import StoreLocation
@@ -169,30 +170,39 @@ class CloudMaskPatches:
         return image, mask[None]
 
 
-class SceneGroupedSampler:
-    """Shuffle scenes, then the patches within each scene (a ``DataLoader`` ``sampler``).
+class ScenePatchStream(IterableDataset):
+    """The fixed regime streamed as the reference streams it (a ``torch`` ``IterableDataset``).
 
-    Consecutive items come from one scene, so the fixed regime's once-per-scene
-    crop is read once per scene per worker, as the reference reads one product
-    and yields its patches. Reseeded per epoch with :meth:`set_epoch`.
+    Each DataLoader worker takes its share of the scenes, reads each scene's
+    crop once and yields that scene's patches; scenes and the patches within a
+    scene are shuffled per epoch (:meth:`set_epoch`), identically in every
+    worker, so no scene is read by two workers.
     """
 
-    def __init__(self, dataset: CloudMaskPatches, seed: int = 0) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+    def __init__(self, patches: CloudMaskPatches, seed: int = 0) -> None:
+        self.patches, self.seed, self.epoch = patches, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.patches.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.patches)
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self, worker: int = 0, n_workers: int = 1) -> list[int]:
+        """Item indices this worker yields, in order."""
         rng = np.random.default_rng([self.seed, self.epoch])
         by_scene: dict[int, list[int]] = {}
-        for i, (scene, _) in enumerate(self.dataset.items):
+        for i, (scene, _) in enumerate(self.patches.items):
             by_scene.setdefault(scene, []).append(i)
-        for scene in rng.permutation(list(by_scene)):
-            yield from (int(i) for i in rng.permutation(by_scene[int(scene)]))
+        scenes = [int(s) for s in rng.permutation(list(by_scene))]
+        within = {s: [int(i) for i in rng.permutation(by_scene[s])] for s in scenes}
+        return [i for s in scenes[worker::n_workers] for i in within[s]]
+
+    def __iter__(self):
+        info = get_worker_info()
+        for i in self.order(*((info.id, info.num_workers) if info else (0, 1))):
+            yield self.patches[i]
 
 
 def numpy_batches(dataset: CloudMaskPatches, batch_size: int = 32, shuffle: bool = True,

@@ -56,18 +56,26 @@ def test_fixed_mode_uses_the_reference_crop(cloudmask_stores):
         np.testing.assert_array_equal(mask[0].numpy(), ds["cloud_mask"][scene, ys, xs].values.astype(np.float32))
 
 
-def test_scene_grouped_sampler_keeps_scenes_together(cloudmask_stores):
-    from loaders.cloudmask import SceneGroupedSampler
+def test_scene_stream_splits_scenes_between_workers(cloudmask_stores):
+    from loaders.cloudmask import ScenePatchStream
 
     data = CloudMaskPatches(str(cloudmask_stores["hdf"]), spec=PatchSpec("fixed", 32))
-    sampler = SceneGroupedSampler(data, seed=5)
-    order = list(sampler)
-    assert sorted(order) == list(range(len(data)))
-    scenes = [data.items[i][0] for i in order]
-    runs = [s for k, s in enumerate(scenes) if k == 0 or s != scenes[k - 1]]
-    assert sorted(runs) == [0, 1, 2]  # each scene's patches are contiguous
-    sampler.set_epoch(1)
-    assert list(sampler) != order
+    stream = ScenePatchStream(data, seed=5)
+    one = stream.order()
+    assert sorted(one) == list(range(len(data)))
+    scenes = [data.items[i][0] for i in one]
+    assert sum(1 for k in range(1, len(scenes)) if scenes[k] != scenes[k - 1]) == 2  # each scene contiguous
+    w0, w1 = stream.order(0, 2), stream.order(1, 2)
+    assert sorted(w0 + w1) == sorted(one)
+    assert not {data.items[i][0] for i in w0} & {data.items[i][0] for i in w1}  # no scene read twice
+    stream.set_epoch(1)
+    assert stream.order() != one
+    loader = DataLoader(stream, batch_size=5, num_workers=2, multiprocessing_context="forkserver")
+    images = torch.cat([b[0] for b in loader])
+    stream.set_epoch(1)
+    expected = torch.stack([data[i][0] for i in stream.order(0, 2) + stream.order(1, 2)])
+    assert images.shape == expected.shape
+    assert sorted(x.sum().item() for x in images) == pytest.approx(sorted(x.sum().item() for x in expected))
 
 
 def test_numpy_batches_cover_the_epoch(cloudmask_stores):

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from loaders.cloudmask import CloudMaskPatches, PatchSpec, SceneGroupedSampler, read_scene
+from loaders.cloudmask import CloudMaskPatches, PatchSpec, ScenePatchStream, read_scene
 from loaders.patches import inference_tiles, mosaic, pad_for_tiles
 from reference_models.training import TrainingProgress, run_epoch
 from reference_models.unet import UNet, n_parameters
@@ -104,10 +104,10 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
         raise ValueError(f"{cfg.entry} has no training scenes")
     data = CloudMaskPatches(location, splits["train"], PatchSpec(cfg.mode, cfg.patch, cfg.patches_per_scene, cfg.seed))
     kwargs = {"multiprocessing_context": "forkserver", "persistent_workers": False} if cfg.num_workers else {}
-    # fixed patches: shuffle scenes, then patches within a scene (each scene's crop is read once);
-    # random patches are already spread over scenes: shuffle them all
-    sampler = SceneGroupedSampler(data, cfg.seed) if cfg.mode == "fixed" else None
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+    # fixed patches: each worker streams its share of scenes, each scene's crop read once (shuffled
+    # per epoch); random patches are already spread over scenes: shuffle them all
+    stream = ScenePatchStream(data, cfg.seed) if cfg.mode == "fixed" else None
+    loader = DataLoader(stream or data, batch_size=cfg.batch_size, shuffle=None if stream else True,
                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
     model = UNet()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
@@ -125,9 +125,7 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
         return masked_bce(model(image), mask), len(image)
 
     for epoch in range(cfg.epochs):
-        data.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        (stream or data).set_epoch(epoch)
         if log:
             log.start("epoch_start", metadata={"epoch_num": epoch + 1})
         stopped = run_epoch(model, loader, opt, loss_of_batch, progress_, max_steps=cfg.max_steps,
