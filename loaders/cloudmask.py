@@ -28,8 +28,10 @@ def normalise(image: np.ndarray) -> np.ndarray:
     """Reference normalisation of a ``(9, ...)`` image; NaN -> 0. Returns float32."""
     out = np.array(image, dtype=np.float32, copy=True)
     out[:N_REFLECTANCE] -= REFL_OFFSET
-    out[N_REFLECTANCE:] = (out[N_REFLECTANCE:] - BT_OFFSET) / BT_SCALE
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    out[N_REFLECTANCE:] -= BT_OFFSET
+    out[N_REFLECTANCE:] *= np.float32(1.0 / BT_SCALE)
+    out[~np.isfinite(out)] = 0.0  # in place: nan_to_num would allocate twice more
+    return out
 
 
 class StoreHandle:
@@ -46,6 +48,17 @@ class StoreHandle:
             self._group = zarr.open_group(self.location.zarr_store(read_only=True), mode="r")
             self._pid = os.getpid()
         return self._group
+
+    def __getitem__(self, name: str) -> zarr.Array:
+        """An array of the group, looked up once per process (so a handle reads like a group)."""
+        group = self.group
+        arrays = self.__dict__.setdefault("_arrays", {})
+        if arrays.get("_group") is not group:
+            arrays.clear()
+            arrays["_group"] = group
+        if name not in arrays:
+            arrays[name] = group[name]
+        return arrays[name]
 
     def __getstate__(self) -> dict:
         return {"location": self.location, "_pid": None, "_group": None}
@@ -80,7 +93,7 @@ def plan_patches(scenes: Sequence[int], shape: tuple[int, int], spec: PatchSpec,
     return [(s, win) for s in scenes for win in random_windows(rng, spec.patches_per_scene, h, w, spec.patch)]
 
 
-def read_window(group: zarr.Group, scene: int, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
+def read_window(group: zarr.Group | StoreHandle, scene: int, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
     """Normalised ``(9, h, w)`` float32 image and ``(h, w)`` float32 mask (NaN where unlabelled)."""
     image = group["image"][scene, :, ys, xs]
     mask = group["cloud_mask"][scene, ys, xs].astype(np.float32)
@@ -88,7 +101,7 @@ def read_window(group: zarr.Group, scene: int, ys: slice, xs: slice) -> tuple[np
     return normalise(image), mask
 
 
-def read_patch(group: zarr.Group, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
+def read_patch(group: zarr.Group | StoreHandle, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
     """Normalised ``(9, p, p)`` float32 image and ``(p, p)`` float32 mask (NaN where unlabelled)."""
     return read_window(group, scene, *win.slices)
 
@@ -139,10 +152,10 @@ class CloudMaskPatches:
 
     def _read(self, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
         if self._crop_bounds is None:
-            return read_patch(self.handle.group, scene, win)
+            return read_patch(self.handle, scene, win)
         ys, xs = self._crop_bounds
         if self._crop is None or self._crop[:2] != (os.getpid(), scene):
-            self._crop = (os.getpid(), scene, *read_window(self.handle.group, scene, ys, xs))
+            self._crop = (os.getpid(), scene, *read_window(self.handle, scene, ys, xs))
         _, _, image, mask = self._crop
         py, px = slice(win.y0 - ys.start, win.y0 - ys.start + win.size), slice(win.x0 - xs.start, win.x0 - xs.start + win.size)
         return image[:, py, px].copy(), mask[py, px].copy()
