@@ -9,13 +9,14 @@ because fsspec's event loop does not survive ``fork``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 
+from loaders.common import numpy_batches  # noqa: F401 - re-exported
 from loaders.patches import Window, fixed_windows, random_windows
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.retries import RemoteReadError
@@ -216,21 +217,6 @@ class ScenePatchStream(IterableDataset):
         info = get_worker_info()
         for i in self.order(*((info.id, info.num_workers) if info else (0, 1))):
             yield self.patches[i]
-
-
-def numpy_batches(dataset: CloudMaskPatches, batch_size: int = 32, shuffle: bool = True,
-                  seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Framework-free batches ``(B, 9, p, p)``, ``(B, 1, p, p)`` from a dataset."""
-    order = np.arange(len(dataset))
-    if shuffle:
-        np.random.default_rng(seed).shuffle(order)
-    as_torch, dataset.as_torch = dataset.as_torch, False
-    try:
-        for start in range(0, len(order), batch_size):
-            items = [dataset[int(i)] for i in order[start:start + batch_size]]
-            yield np.stack([a for a, _ in items]), np.stack([b for _, b in items])
-    finally:
-        dataset.as_torch = as_torch
 
 
 def read_scene(location: StoreLocation | str, scene: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,10 +14,11 @@ drawn per epoch; 1 channel) and ``"projections"`` (all three as a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from loaders.common import numpy_batches  # noqa: F401 - re-exported
 from loaders.cloudmask import StoreHandle
 from scibench_data.formats.stemdl import CLIP_MAX, log_scale
 from scibench_data.storage.location import StoreLocation
@@ -135,20 +136,3 @@ def from_catalog(task: str, split: str, root: str | None = None, entry: str | No
     if task == "classification":
         return STEMDLClassification(location, idx, ds["label"].values[idx], preprocessed, **kwargs)
     return STEMDLReconstruction(location, idx, preprocessed, **kwargs)
-
-
-def numpy_batches(dataset: _StoreDataset, batch_size: int = 32, shuffle: bool = True,
-                  seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Framework-free batches ``(B, ...)`` of inputs and targets from either dataset."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = np.arange(len(dataset))
-    if shuffle:
-        np.random.default_rng(seed).shuffle(order)
-    as_torch, dataset.as_torch = dataset.as_torch, False
-    try:
-        for start in range(0, len(order), batch_size):
-            items = [dataset[int(i)] for i in order[start:start + batch_size]]
-            yield np.stack([a for a, _ in items]), np.stack([np.asarray(b) for _, b in items])
-    finally:
-        dataset.as_torch = as_torch

@@ -78,3 +78,24 @@ def test_train_and_evaluate_commands_write_model_scores_and_mllog(cloudmask_trai
     assert {"run_start", "seed", "global_batch_size", "epoch_start", "run_stop"} <= set(train_keys)
     result = [e for e in read_events(out / "eval-mllog.txt") if e["key"] == "result"]
     assert result and result[0]["value"] == scores
+
+
+def test_break_lock_removes_a_live_writers_lock(cloudmask_raw, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    dest = tmp_path / "locked.zarr"
+    (dest / "_scibench").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (dest / "_scibench" / "lock.json").write_text(json.dumps(
+            {"pid": holder.pid, "host": __import__("socket").gethostname(), "operation": "convert"}))
+        args = ["convert", "cloudmask", "--layout", "hdf", str(cloudmask_raw["hdf"]), str(dest), "--no-progress"]
+        assert main(args) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert main(args + ["--break-lock"]) == 0
+        out = capsys.readouterr().out
+        assert f"removed the lock of {dest}" in out and "status: complete" in out
+    finally:
+        holder.kill()
+        holder.wait()

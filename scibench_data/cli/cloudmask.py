@@ -20,12 +20,11 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from scibench_data.convert.cloudmask import CloudMaskConversion, append_cloudmask, convert_cloudmask
-    from scibench_data.storage.lock import WriterLock
+    from scibench_data.storage.lock import break_lock
     from scibench_data.storage.location import StoreLocation
 
-    if args.break_lock:
-        WriterLock(StoreLocation(args.dest)).acquire(break_lock=True)
-        WriterLock(StoreLocation(args.dest), held=True).release()
+    if args.break_lock and break_lock(StoreLocation(args.dest)):
+        print(f"removed the lock of {args.dest}")
     opts = CloudMaskConversion(layout=args.layout, tile=args.tile, scheduler=args.scheduler,
                                n_workers=args.workers, retries=args.retries, progress=args.progress)
     report = (append_cloudmask if args.append else convert_cloudmask)(args.src, args.dest, opts)

@@ -27,11 +27,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from scibench_data.convert.stemdl import STEMDLConversion, convert_stemdl
     from scibench_data.storage.location import StoreLocation
-    from scibench_data.storage.lock import WriterLock
+    from scibench_data.storage.lock import break_lock
 
-    if args.break_lock:
-        WriterLock(StoreLocation(args.dest)).acquire(break_lock=True)
-        WriterLock(StoreLocation(args.dest), held=True).release()
+    if args.break_lock and break_lock(StoreLocation(args.dest)):
+        print(f"removed the lock of {args.dest}")
     opts = STEMDLConversion(preprocess=args.preprocess, size=args.size, sample_chunk=args.sample_chunk,
                             files_per_task=args.files_per_task, scheduler=args.scheduler, n_workers=args.workers,
                             retries=args.retries, progress=args.progress)

@@ -26,11 +26,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from scibench_data.convert.uno import UnoConversion, convert_uno
     from scibench_data.storage.location import StoreLocation
-    from scibench_data.storage.lock import WriterLock
+    from scibench_data.storage.lock import break_lock
 
-    if args.break_lock:
-        WriterLock(StoreLocation(args.dest)).acquire(break_lock=True)
-        WriterLock(StoreLocation(args.dest), held=True).release()
+    if args.break_lock and break_lock(StoreLocation(args.dest)):
+        print(f"removed the lock of {args.dest}")
     opts = UnoConversion(split_seed=args.split_seed, scheduler=args.scheduler, n_workers=args.workers,
                          retries=args.retries, progress=args.progress)
     report = convert_uno(args.src, args.dest, opts)

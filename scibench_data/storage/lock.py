@@ -91,3 +91,14 @@ class WriterLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def break_lock(location: StoreLocation) -> bool:
+    """Remove a store's lock, whoever holds it (the user's explicit ``--break-lock``).
+
+    Returns True if there was a lock to remove."""
+    try:
+        location.fs.rm_file(location.path(*LOCK_KEY))
+        return True
+    except FileNotFoundError:
+        return False
