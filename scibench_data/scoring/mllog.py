@@ -18,6 +18,8 @@ from mlperf_logging.mllog.mllog import MLLogger
 from mlperf_logging.mllog import constants as C
 
 SUBMISSION_VERSION = "1.0"
+#: Frames between a ``with log.interval(...)`` line and mllog's own logging call.
+INTERVAL_STACK_OFFSET = 3
 
 
 class BenchmarkLog:
@@ -33,7 +35,7 @@ class BenchmarkLog:
         self._handler = logging.FileHandler(self.path, mode="w")
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._logger.addHandler(self._handler)
-        self._ml = MLLogger(logger=self._logger, default_namespace="", default_stack_offset=3)
+        self._ml = MLLogger(logger=self._logger, default_namespace="", default_stack_offset=2)
         self.event(C.SUBMISSION_BENCHMARK, benchmark)
         self.event(C.SUBMISSION_ORG, org)
         self.event(C.SUBMISSION_DIVISION, division)
@@ -52,12 +54,13 @@ class BenchmarkLog:
 
     @contextmanager
     def interval(self, name: str, metadata: dict | None = None) -> Iterator[None]:
-        """``{name}_start`` ... ``{name}_stop`` around a block."""
-        self.start(f"{name}_start", metadata=metadata)
+        """``{name}_start`` ... ``{name}_stop`` around a block (events name the caller's line,
+        not contextlib's: two more frames to skip)."""
+        self._ml.start(key=f"{name}_start", metadata=metadata, stack_offset=INTERVAL_STACK_OFFSET)
         try:
             yield
         finally:
-            self.end(f"{name}_stop", metadata=metadata)
+            self._ml.end(key=f"{name}_stop", metadata=metadata, stack_offset=INTERVAL_STACK_OFFSET)
 
     def close(self) -> None:
         self._handler.close()
