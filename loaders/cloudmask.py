@@ -8,12 +8,14 @@ because fsspec's event loop does not survive ``fork``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 from torch.utils.data import IterableDataset, get_worker_info
 
 from loaders.common import numpy_batches  # noqa: F401 - re-exported
@@ -96,10 +98,16 @@ def plan_patches(scenes: Sequence[int], shape: tuple[int, int], spec: PatchSpec,
 
 def read_window(group: zarr.Group | StoreHandle, scene: int, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
     """Normalised ``(9, h, w)`` float32 image and ``(h, w)`` float32 mask (NaN where unlabelled)."""
-    image = group["image"][scene, :, ys, xs]
-    mask = group["cloud_mask"][scene, ys, xs].astype(np.float32)
+    image, mask = sync(_read_both(group["image"].async_array, group["cloud_mask"].async_array,
+                                  (scene, slice(None), ys, xs), (scene, ys, xs)))
+    mask = np.asarray(mask).astype(np.float32)
     mask[mask > 1] = np.nan
-    return normalise(image), mask
+    return normalise(np.asarray(image)), mask
+
+
+async def _read_both(image, mask, image_sel, mask_sel):
+    """Both arrays' chunks requested at once: one round trip per patch on object storage, not two."""
+    return await asyncio.gather(image.getitem(image_sel), mask.getitem(mask_sel))
 
 
 def read_patch(group: zarr.Group | StoreHandle, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
