@@ -225,6 +225,21 @@ def _sha256_array(store: RecordStore, n: int) -> np.ndarray:
     return np.array([markers[i]["sha256"] if i in markers else "" for i in range(n)], dtype=object)
 
 
+def _run_and_finalize(store: RecordStore, src: str, todo: list, grid: tuple[int, int],
+                      options: CloudMaskConversion, desc: str, total: int, done: dict, rejected_rows: tuple,
+                      t0: float, extra: dict | None = None) -> ConversionReport:
+    """Convert ``todo``; when nothing failed, finalize the store (provenance, status, consolidation)."""
+    ok, failed = _run(store, src, todo, grid, options, desc)
+    if not failed:
+        store.finalize({"source_sha256": _sha256_array(store, total)},
+                       {"scibench_layout": options.layout, "scibench_n_scenes": total})
+    return ConversionReport(
+        dest=store.location.url, total=total, converted=tuple(r.value["key"] for r in ok),
+        already_done=len(done), failed=failed, rejected=rejected_rows, complete=not failed,
+        elapsed_s=time.perf_counter() - t0, bytes_read=sum(r.value["bytes"] for r in ok), extra=extra or {},
+    )
+
+
 def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConversion) -> ConversionReport:
     """Convert every product of ``options.layout`` under ``src`` into the store ``dest``.
 
@@ -251,17 +266,8 @@ def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCon
             return ConversionReport(dest=location.url, total=len(products), already_done=len(products),
                                     complete=True, rejected=rejected_rows, elapsed_s=time.perf_counter() - t0)
         todo = [(i, p) for i, p in enumerate(products) if i not in done]
-        ok, failed = _run(store, src, todo, grid, options, f"convert {options.layout}")
-        complete = False
-        if not failed:
-            store.finalize({"source_sha256": _sha256_array(store, len(products))},
-                           {"scibench_layout": options.layout, "scibench_n_scenes": len(products)})
-            complete = True
-    return ConversionReport(
-        dest=location.url, total=len(products), converted=tuple(r.value["key"] for r in ok),
-        already_done=len(done), failed=failed, rejected=rejected_rows, complete=complete,
-        elapsed_s=time.perf_counter() - t0, bytes_read=sum(r.value["bytes"] for r in ok),
-    )
+        return _run_and_finalize(store, src, todo, grid, options, f"convert {options.layout}", len(products),
+                                 done, rejected_rows, t0)
 
 
 def _start_of(key: str) -> datetime:
@@ -337,18 +343,9 @@ def append_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConv
             raise FileNotFoundError(f"{src} lacks {len(missing)} product(s) that {location.url} planned, "
                                     f"e.g. {missing[0]}")
         todo = [(i, by_key[k]) for i, k in enumerate(keys) if i not in done]
-        ok, failed = _run(store, src, todo, tuple(plan["grid"]), options, f"append {options.layout}")
-        complete = False
-        if not failed:
-            store.finalize({"source_sha256": _sha256_array(store, len(keys))},
-                           {"scibench_layout": options.layout, "scibench_n_scenes": len(keys)})
-            complete = True
-    return ConversionReport(
-        dest=location.url, total=len(keys), converted=tuple(r.value["key"] for r in ok),
-        already_done=len(done), failed=failed, rejected=rejected_rows, complete=complete,
-        elapsed_s=time.perf_counter() - t0, bytes_read=sum(r.value["bytes"] for r in ok),
-        extra={"appended": [p.name.stem for p in new]},
-    )
+        return _run_and_finalize(store, src, todo, tuple(plan["grid"]), options, f"append {options.layout}",
+                                 len(keys), done, rejected_rows, t0,
+                                 extra={"appended": [p.name.stem for p in new]})
 
 
 #: Products that 4.9 TB of raw SLSTR RBT products implies at ~0.5 GB each (see docs/ds2.md).

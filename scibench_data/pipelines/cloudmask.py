@@ -21,6 +21,7 @@ from loaders.patches import inference_tiles, mosaic, pad_for_tiles
 from reference_models.training import TrainingProgress, run_epoch
 from reference_models.unet import UNet, n_parameters
 from scibench_data.catalog import entry_location, open_catalog
+from scibench_data.pipelines import new_run
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.report import format_table, write_scores
 from scibench_data.scoring.segmentation import average_scores, fit_single_channel_threshold, scene_scores
@@ -256,13 +257,8 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
     root = root or default_root()
     raw = Path(root) / "raw" / "cloudmask"
     store = store_url(cfg.train.entry, root)
-    outdir = Path(root) / "outputs" / "cloudmask" / time.strftime("run-%Y%m%d-%H%M%S")
-    outdir.mkdir(parents=True, exist_ok=True)
-    log = BenchmarkLog(outdir / "result-0.txt", BENCHMARK)
     t0 = time.perf_counter()
-    log.start("init_start")
-    log.end("init_stop")
-    log.start("run_start")
+    outdir, log = new_run(root, BENCHMARK)
     with log.interval("staging", metadata={"store": store}):
         if fresh:
             shutil.rmtree(raw, ignore_errors=True)

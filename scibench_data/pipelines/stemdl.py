@@ -26,6 +26,7 @@ from reference_models.resnet import build as build_resnet
 from reference_models.training import TrainingProgress, run_epoch
 from scibench_data.formats.stemdl import N_CLASSES
 from scibench_data.scoring.classification import classification_scores
+from scibench_data.pipelines import new_run
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.reconstruction import mse, reconstruction_scores
 from scibench_data.scoring.report import format_table, write_scores
@@ -298,13 +299,8 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
     root = root or default_root()
     raw = Path(root) / "raw" / "stemdl"
     stores = {"stemdl": store_url("stemdl", root), "stemdl_reconstruction": store_url("stemdl_reconstruction", root)}
-    outdir = Path(root) / "outputs" / "stemdl" / time.strftime("run-%Y%m%d-%H%M%S")
-    outdir.mkdir(parents=True, exist_ok=True)
-    log = BenchmarkLog(outdir / "result-0.txt", BENCHMARK)
     t0 = time.perf_counter()
-    log.start("init_start")
-    log.end("init_stop")
-    log.start("run_start")
+    outdir, log = new_run(root, BENCHMARK)
     with log.interval("staging", metadata={"stores": list(stores.values())}):
         if fresh:
             shutil.rmtree(raw, ignore_errors=True)
