@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from loaders.cloudmask import CloudMaskPatches, PatchSpec, ScenePatchStream, normalise, plan_patches
+from loaders.cloudmask import CloudMaskPatches, PatchSpec, ScenePatchStream, normalise, patch_loader, plan_patches
 from loaders.patches import fixed_windows
 from scibench_data.catalog import entry_location
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
@@ -123,14 +123,23 @@ class XbatcherPatches(Dataset):
 # --------------------------------------------------------------------------- measuring
 
 
-def epoch(dataset, workers: int, shuffle: bool) -> tuple[float, float, int]:
+def plain_loader(dataset, workers: int, shuffle: bool) -> DataLoader:
+    """How the reference and xbatcher are fed: per-sample items, collated into batches."""
+    kwargs = {"multiprocessing_context": "forkserver"} if workers else {}
+    return DataLoader(dataset, batch_size=BATCH, num_workers=workers,
+                      shuffle=shuffle if not isinstance(dataset, IterableDataset) else None, **kwargs)
+
+
+def our_loader(dataset, workers: int, shuffle: bool) -> DataLoader:
+    """Ours as the docs and the training pipeline use it: whole batches per worker (:func:`patch_loader`)."""
+    return patch_loader(dataset, BATCH, num_workers=workers, shuffle=shuffle)
+
+
+def epoch(loader) -> tuple[float, float, int]:
     """(seconds to first batch, seconds for the epoch, samples) through a DataLoader.
 
-    Worker start-up (forkserver, importing torch) lands in the first batch; throughput
-    is reported for the batches after it (see :func:`steady_rate`)."""
-    kwargs = {"multiprocessing_context": "forkserver"} if workers else {}
-    loader = DataLoader(dataset, batch_size=BATCH, num_workers=workers, shuffle=shuffle if not isinstance(
-        dataset, IterableDataset) else None, **kwargs)
+    Worker start-up (forkserver) lands in the first batch; throughput is reported
+    for the batches after it (see :func:`steady_rate`)."""
     t0 = time.perf_counter()
     first, n = None, 0
     for image, mask in loader:
@@ -139,6 +148,28 @@ def epoch(dataset, workers: int, shuffle: bool) -> tuple[float, float, int]:
             epoch.first_size = len(image)  # type: ignore[attr-defined]
         n += len(image)
     return first or 0.0, time.perf_counter() - t0, n
+
+
+class Preloaded(Dataset):
+    """No reading at all: copies of one patch, to measure what moving samples through a DataLoader costs."""
+
+    def __init__(self, n: int, batched: bool) -> None:
+        self.n, self.batched = n, batched
+        self.image = np.random.default_rng(0).random((9, 256, 256), dtype=np.float32)
+        self.mask = np.ones((1, 256, 256), np.float32)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if not self.batched:
+            return torch.from_numpy(self.image.copy()), torch.from_numpy(self.mask.copy())
+        image, mask = torch.empty((len(i), 9, 256, 256)), torch.empty((len(i), 1, 256, 256))
+        if get_worker_info() is not None:
+            image.share_memory_(), mask.share_memory_()
+        image.numpy()[:] = self.image
+        mask.numpy()[:] = self.mask
+        return image, mask
 
 
 def steady_rate(first: float, total: float, n: int, first_size: int) -> float:
@@ -192,7 +223,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=6)
-    ap.add_argument("--workers", default="1,2", help="loader worker counts to compare (default 1,2)")
+    ap.add_argument("--workers", default="0,1,2",
+                    help="loader worker counts to compare (default 0,1,2; 0 = in the main process)")
     ap.add_argument("--out", default="benchmarks/results/performance.json")
     ap.add_argument("--plot", default=None, help="also write a bar chart PNG here")
     args = ap.parse_args()
@@ -236,7 +268,9 @@ def main() -> None:
                                "AWS_ENDPOINT_URL": endpoint})
             import intake
 
-            # 1. time to first batch and epoch including staging
+            # 1. time to first batch and epoch including staging: one stopwatch from opening the
+            # catalog to the first batch out of a DataLoader with workers, then on to the epoch's end
+            workers = max(worker_counts)
             t0 = time.perf_counter()
             cat = intake.open_catalog("s3://bench/pub/catalog.yaml", storage_options=so)
             cat.cloudmask_ds1.to_dask()
@@ -244,19 +278,26 @@ def main() -> None:
             loc = StoreLocation(loc.url, {**so, **loc.storage_options})
             data = CloudMaskPatches(loc, spec=PatchSpec("fixed"))
             open_s = time.perf_counter() - t0
-            image, _ = data[0]  # what an interactive user waits for: catalog -> lazy dataset -> a patch
-            first_patch_s = time.perf_counter() - t0
-            first, ep, n = epoch(ScenePatchStream(data, seed=3), max(worker_counts), shuffle=False)
-            results["staging"] = {"ours_open_s": open_s, "ours_first_patch_s": first_patch_s,
-                                  "ours_first_batch_s": open_s + first, "ours_epoch_s": open_s + ep}
+            first, ep, n = epoch(our_loader(ScenePatchStream(data, seed=3), workers, shuffle=False))
+            results["staging"] = {"ours_open_s": open_s, "ours_first_batch_s": open_s + first,
+                                  "ours_epoch_s": open_s + ep, "workers": workers}
+            # in-process (what an interactive user waits for): catalog -> lazy dataset -> a batch of 16
+            t0 = time.perf_counter()
+            cat = intake.open_catalog("s3://bench/pub/catalog.yaml", storage_options=so)
+            loc2 = entry_location(cat, "cloudmask_ds1")
+            data = CloudMaskPatches(StoreLocation(loc2.url, {**so, **loc2.storage_options}), spec=PatchSpec("fixed"))
+            data[0]
+            results["staging"]["ours_first_patch_s"] = time.perf_counter() - t0
+            data[list(range(1, BATCH + 1))]
+            results["staging"]["ours_first_batch_in_process_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             local_raw = tmp / "staged"
             fs.get("bench/raw/", str(local_raw) + "/", recursive=True)
             stage = time.perf_counter() - t0
             staged = sorted(str(p) for p in local_raw.rglob("*.hdf"))
-            first_r, ep_r, _ = epoch(ReferenceFixed(staged), max(worker_counts), shuffle=False)
+            first_r, ep_r, _ = epoch(plain_loader(ReferenceFixed(staged), workers, shuffle=False))
             results["staging"].update({"reference_staging_s": stage, "reference_first_batch_s": stage + first_r,
-                                       "reference_epoch_s": stage + ep_r, "workers": max(worker_counts)})
+                                       "reference_epoch_s": stage + ep_r})
 
             # 2. throughput
             h, w = 1200, 1500
@@ -288,13 +329,24 @@ def main() -> None:
                             else:  # each worker streams its share of scenes, one crop read per scene
                                 ds = ScenePatchStream(ds, seed=3)
                             if "cache" in name:
-                                epoch(ds, workers, shuffle=False)  # warm the cache
-                        first, secs, n = epoch(ds, workers, shuffle=regime == "random")
+                                epoch(our_loader(ds, workers, shuffle=False))  # warm the cache
+                        make_loader = plain_loader if make is None else our_loader
+                        first, secs, n = epoch(make_loader(ds, workers, shuffle=regime == "random"))
                         rate = steady_rate(first, secs, n, epoch.first_size)  # type: ignore[attr-defined]
                         rows.append({"regime": regime, "loader": name, "workers": workers, "samples_per_s": rate,
                                      "first_batch_s": first, "epoch_s": secs, "samples": n})
                         print(f"{regime:>6} | {name:<32} | {workers} workers | {rate:8.1f} samples/s "
                               f"(first batch {first:.1f} s)", flush=True)
+
+            # what moving samples from workers to the main process costs, with no reading at all
+            results["transport"] = []
+            for workers in worker_counts:
+                for how, ds, make_loader in (("per-sample items, collated", Preloaded(len(rand_items), False), plain_loader),
+                                             ("whole batches in shared memory", Preloaded(len(rand_items), True), our_loader)):
+                    first, secs, n = epoch(make_loader(ds, workers, shuffle=False))
+                    rate = steady_rate(first, secs, n, epoch.first_size)  # type: ignore[attr-defined]
+                    results["transport"].append({"how": how, "workers": workers, "samples_per_s": rate})
+                    print(f"transport | {how:<32} | {workers} workers | {rate:8.1f} samples/s", flush=True)
 
             # 3. ceilings, for the same two patch streams
             results["ceilings"] = {}
@@ -341,12 +393,16 @@ def report(results: dict) -> None:
             print(f"  {reg:>6} {w}w: ours local / reference = {ours / ref:6.1f}x, ours S3 / reference = {s3 / ref:6.1f}x")
     for reg, c in results["ceilings"].items():
         dec, get = c["decode_local"]["patches_per_s"], c["get_s3"]["patches_per_s"]
-        ours1 = _rate(rows, reg, "ours, local Zarr", workers[0])
-        s31 = _rate(rows, reg, "ours, S3", max(workers))
-        print(f"  {reg:>6}: decode ceiling {dec:7.1f} patches/s (ours local {workers[0]}w = {100 * ours1 / dec:5.1f}%), "
-              f"raw-GET ceiling {get:7.1f} patches/s (ours S3 {max(workers)}w = {100 * s31 / get:5.1f}%)")
+        print(f"  {reg:>6}: decode ceiling {dec:7.1f} patches/s; ours local "
+              + ", ".join(f"{w}w {100 * _rate(rows, reg, 'ours, local Zarr', w) / dec:5.1f}%" for w in workers)
+              + f" | raw-GET ceiling {get:7.1f} patches/s; ours S3 "
+              + ", ".join(f"{w}w {100 * _rate(rows, reg, 'ours, S3', w) / get:5.1f}%" for w in workers))
+    print("\nDataLoader transport alone (no reading), samples/s")
+    for t in results.get("transport", []):
+        print(f"  {t['how']:<34} {t['workers']} workers {t['samples_per_s']:8.1f}")
     st = results["staging"]
-    print(f"\nS3 catalog -> lazy dataset {st['ours_open_s']:.2f} s, first patch in-process {st['ours_first_patch_s']:.2f} s")
+    print(f"\nS3 catalog -> lazy dataset {st['ours_open_s']:.2f} s; in-process: first patch {st['ours_first_patch_s']:.2f} s, "
+          f"first batch of {BATCH} {st['ours_first_batch_in_process_s']:.2f} s")
     print(f"staging ({st['workers']} workers): ours from the S3 catalog first batch {st['ours_first_batch_s']:.2f} s, "
           f"epoch {st['ours_epoch_s']:.1f} s; reference copy {st['reference_staging_s']:.1f} s, first batch "
           f"{st['reference_first_batch_s']:.2f} s, epoch {st['reference_epoch_s']:.1f} s")

@@ -8,33 +8,47 @@ because fsspec's event loop does not survive ``fork``.
 
 from __future__ import annotations
 
-import asyncio
+import multiprocessing
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 from torch.utils.data import IterableDataset, get_worker_info
 
+from loaders.chunk_reader import ChunkReader, read_regions
 from loaders.common import numpy_batches  # noqa: F401 - re-exported
 from loaders.patches import Window, fixed_windows, random_windows
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.retries import RemoteReadError
 
 N_REFLECTANCE = 6
+N_CHANNELS = 9
 BT_OFFSET, BT_SCALE, REFL_OFFSET = 270.0, 22.0, 0.5
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
-    """Reference normalisation of a ``(9, ...)`` image; NaN -> 0. Returns float32."""
-    out = np.array(image, dtype=np.float32, copy=True)
-    out[:N_REFLECTANCE] -= REFL_OFFSET
-    out[N_REFLECTANCE:] -= BT_OFFSET
-    out[N_REFLECTANCE:] *= np.float32(1.0 / BT_SCALE)
-    out[~np.isfinite(out)] = 0.0  # in place: nan_to_num would allocate twice more
-    return out
+    """Reference normalisation of a ``(9, ...)`` image; NaN -> 0. Returns a new float32 array."""
+    return normalise_(np.array(image, dtype=np.float32, copy=True))
+
+
+def normalise_(image: np.ndarray) -> np.ndarray:
+    """:func:`normalise` in place on float32 ``(..., 9, H, W)`` (channels third from last)."""
+    refl, bts = image[..., :N_REFLECTANCE, :, :], image[..., N_REFLECTANCE:, :, :]
+    refl -= REFL_OFFSET
+    bts -= BT_OFFSET
+    bts *= np.float32(1.0 / BT_SCALE)
+    bad = np.isfinite(image)
+    np.logical_not(bad, out=bad)
+    np.copyto(image, 0.0, where=bad)  # no temporaries beyond one mask: nan_to_num allocates twice more
+    return image
+
+
+def mask_values_(mask: np.ndarray) -> np.ndarray:
+    """Stored labels (0 clear, 1 cloud, 255 unlabelled) as float32 in place: unlabelled -> NaN."""
+    mask[mask > 1] = np.nan
+    return mask
 
 
 class StoreHandle:
@@ -62,6 +76,14 @@ class StoreHandle:
         if name not in arrays:
             arrays[name] = group[name]
         return arrays[name]
+
+    def reader(self, name: str) -> ChunkReader:
+        """A :class:`~loaders.chunk_reader.ChunkReader` of an array, made once per process."""
+        array = self[name]
+        readers = self.__dict__.setdefault("_readers", {})
+        if name not in readers or readers[name].array is not array.async_array:
+            readers[name] = ChunkReader(array)
+        return readers[name]
 
     def __getstate__(self) -> dict:
         return {"location": self.location, "_pid": None, "_group": None}
@@ -96,18 +118,34 @@ def plan_patches(scenes: Sequence[int], shape: tuple[int, int], spec: PatchSpec,
     return [(s, win) for s in scenes for win in random_windows(rng, spec.patches_per_scene, h, w, spec.patch)]
 
 
+def _readers(group: zarr.Group | StoreHandle) -> tuple[ChunkReader, ChunkReader]:
+    if isinstance(group, StoreHandle):
+        return group.reader("image"), group.reader("cloud_mask")
+    return ChunkReader(group["image"]), ChunkReader(group["cloud_mask"])
+
+
+def read_windows_into(group: zarr.Group | StoreHandle, windows: Sequence[tuple[int, slice, slice]],
+                      image_out: np.ndarray, mask_out: np.ndarray) -> None:
+    """Normalised images ``(B, 9, h, w)`` and masks ``(B, h, w)`` (float32, NaN where unlabelled)
+    of many ``(scene, rows, columns)`` windows, in one concurrent read (:mod:`loaders.chunk_reader`)."""
+    image_r, mask_r = _readers(group)
+    channels = slice(0, image_r.shape[1])
+    requests = []
+    for k, (scene, ys, xs) in enumerate(windows):
+        scenes = slice(scene, scene + 1)
+        requests += [(image_r, (scenes, channels, ys, xs), image_out[k:k + 1]),
+                     (mask_r, (scenes, ys, xs), mask_out[k:k + 1])]
+    read_regions(requests)
+    normalise_(image_out)
+    mask_values_(mask_out)
+
+
 def read_window(group: zarr.Group | StoreHandle, scene: int, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
     """Normalised ``(9, h, w)`` float32 image and ``(h, w)`` float32 mask (NaN where unlabelled)."""
-    image, mask = sync(_read_both(group["image"].async_array, group["cloud_mask"].async_array,
-                                  (scene, slice(None), ys, xs), (scene, ys, xs)))
-    mask = np.asarray(mask).astype(np.float32)
-    mask[mask > 1] = np.nan
-    return normalise(np.asarray(image)), mask
-
-
-async def _read_both(image, mask, image_sel, mask_sel):
-    """Both arrays' chunks requested at once: one round trip per patch on object storage, not two."""
-    return await asyncio.gather(image.getitem(image_sel), mask.getitem(mask_sel))
+    h, w = ys.stop - ys.start, xs.stop - xs.start
+    image, mask = np.empty((1, N_CHANNELS, h, w), np.float32), np.empty((1, h, w), np.float32)
+    read_windows_into(group, [(scene, ys, xs)], image, mask)
+    return image[0], mask[0]
 
 
 def read_patch(group: zarr.Group | StoreHandle, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -131,12 +169,20 @@ class CloudMaskPatches:
     ``scenes`` are indices along the store's ``scene`` dimension (e.g. a split).
     Call :meth:`set_epoch` to draw new random windows each epoch.
 
+    ``data[i]`` is one patch; ``data[[i, j, ...]]`` is a whole batch ``(B, 9, p, p)``,
+    ``(B, 1, p, p)`` read in one concurrent round (every chunk of the batch in
+    flight at once, each decoded once) and, inside a DataLoader worker, built in
+    shared memory so it reaches the main process without another copy. Use
+    :func:`patch_loader` for a DataLoader that asks for whole batches; a plain
+    ``DataLoader(data, batch_size=B)`` also reads each batch in one round
+    (``__getitems__``) but stacks the patches once more.
+
     In the fixed regime the 20 patches of a scene overlap chunk boundaries (the
     reference crop starts at 88, 110), so each process reads the chunk-aligned
     region around the crop once per scene and cuts patches from it: every chunk
     is decoded once per scene instead of up to four times. Patches of one scene
     are adjacent in ``items``; keep the order (``shuffle=False``) or shuffle
-    scenes, not patches, to benefit.
+    scenes, not patches (:class:`ScenePatchStream`), to benefit.
     """
 
     def __init__(self, location: StoreLocation | str, scenes: Sequence[int] | None = None,
@@ -159,15 +205,49 @@ class CloudMaskPatches:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_crop": None}
 
-    def _read(self, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
-        if self._crop_bounds is None:
-            return read_patch(self.handle, scene, win)
+    def _scene_crop(self, scene: int) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised chunk-aligned crop of a scene; read once per scene per process,
+        into buffers reused for the next scene (patches are copied out of it)."""
         ys, xs = self._crop_bounds
-        if self._crop is None or self._crop[:2] != (os.getpid(), scene):
-            self._crop = (os.getpid(), scene, *read_window(self.handle, scene, ys, xs))
-        _, _, image, mask = self._crop
-        py, px = slice(win.y0 - ys.start, win.y0 - ys.start + win.size), slice(win.x0 - xs.start, win.x0 - xs.start + win.size)
-        return image[:, py, px].copy(), mask[py, px].copy()
+        pid = os.getpid()
+        if self._crop is not None and self._crop[:2] == (pid, scene):
+            return self._crop[2], self._crop[3]
+        if self._crop is not None and self._crop[0] == pid:
+            image, mask = self._crop[2], self._crop[3]
+        else:
+            h, w = ys.stop - ys.start, xs.stop - xs.start
+            image, mask = np.empty((1, N_CHANNELS, h, w), np.float32), np.empty((1, h, w), np.float32)
+        self._crop = None  # a failed read leaves no stale crop behind
+        read_windows_into(self.handle, [(scene, ys, xs)], image, mask)
+        self._crop = (pid, scene, image, mask)
+        return image, mask
+
+    def _fill(self, indices: Sequence[int], image: np.ndarray, mask: np.ndarray) -> None:
+        """Patches ``indices`` into ``image`` ``(B, 9, p, p)`` and ``mask`` ``(B, p, p)``."""
+        items = [self.items[i] for i in indices]
+        try:
+            if self._crop_bounds is None:
+                read_windows_into(self.handle, [(scene, *win.slices) for scene, win in items], image, mask)
+                return
+            ys, xs = self._crop_bounds
+            for k, (scene, win) in enumerate(items):
+                crop_image, crop_mask = self._scene_crop(scene)
+                py = slice(win.y0 - ys.start, win.y0 - ys.start + win.size)
+                px = slice(win.x0 - xs.start, win.x0 - xs.start + win.size)
+                image[k] = crop_image[0, :, py, px]
+                mask[k] = crop_mask[0, py, px]
+        except Exception as err:  # noqa: BLE001 - any failure below zarr: name what was being read
+            raise self._read_error(items, err) from err
+
+    def _read_error(self, items: list, err: Exception) -> RemoteReadError:
+        loc = self.handle.location
+        scene, win = items[0]
+        ys, xs = win.slices
+        what = f"scene {scene}, rows {ys.start}:{ys.stop}, columns {xs.start}:{xs.stop}"
+        if len(items) > 1:
+            what = f"{len(items)} patches of scenes {sorted({s for s, _ in items})} (first: {what})"
+        return RemoteReadError(f"{loc.url}: reading {what} failed{'' if loc.is_local else ' after retries'} "
+                               f"({type(err).__name__}: {err})")
 
     def set_epoch(self, epoch: int) -> None:
         self.items = plan_patches(self.scenes, self.shape, self.spec, epoch)
@@ -175,21 +255,38 @@ class CloudMaskPatches:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int):
-        scene, win = self.items[i]
-        try:
-            image, mask = self._read(scene, win)
-        except Exception as err:  # noqa: BLE001 - any failure below zarr: name what was being read
-            ys, xs = win.slices
-            loc = self.handle.location
-            raise RemoteReadError(
-                f"{loc.url}: reading scene {scene}, rows {ys.start}:{ys.stop}, columns {xs.start}:{xs.stop} "
-                f"failed{'' if loc.is_local else ' after retries'} ({type(err).__name__}: {err})") from err
-        if self.as_torch:
-            import torch
+    def _empty(self, n: int, shared: bool):
+        """Output buffers (torch tensors or NumPy arrays) and their NumPy views (mask without its channel axis)."""
+        p = self.spec.patch
+        if not self.as_torch:
+            image, mask = np.empty((n, N_CHANNELS, p, p), np.float32), np.empty((n, 1, p, p), np.float32)
+            return image, mask, image, mask[:, 0]
+        import torch
 
-            return torch.from_numpy(image), torch.from_numpy(mask)[None]
-        return image, mask[None]
+        image, mask = torch.empty((n, N_CHANNELS, p, p)), torch.empty((n, 1, p, p))
+        if shared:  # a DataLoader worker: the batch goes to the main process through shared memory as is
+            image.share_memory_()
+            mask.share_memory_()
+        return image, mask, image.numpy(), mask.numpy()[:, 0]
+
+    def batch(self, indices: Sequence[int]):
+        """Patches ``indices`` as one batch: image ``(B, 9, p, p)``, mask ``(B, 1, p, p)``."""
+        indices = [int(i) for i in indices]
+        image, mask, image_np, mask_np = self._empty(len(indices), shared=get_worker_info() is not None)
+        self._fill(indices, image_np, mask_np)
+        return image, mask
+
+    def __getitem__(self, i):
+        if not isinstance(i, (int, np.integer)):
+            return self.batch(i)
+        image, mask, image_np, mask_np = self._empty(1, shared=False)
+        self._fill([int(i)], image_np, mask_np)
+        return image[0], mask[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """What ``DataLoader(data, batch_size=B)`` asks for: the batch's patches, read in one round."""
+        image, mask = self.batch(indices)
+        return list(zip(image, mask))
 
 
 class ScenePatchStream(IterableDataset):
@@ -198,18 +295,26 @@ class ScenePatchStream(IterableDataset):
     Each DataLoader worker takes its share of the scenes, reads each scene's
     crop once and yields that scene's patches; scenes and the patches within a
     scene are shuffled per epoch (:meth:`set_epoch`), identically in every
-    worker, so no scene is read by two workers.
+    worker, so no scene is read by two workers. With ``batch_size`` it yields
+    whole batches (built in shared memory inside a worker) for
+    ``DataLoader(stream, batch_size=None)``; :func:`patch_loader` sets this up.
     """
 
-    def __init__(self, patches: CloudMaskPatches, seed: int = 0) -> None:
-        self.patches, self.seed, self.epoch = patches, seed, 0
+    def __init__(self, patches: CloudMaskPatches, seed: int = 0, batch_size: int | None = None) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.patches, self.seed, self.epoch, self.batch_size = patches, seed, 0, batch_size
+        self.num_workers = 1  # how many workers share the scenes (for len() in batches; patch_loader sets it)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.patches.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.patches)
+        """Patches, or with ``batch_size`` the batches all ``num_workers`` workers yield together."""
+        if self.batch_size is None:
+            return len(self.patches)
+        return sum(-(-len(self.order(w, self.num_workers)) // self.batch_size) for w in range(self.num_workers))
 
     def order(self, worker: int = 0, n_workers: int = 1) -> list[int]:
         """Item indices this worker yields, in order."""
@@ -223,14 +328,51 @@ class ScenePatchStream(IterableDataset):
 
     def __iter__(self):
         info = get_worker_info()
-        for i in self.order(*((info.id, info.num_workers) if info else (0, 1))):
-            yield self.patches[i]
+        order = self.order(*((info.id, info.num_workers) if info else (0, 1)))
+        if self.batch_size is None:
+            for i in order:
+                yield self.patches[i]
+            return
+        for start in range(0, len(order), self.batch_size):
+            yield self.patches.batch(order[start:start + self.batch_size])
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """``forkserver`` with torch, zarr and this module preloaded in the server, so each DataLoader
+    worker starts as a fork of a warm process instead of importing torch again.
+
+    Not ``fork``: zarr's event-loop thread does not survive it (the first read hangs)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "numcodecs.blosc", "zarr", "loaders.cloudmask"])
+    return ctx
+
+
+def patch_loader(data: CloudMaskPatches | ScenePatchStream, batch_size: int, num_workers: int = 0,
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = False, **kwargs):
+    """A ``torch`` DataLoader whose workers read and build whole batches (see :class:`CloudMaskPatches`).
+
+    Pass a :class:`ScenePatchStream` for the fixed regime (its ``batch_size`` is set
+    here; ``shuffle`` is the stream's own per-epoch scene shuffle) or
+    :class:`CloudMaskPatches` for shuffled patches. Extra ``kwargs`` go to the DataLoader.
+    """
+    import torch
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers:
+        kwargs.setdefault("multiprocessing_context", worker_context())
+    if isinstance(data, ScenePatchStream):
+        data.batch_size, data.num_workers = batch_size, max(1, num_workers)
+        return DataLoader(data, batch_size=None, num_workers=num_workers, **kwargs)
+    order = (RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle
+             else SequentialSampler(data))
+    return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
+                      num_workers=num_workers, **kwargs)
 
 
 def read_scene(location: StoreLocation | str, scene: int) -> tuple[np.ndarray, np.ndarray]:
     """A whole normalised scene ``(9, H, W)`` and its mask ``(H, W)`` (for inference)."""
     handle = StoreHandle(location if isinstance(location, StoreLocation) else StoreLocation(location))
-    g = handle.group
-    mask = g["cloud_mask"][scene].astype(np.float32)
-    mask[mask > 1] = np.nan
-    return normalise(g["image"][scene]), mask
+    _, _, h, w = handle["image"].shape
+    return read_window(handle, scene, slice(0, h), slice(0, w))

@@ -101,3 +101,68 @@ def test_read_scene_and_bad_scene_index(cloudmask_stores):
     assert image.shape == (9, 64, 96) and mask.shape == (64, 96)
     with pytest.raises(IndexError, match="outside"):
         CloudMaskPatches(str(cloudmask_stores["hdf"]), scenes=[5])
+
+
+@pytest.mark.parametrize("mode", ["fixed", "random"])
+def test_a_batch_equals_its_patches_read_one_by_one(cloudmask_stores, mode):
+    data = CloudMaskPatches(str(cloudmask_stores["hdf"]), spec=PatchSpec(mode, 32, 4, seed=1))
+    picks = [5, 0, 17, 3, 3, 11] if mode == "fixed" else [1, 9, 4, 4, 0]
+    image, mask = data[picks]
+    assert image.shape == (len(picks), 9, 32, 32) and mask.shape == (len(picks), 1, 32, 32)
+    ones = [data[i] for i in picks]
+    assert torch.equal(image, torch.stack([a for a, _ in ones]))
+    assert torch.equal(torch.nan_to_num(mask, 7.0), torch.nan_to_num(torch.stack([b for _, b in ones]), 7.0))
+    # what DataLoader(data, batch_size=B) asks for: the same patches, one per item
+    assert all(torch.equal(a, b) for (a, _), b in zip(data.__getitems__(picks), image))
+
+
+def test_masks_keep_unlabelled_pixels_as_nan(cloudmask_stores, tmp_path):
+    import shutil
+
+    import zarr
+
+    store = tmp_path / "unlabelled.zarr"
+    shutil.copytree(cloudmask_stores["sen3"], store)
+    zarr.open_array(store / "cloud_mask", mode="r+")[1, 10:40, 20:50] = 255
+    labels = zarr.open_array(store / "cloud_mask", mode="r")[...]
+    data = CloudMaskPatches(str(store), spec=PatchSpec("fixed", 32), as_torch=False)
+    _, mask = data[list(range(len(data)))]
+    for k, (scene, win) in enumerate(data.items):
+        want = labels[(scene, *win.slices)].astype(np.float32)
+        want[want > 1] = np.nan
+        np.testing.assert_array_equal(mask[k, 0], want)
+    assert np.isnan(mask).sum() == 30 * 30  # 2 x 3 patches of 32 tile the 64 x 96 scenes exactly
+
+
+def test_a_damaged_chunk_names_the_store_and_the_scene(cloudmask_stores, tmp_path):
+    import shutil
+
+    from scibench_data.storage.retries import RemoteReadError
+
+    store = tmp_path / "damaged.zarr"
+    shutil.copytree(cloudmask_stores["hdf"], store)
+    (store / "image/c/1/0/0/0").write_bytes(b"junk")
+    data = CloudMaskPatches(str(store), scenes=[1], spec=PatchSpec("random", 32, 3, seed=0))
+    with pytest.raises(RemoteReadError, match=r"damaged\.zarr: reading 3 patches of scenes \[1\].*chunk holds"):
+        data[[0, 1, 2]]
+    with pytest.raises(RemoteReadError, match=r"damaged\.zarr: reading scene 1, rows"):
+        data[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fixed", "random"])
+def test_patch_loader_with_two_workers_yields_the_epoch(cloudmask_stores, mode):
+    from loaders.cloudmask import ScenePatchStream, patch_loader
+
+    data = CloudMaskPatches(str(cloudmask_stores["hdf"]), spec=PatchSpec(mode, 32, 5, seed=2))
+    source = ScenePatchStream(data, seed=4) if mode == "fixed" else data
+    loader = patch_loader(source, batch_size=4, num_workers=2, shuffle=False)
+    batches = list(loader)
+    assert len(batches) == len(loader)  # the stream's length counts each worker's last short batch
+    images = torch.cat([b[0] for b in batches])
+    expected = torch.stack([data[i][0] for i in range(len(data))])
+    if mode == "random":  # shuffle=False: the sampler's order
+        assert torch.equal(images, expected)
+    else:  # workers interleave scenes: the same patches in another order
+        key = lambda t: sorted(round(x.sum().item(), 3) for x in t)  # noqa: E731
+        assert images.shape == expected.shape and key(images) == key(expected)

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from loaders.cloudmask import CloudMaskPatches, PatchSpec, ScenePatchStream, read_scene
+from loaders.cloudmask import CloudMaskPatches, PatchSpec, ScenePatchStream, patch_loader, read_scene
 from loaders.patches import inference_tiles, mosaic, pad_for_tiles
 from reference_models.training import TrainingProgress, run_epoch
 from reference_models.unet import UNet, n_parameters
@@ -104,12 +103,11 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
     if not splits["train"]:
         raise ValueError(f"{cfg.entry} has no training scenes")
     data = CloudMaskPatches(location, splits["train"], PatchSpec(cfg.mode, cfg.patch, cfg.patches_per_scene, cfg.seed))
-    kwargs = {"multiprocessing_context": "forkserver", "persistent_workers": False} if cfg.num_workers else {}
     # fixed patches: each worker streams its share of scenes, each scene's crop read once (shuffled
-    # per epoch); random patches are already spread over scenes: shuffle them all
+    # per epoch); random patches are already spread over scenes: shuffle them all. Workers read
+    # and build whole batches (one concurrent read per batch, no collate copy).
     stream = ScenePatchStream(data, cfg.seed) if cfg.mode == "fixed" else None
-    loader = DataLoader(stream or data, batch_size=cfg.batch_size, shuffle=None if stream else True,
-                        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
+    loader = patch_loader(stream or data, cfg.batch_size, num_workers=cfg.num_workers, shuffle=True, seed=cfg.seed)
     model = UNet()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     if log:

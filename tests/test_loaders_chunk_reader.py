@@ -1,0 +1,132 @@
+"""Batched chunk reads: the piece arithmetic, and equality with plain zarr indexing on both paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scibench_data.storage.encoding import DEFAULT_CODEC
+from loaders.chunk_reader import ChunkReader, read_regions, region_shape, window_pieces
+
+
+@st.composite
+def regions_and_chunks(draw):
+    ndim = draw(st.integers(1, 3))
+    chunks = tuple(draw(st.integers(1, 7)) for _ in range(ndim))
+    region = []
+    for _ in range(ndim):
+        start = draw(st.integers(0, 20))
+        region.append(slice(start, start + draw(st.integers(1, 15))))
+    return tuple(region), chunks
+
+
+@settings(max_examples=200, deadline=None)
+@given(regions_and_chunks())
+def test_pieces_tile_the_region_exactly_once(case):
+    region, chunks = case
+    covered = np.zeros(region_shape(region), np.int32)
+    for piece in window_pieces(region, chunks):
+        covered[piece.dst] += 1
+        for c, src, dst, size, sl in zip(piece.chunk, piece.src, piece.dst, chunks, region):
+            assert 0 <= src.start < src.stop <= size  # inside the chunk
+            assert src.stop - src.start == dst.stop - dst.start
+            assert c * size + src.start == sl.start + dst.start  # the same array element
+    assert (covered == 1).all()
+
+
+def test_bad_regions_are_refused():
+    with pytest.raises(ValueError, match="step-1"):
+        window_pieces((slice(None, 4),), (2,))
+    with pytest.raises(ValueError, match="dimensions"):
+        window_pieces((slice(0, 4),), (2, 2))
+
+
+def _arrays(root, codecs=None, shards=None):
+    """A float32 4-D and a uint8 3-D array with small uneven chunks and some chunks never written
+    (our stores' codec, blosc lz4 + shuffle, unless ``codecs`` says otherwise)."""
+    rng = np.random.default_rng(0)
+    kw = {"compressors": codecs or [DEFAULT_CODEC.compressor(4)]}
+    group = zarr.open_group(root, mode="a")
+    img = group.create_array("image", shape=(3, 4, 23, 31), chunks=(1, 4, 8, 7), dtype="float32",
+                             fill_value=np.nan, shards=shards, **kw)
+    values = rng.normal(size=img.shape).astype(np.float32)
+    values[1, :, 8:16, 7:14] = np.nan  # a whole chunk of fill: zarr does not write it
+    img[...] = values
+    kw = {"compressors": codecs or [DEFAULT_CODEC.compressor(1)]}
+    mask = group.create_array("mask", shape=(3, 23, 31), chunks=(1, 8, 7), dtype="uint8", fill_value=255, **kw)
+    labels = rng.integers(0, 2, size=mask.shape).astype(np.uint8)
+    labels[2, :8, :7] = 255
+    mask[...] = labels
+    return img, mask
+
+
+REGIONS = [(0, slice(0, 23), slice(0, 31)), (1, slice(5, 20), slice(3, 17)), (2, slice(0, 8), slice(0, 7)),
+           (1, slice(9, 10), slice(30, 31)), (0, slice(5, 20), slice(3, 17))]
+
+
+def _check(img, mask, expect_fast):
+    readers = ChunkReader(img), ChunkReader(mask)
+    assert [r.fast for r in readers] == [expect_fast] * 2
+    requests, expected = [], []
+    for scene, ys, xs in REGIONS:
+        out_i = np.full((1, 4, ys.stop - ys.start, xs.stop - xs.start), -7, np.float32)
+        out_m = np.full((1, ys.stop - ys.start, xs.stop - xs.start), -7, np.float32)  # cast on copy
+        requests += [(readers[0], (slice(scene, scene + 1), slice(0, 4), ys, xs), out_i),
+                     (readers[1], (slice(scene, scene + 1), ys, xs), out_m)]
+        expected += [img[scene:scene + 1, :, ys, xs], mask[scene:scene + 1, ys, xs].astype(np.float32)]
+    read_regions(requests)
+    for (_, _, out), want in zip(requests, expected):
+        np.testing.assert_array_equal(out, want)
+
+
+def test_fast_path_equals_zarr_indexing_with_missing_chunks(tmp_path):
+    img, mask = _arrays(tmp_path)
+    assert not (tmp_path / "image/c/1/0/1/1").exists()  # the all-fill chunk really is absent
+    assert ChunkReader(img)._local_root == str(tmp_path / "image")  # chunk files memory-mapped
+    _check(img, mask, expect_fast=True)
+
+
+def test_fast_path_through_the_store_api(tmp_path):
+    """Any other store (object storage, the chunk cache, memory) is read with its own ``get``."""
+    img, mask = _arrays(zarr.storage.MemoryStore())
+    assert ChunkReader(img)._local_root is None
+    _check(img, mask, expect_fast=True)
+
+
+def test_other_codecs_and_sharding_fall_back_to_zarr_with_the_same_values(tmp_path):
+    from zarr.codecs import ZstdCodec
+
+    _check(*_arrays(tmp_path / "zstd", codecs=[ZstdCodec(level=1)]), expect_fast=False)
+    img, _ = _arrays(tmp_path / "sharded", shards=(1, 4, 16, 14))
+    out = np.empty((1, 4, 15, 14), np.float32)
+    reader = ChunkReader(img)
+    assert not reader.fast
+    read_regions([(reader, (slice(1, 2), slice(0, 4), slice(5, 20), slice(3, 17)), out)])
+    np.testing.assert_array_equal(out, img[1:2, :, 5:20, 3:17])
+
+
+def test_shape_and_bounds_are_checked(tmp_path):
+    img, _ = _arrays(tmp_path)
+    reader = ChunkReader(img)
+    with pytest.raises(IndexError, match="outside"):
+        read_regions([(reader, (slice(0, 1), slice(0, 4), slice(0, 24), slice(0, 5)), np.empty((1, 4, 24, 5)))])
+    with pytest.raises(ValueError, match="does not match"):
+        read_regions([(reader, (slice(0, 1), slice(0, 4), slice(0, 3), slice(0, 5)), np.empty((4, 3, 5)))])
+
+
+def test_a_corrupt_chunk_raises(tmp_path):
+    img, _ = _arrays(tmp_path)
+    region, out = (slice(0, 1), slice(0, 4), slice(0, 3), slice(0, 5)), np.empty((1, 4, 3, 5), np.float32)
+    (tmp_path / "image/c/0/0/0/0").write_bytes(b"not a blosc frame at all, just junk bytes")
+    with pytest.raises(ValueError, match="chunk holds"):
+        read_regions([(ChunkReader(img), region, out)])
+    smooth = zarr.create_array(tmp_path / "smooth", shape=(64, 64), chunks=(64, 64), dtype="float32",
+                               compressors=[DEFAULT_CODEC.compressor(4)])
+    smooth[...] = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)  # compresses: a real blosc frame
+    chunk = tmp_path / "smooth/c/0/0"
+    chunk.write_bytes(chunk.read_bytes()[:-40])  # cut short
+    with pytest.raises(RuntimeError, match="blosc"):
+        read_regions([(ChunkReader(smooth), (slice(0, 4), slice(0, 4)), np.empty((4, 4), np.float32))])
