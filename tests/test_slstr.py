@@ -49,3 +49,13 @@ def test_block_mean():
     np.testing.assert_array_equal(block_mean(a), [[2.5, 4.5], [10.5, 12.5]])
     with pytest.raises(ValueError, match="divisible"):
         block_mean(np.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
+def test_block_mean_equals_numpy_mean_of_blocks(dtype):
+    a = (np.random.default_rng(3).random((6, 10)) * 1000).astype(dtype)
+    want = a.reshape(3, 2, 5, 2).mean(axis=(1, 3))
+    got = block_mean(a)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float32 else 1e-13)
+    np.testing.assert_allclose(block_mean(a[:, :9].astype(np.float64), 3)[1, 2], a[3:, 6:9].astype(np.float64).mean())

@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from scibench_data.formats import SourceFormatError
-from scibench_data.formats.slstr import GridGeometry, block_mean, cos_zenith, interpolate_tie_points, reflectance_from_mu0
+from scibench_data.formats.slstr import GridGeometry, block_mean, cos_zenith, interpolate_tie_points
 
 Layout = Literal["hdf", "sen3"]
 LAYOUTS: tuple[str, ...] = ("hdf", "sen3")
@@ -207,14 +207,17 @@ def read_hdf_product(fs: fsspec.AbstractFileSystem, path: str) -> Scene:
             for d in (bts, bayes, summary):
                 if d.shape[:2] != grid:
                     raise SourceFormatError(path, f"dataset {d.name!r} grid {d.shape[:2]} != refs grid {grid}")
-            image = np.concatenate([refs[()], bts[()]], axis=2).astype(np.float32)
+            # channel-last on disk -> channel-first float32: one transposing copy per dataset
+            image = np.empty((refs.shape[2] + bts.shape[2], *grid), np.float32)
+            image[:refs.shape[2]] = np.moveaxis(refs[()], 2, 0)
+            image[refs.shape[2]:] = np.moveaxis(bts[()], 2, 0)
             mask = (bayes[()][..., 0] > 0).astype(np.uint8)
             summary_cloud = (summary[()][..., 0] > 0).astype(np.uint8)
     except SourceFormatError:
         raise
     except (OSError, KeyError, ValueError) as err:
         raise SourceFormatError(path, f"cannot be read as an HDF5 product ({err})") from err
-    return _finish(path, np.moveaxis(image, 2, 0), mask, summary_cloud)
+    return _finish(path, image, mask, summary_cloud)
 
 
 # --------------------------------------------------------------------------- layout B
@@ -283,12 +286,17 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str) -> Scene:
         if mu0 is None:
             image_grid = GridGeometry.from_attrs(ds.attrs, rpath)
             mu0 = cos_zenith(interpolate_tie_points(zenith_tn, tie, image_grid, fine))
+            pi_over_mu0 = np.pi / mu0  # once per product; each channel is then one multiply
         qpath = posixpath.join(product, f"{ch}_quality_an.nc")
         quality = _open_nc(fs, product, f"{ch}_quality_an.nc")
         irr = np.asarray(_variable(quality, qpath, f"{ch}_solar_irradiance_an").values, dtype=np.float64).ravel()
         if irr.size == 0 or not np.isfinite(irr[0]) or irr[0] <= 0:
             raise SourceFormatError(qpath, f"{ch}_solar_irradiance_an[0] is not a positive number")
-        refs.append(block_mean(reflectance_from_mu0(radiance, float(irr[0]), mu0)).astype(np.float32))
+        # pi L / (E0 mu0), block-averaged to 1 km; the scalar 1 / E0 applied after the average
+        # (4x fewer pixels; equal to reflectance_from_mu0 then block_mean up to rounding)
+        refl = block_mean(np.multiply(radiance, pi_over_mu0, dtype=np.float64))
+        refl *= 1.0 / float(irr[0])
+        refs.append(refl.astype(np.float32))
 
     fpath = posixpath.join(product, "flags_in.nc")
     flags = _open_nc(fs, product, "flags_in.nc", mask_and_scale=False)
@@ -301,9 +309,11 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str) -> Scene:
 
 
 def _finish(path: str, image: np.ndarray, mask: np.ndarray, summary: np.ndarray) -> Scene:
-    if not np.isfinite(image).any():
+    image = np.ascontiguousarray(image, dtype=np.float32)  # no copy when it already is
+    # a sparse look first: a real scene has finite pixels everywhere, so the full pass is rare
+    if not (np.isfinite(image[:, ::61, ::61]).any() or np.isfinite(image).any()):
         raise SourceFormatError(path, "every pixel of every channel is NaN or a fill value")
-    return Scene(image=np.ascontiguousarray(image, dtype=np.float32), cloud_mask=mask, summary_cloud=summary)
+    return Scene(image=image, cloud_mask=mask, summary_cloud=summary)
 
 
 def read_product(fs: fsspec.AbstractFileSystem, product: SourceProduct) -> Scene:

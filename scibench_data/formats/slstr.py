@@ -125,4 +125,12 @@ def block_mean(a: np.ndarray, factor: int = 2) -> np.ndarray:
     h, w = a.shape
     if h % factor or w % factor:
         raise ValueError(f"grid {h}x{w} is not divisible by {factor}")
-    return a.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    # a sum of factor**2 strided views: several times faster than .mean(axis=(1, 3)) on big grids
+    a = np.asarray(a)
+    out = a[0::factor, 0::factor].astype(np.float64, copy=True)
+    for dy in range(factor):
+        for dx in range(factor):
+            if dy or dx:
+                out += a[dy::factor, dx::factor]
+    out *= 1.0 / (factor * factor)
+    return out.astype(a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64, copy=False)  # as .mean()
