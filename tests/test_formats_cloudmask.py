@@ -24,6 +24,7 @@ def test_unpacking_equals_xarray_on_every_packed_image_of_a_product(cloudmask_ra
     assert checked == 9
 
 
+@pytest.mark.filterwarnings("ignore:variable 'v' has multiple fill values")  # xarray says what we test
 def test_fill_missing_value_scale_and_offset():
     raw = np.array([[0, 1, 2], [-32768, 7, -1]], np.int16)
     attrs = {"_FillValue": np.int16(-32768), "missing_value": np.array([-1], np.int16),
