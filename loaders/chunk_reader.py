@@ -32,6 +32,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 Region = tuple[slice, ...]
+_MMAP_MIN_BYTES = 256 * 1024
+_MMAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # fault all pages in at once (Linux)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,9 @@ class ChunkReader:
         if self._local_root is not None:
             try:
                 with open(os.path.join(self._local_root, key), "rb") as f:
-                    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                    if os.fstat(f.fileno()).st_size < _MMAP_MIN_BYTES:  # small (mask) chunks: a read is cheaper
+                        return f.read()
+                    return mmap.mmap(f.fileno(), 0, flags=_MMAP_FLAGS, prot=mmap.PROT_READ)
             except FileNotFoundError:
                 return None
         buf = await (self.array.store_path / key).get(prototype=default_buffer_prototype())
