@@ -23,10 +23,13 @@ Prints a table, writes JSON and a plot (``--plot docs/performance.png``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -38,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from loaders.cloudmask import (
-    CloudMaskPatches, PatchSpec, ScenePatchStream, normalise, patch_loader, plan_patches, worker_context,
+    CloudMaskPatches, PatchSpec, ScenePatchStream, normalise, patch_loader, plan_patches, start_worker_server,
 )
 from loaders.patches import fixed_windows
 from scibench_data.catalog import entry_location
@@ -251,6 +254,52 @@ def our_requests_per_patch(regime: str, items: list, seed: int = 0) -> float:
     return 2 * distinct / len(items)
 
 
+@contextlib.contextmanager
+def emulated_link(endpoint: str, link: tuple[float, float] | None):
+    """The S3 endpoint behind an emulated link (``benchmarks/_link.py``: Mbit/s, RTT ms), or as is."""
+    if link is None:
+        yield endpoint
+        return
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_link.py")), "--target",
+                             endpoint.removeprefix("http://"), "--rate-mbit", str(link[0]), "--rtt-ms", str(link[1])],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def staging(endpoint: str, local_raw: Path, workers: int) -> dict:
+    """Time to first batch and epoch time including staging, ours against the reference's, through ``endpoint``.
+
+    Ours: one stopwatch from opening the S3 catalog to the first batch out of a DataLoader with
+    workers (fixed regime, streamed), then on to the end of the epoch. The reference: copy every
+    HDF5 product down (``aws s3 sync``'s job), then read them with its loader."""
+    import intake
+    import s3fs
+
+    so = storage_options(endpoint)
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    t0 = time.perf_counter()
+    cat = intake.open_catalog("s3://bench/pub/catalog.yaml", storage_options=so)
+    cat.cloudmask_ds1.to_dask()
+    loc = entry_location(cat, "cloudmask_ds1")
+    data = CloudMaskPatches(StoreLocation(loc.url, {**so, **loc.storage_options}), spec=PatchSpec("fixed"))
+    open_s = time.perf_counter() - t0
+    first, ep, n = epoch(our_loader(ScenePatchStream(data, seed=3), workers, shuffle=False))
+    out = {"ours_open_s": open_s, "ours_first_batch_s": open_s + first, "ours_epoch_s": open_s + ep}
+    fs = s3fs.S3FileSystem(**so, skip_instance_cache=True)
+    t0 = time.perf_counter()
+    fs.get("bench/raw/", str(local_raw) + "/", recursive=True)
+    stage = time.perf_counter() - t0
+    staged = sorted(str(p) for p in local_raw.rglob("*.hdf"))
+    first_r, ep_r, _ = epoch(plain_loader(ReferenceFixed(staged), workers, shuffle=False))
+    out.update({"reference_staging_s": stage, "reference_first_batch_s": stage + first_r,
+                "reference_epoch_s": stage + ep_r, "staged_MB": dir_bytes(local_raw) / 1e6})
+    return out
+
+
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -261,6 +310,9 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=6)
     ap.add_argument("--workers", default="0,1,2",
                     help="loader worker counts to compare (default 0,1,2; 0 = in the main process)")
+    ap.add_argument("--link-mbit", type=float, default=1000.0,
+                    help="bandwidth of the emulated link for the staging comparison (default 1000 Mbit/s)")
+    ap.add_argument("--link-rtt-ms", type=float, default=10.0, help="its round-trip time (default 10 ms)")
     ap.add_argument("--out", default="benchmarks/results/performance.json")
     ap.add_argument("--plot", default=None, help="also write a bar chart PNG here")
     args = ap.parse_args()
@@ -310,21 +362,19 @@ def main() -> None:
             # the forkserver both loaders' workers fork from: started once per process (torch and
             # zarr preloaded), timed apart so neither loader's first batch carries it alone
             t0 = time.perf_counter()
-            worker_context()
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()
+            start_worker_server(wait=True)
             worker_server_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            results["staging"] = {"workers": workers, "worker_server_start_s": worker_server_s, "links": {}}
+            for label, link in (("loopback", None), (f"{args.link_mbit:g} Mbit/s, {args.link_rtt_ms:g} ms RTT",
+                                                      (args.link_mbit, args.link_rtt_ms))):
+                with emulated_link(endpoint, link) as link_endpoint:
+                    results["staging"]["links"][label] = staging(link_endpoint, tmp / f"staged-{len(results['staging']['links'])}",
+                                                                 workers)
+                print(f"staging | {label:<28} | {results['staging']['links'][label]}", flush=True)
+            os.environ["AWS_ENDPOINT_URL"] = endpoint
             cat = intake.open_catalog("s3://bench/pub/catalog.yaml", storage_options=so)
-            cat.cloudmask_ds1.to_dask()
             loc = entry_location(cat, "cloudmask_ds1")
             loc = StoreLocation(loc.url, {**so, **loc.storage_options})
-            data = CloudMaskPatches(loc, spec=PatchSpec("fixed"))
-            open_s = time.perf_counter() - t0
-            first, ep, n = epoch(our_loader(ScenePatchStream(data, seed=3), workers, shuffle=False))
-            results["staging"] = {"ours_open_s": open_s, "ours_first_batch_s": open_s + first,
-                                  "ours_epoch_s": open_s + ep, "workers": workers, "worker_server_start_s": worker_server_s}
             # in-process (what an interactive user waits for): catalog -> lazy dataset -> a batch of 16
             t0 = time.perf_counter()
             cat = intake.open_catalog("s3://bench/pub/catalog.yaml", storage_options=so)
@@ -334,14 +384,6 @@ def main() -> None:
             results["staging"]["ours_first_patch_s"] = time.perf_counter() - t0
             data[list(range(1, BATCH + 1))]
             results["staging"]["ours_first_batch_in_process_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            local_raw = tmp / "staged"
-            fs.get("bench/raw/", str(local_raw) + "/", recursive=True)
-            stage = time.perf_counter() - t0
-            staged = sorted(str(p) for p in local_raw.rglob("*.hdf"))
-            first_r, ep_r, _ = epoch(plain_loader(ReferenceFixed(staged), workers, shuffle=False))
-            results["staging"].update({"reference_staging_s": stage, "reference_first_batch_s": stage + first_r,
-                                       "reference_epoch_s": stage + ep_r})
 
             # 2. throughput
             h, w = 1200, 1500
@@ -452,13 +494,15 @@ def report(results: dict) -> None:
     for t in results.get("transport", []):
         print(f"  {t['how']:<34} {t['workers']} workers {t['samples_per_s']:8.1f}")
     st = results["staging"]
-    print(f"\nS3 catalog -> lazy dataset {st['ours_open_s']:.2f} s; in-process: first patch {st['ours_first_patch_s']:.2f} s, "
+    print(f"\nS3 catalog -> lazy dataset {st['links']['loopback']['ours_open_s']:.2f} s; in-process: first patch {st['ours_first_patch_s']:.2f} s, "
           f"first batch of {BATCH} {st['ours_first_batch_in_process_s']:.2f} s")
     print(f"worker server (forkserver, torch + zarr preloaded) started once in {st['worker_server_start_s']:.2f} s, "
           "before both loaders")
-    print(f"staging ({st['workers']} workers): ours from the S3 catalog first batch {st['ours_first_batch_s']:.2f} s, "
-          f"epoch {st['ours_epoch_s']:.1f} s; reference copy {st['reference_staging_s']:.1f} s, first batch "
-          f"{st['reference_first_batch_s']:.2f} s, epoch {st['reference_epoch_s']:.1f} s")
+    for label, r in st["links"].items():
+        print(f"staging over {label} ({st['workers']} workers): ours from the S3 catalog: first batch "
+              f"{r['ours_first_batch_s']:.2f} s, epoch {r['ours_epoch_s']:.1f} s; reference: copy {r['staged_MB']:.0f} MB "
+              f"{r['reference_staging_s']:.1f} s, first batch {r['reference_first_batch_s']:.2f} s, "
+              f"epoch {r['reference_epoch_s']:.1f} s ({r['reference_epoch_s'] / r['ours_epoch_s']:.1f}x ours)")
     for s in results["storage"]:
         print(f"storage {s['data set']}: original {s['original_bytes'] / 1e6:.0f} MB, store {s['store_bytes'] / 1e6:.0f} MB "
               f"({s['store_bytes'] / s['original_bytes']:.2f}x)")

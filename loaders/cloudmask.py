@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -345,6 +346,26 @@ def worker_context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "numcodecs.blosc", "zarr", "loaders.cloudmask"])
     return ctx
+
+
+def start_worker_server(wait: bool = False) -> threading.Thread:
+    """Start :func:`worker_context`'s server now, in the background, so that its one-off start-up
+    (a new interpreter importing torch and zarr, about a second) overlaps with opening the
+    catalog instead of delaying the first batch. ``wait`` blocks until it is ready.
+
+    The server is started once per process; later calls return at once. Environment variables
+    set after it started do not reach DataLoader workers (they fork from the server): put
+    credentials and endpoints in storage options, or set them before."""
+    def probe() -> None:
+        p = worker_context().Process(target=int)  # the first fork waits for the server's preloads
+        p.start()
+        p.join()
+
+    t = threading.Thread(target=probe, name="scibench-worker-server", daemon=True)
+    t.start()
+    if wait:
+        t.join()
+    return t
 
 
 def patch_loader(data: CloudMaskPatches | ScenePatchStream, batch_size: int, num_workers: int = 0,

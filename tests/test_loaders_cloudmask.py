@@ -152,8 +152,9 @@ def test_a_damaged_chunk_names_the_store_and_the_scene(cloudmask_stores, tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fixed", "random"])
 def test_patch_loader_with_two_workers_yields_the_epoch(cloudmask_stores, mode):
-    from loaders.cloudmask import ScenePatchStream, patch_loader
+    from loaders.cloudmask import ScenePatchStream, patch_loader, start_worker_server
 
+    assert not start_worker_server(wait=True).is_alive()  # the server the workers fork from, started early
     data = CloudMaskPatches(str(cloudmask_stores["hdf"]), spec=PatchSpec(mode, 32, 5, seed=2))
     source = ScenePatchStream(data, seed=4) if mode == "fixed" else data
     loader = patch_loader(source, batch_size=4, num_workers=2, shuffle=False)

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from loaders.cloudmask import CloudMaskPatches, PatchSpec, ScenePatchStream, patch_loader, read_scene
+from loaders.cloudmask import (
+    CloudMaskPatches, PatchSpec, ScenePatchStream, patch_loader, read_scene, start_worker_server,
+)
 from loaders.patches import inference_tiles, mosaic, pad_for_tiles
 from reference_models.training import TrainingProgress, run_epoch
 from reference_models.unet import UNet, n_parameters
@@ -96,6 +98,8 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
           progress: bool = True) -> TrainResult:
     """Train the U-Net on the catalog entry's training scenes; saves ``model.pt`` in ``outdir``."""
     torch.manual_seed(cfg.seed)
+    if cfg.num_workers:
+        start_worker_server()  # its start-up overlaps with opening the store
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     ds, location = _open(root, cfg.entry)
