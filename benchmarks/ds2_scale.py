@@ -169,8 +169,8 @@ def throughput(src: Path, layout: str, work: Path) -> dict:
 
 
 def ceiling(src: Path, layout: str) -> dict:
-    """One product on one core: decode every input the reader uses (with the reader's decoders), encode
-    every output chunk. Not counted: what the conversion does besides (reflectance, tie-point
+    """One product on one core, best of three: decode every input the reader uses (with the reader's
+    decoders), encode every output chunk. Not counted: what the conversion does besides (reflectance, tie-point
     interpolation, block mean, hashing the inputs for provenance, zarr's write path)."""
     import fsspec
     import h5py
@@ -181,41 +181,45 @@ def ceiling(src: Path, layout: str) -> dict:
 
     fs = fsspec.filesystem("file")
     product = discover_products(fs, str(src), layout)[0][0]
-    t0 = time.perf_counter()
-    if layout == "hdf":
-        with h5py.File(product.path, "r") as h:
-            arrays = [h[k][()] for k in ("refs", "bts", "bayes", "summary")]
-        in_bytes = Path(product.path).stat().st_size
-    else:  # the reader's own decoders: packed images unpacked (cf_unpack), small files through xarray
-        from scibench_data.formats.cloudmask import _open_nc, _read_packed
+    from scibench_data.formats.cloudmask import _open_nc, _read_packed, read_product
 
-        arrays = [_read_packed(fs, product.path, f"{c}_radiance_an.nc", f"{c}_radiance_an", None)[0]
-                  for c in REFLECTANCE_CHANNELS]
-        arrays += [_read_packed(fs, product.path, f"{c}_BT_in.nc", f"{c}_BT_in", None)[0] for c in BT_CHANNELS]
+    def decode() -> int:
+        if layout == "hdf":
+            with h5py.File(product.path, "r") as h:
+                [h[k][()] for k in ("refs", "bts", "bayes", "summary")]
+            return Path(product.path).stat().st_size
+        # the reader's own decoders: packed images unpacked (cf_unpack), small files through xarray
+        [_read_packed(fs, product.path, f"{c}_radiance_an.nc", f"{c}_radiance_an", None) for c in REFLECTANCE_CHANNELS]
+        [_read_packed(fs, product.path, f"{c}_BT_in.nc", f"{c}_BT_in", None) for c in BT_CHANNELS]
         for name in [f"{c}_quality_an.nc" for c in REFLECTANCE_CHANNELS] + ["geometry_tn.nc"]:
-            arrays += [v.values for v in _open_nc(fs, product.path, name).data_vars.values()]
-        arrays += [v.values for v in _open_nc(fs, product.path, "flags_in.nc", mask_and_scale=False).data_vars.values()]
-        in_bytes = _input_bytes(Path(product.path))
-    t_decode = time.perf_counter() - t0
-    from scibench_data.formats.cloudmask import read_product
+            [v.values for v in _open_nc(fs, product.path, name).data_vars.values()]
+        [v.values for v in _open_nc(fs, product.path, "flags_in.nc", mask_and_scale=False).data_vars.values()]
+        return _input_bytes(Path(product.path))
 
     scene = read_product(fs, product)  # not timed: the outputs to encode
     image, mask = scene.image, scene.cloud_mask
+    h, w = mask.shape
     blosc4 = Blosc(cname=DEFAULT_CODEC.cname, clevel=DEFAULT_CODEC.clevel, shuffle=Blosc.SHUFFLE, blocksize=0)
     blosc1 = Blosc(cname=DEFAULT_CODEC.cname, clevel=DEFAULT_CODEC.clevel, shuffle=Blosc.SHUFFLE)
-    t0 = time.perf_counter()
-    for y in range(0, image.shape[1], 256):
-        for x in range(0, image.shape[2], 256):
-            tile = np.zeros((9, 256, 256), np.float32)
-            part = image[:, y:y + 256, x:x + 256]
-            tile[:, :part.shape[1], :part.shape[2]] = part
-            blosc4.encode(tile)
-            for _ in range(2):
-                m = np.zeros((256, 256), np.uint8)
-                m[:part.shape[1], :part.shape[2]] = mask[y:y + 256, x:x + 256]
-                blosc1.encode(m)
-    t_encode = time.perf_counter() - t0
-    del arrays
+
+    def encode() -> None:  # the store's chunks: 256 x 256 image tiles, each mask whole
+        for y in range(0, h, 256):
+            for x in range(0, w, 256):
+                tile = np.zeros((9, 256, 256), np.float32)
+                part = image[:, y:y + 256, x:x + 256]
+                tile[:, :part.shape[1], :part.shape[2]] = part
+                blosc4.encode(tile)
+        for _ in range(2):  # cloud_mask, summary_cloud
+            blosc1.encode(np.ascontiguousarray(mask))
+
+    t_decode = t_encode = float("inf")
+    for _ in range(3):  # best of three: one product is a short measurement on a shared machine
+        t0 = time.perf_counter()
+        in_bytes = decode()
+        t_decode = min(t_decode, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        encode()
+        t_encode = min(t_encode, time.perf_counter() - t0)
     return {"decode_s": t_decode, "encode_s": t_encode, "input_bytes": in_bytes,
             "MBps": in_bytes / (t_decode + t_encode) / 1e6}
 

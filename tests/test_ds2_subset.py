@@ -120,8 +120,10 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(full_shape, tmp_path, ca
             "--dry-run"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    # scene 0 holds data (scene 1 does not); a 33-row window crosses one tile boundary: 2 x 1 chunks
-    assert "scenes: 2 (1 hold data)" in out and "image: 2 chunks" in out and "cloud_mask: 2 chunks" in out and "total: 6 chunks" in out
+    # scene 0 holds data (scene 1 does not); a 33-row window crosses one image tile boundary: 2 x 1
+    # image chunks; each mask is one chunk per scene
+    assert "scenes: 2 (1 hold data)" in out and "image: 2 chunks" in out and "cloud_mask: 1 chunks" in out
+    assert "summary_cloud: 1 chunks" in out and "total: 4 chunks" in out
     assert main(["subset", "cloudmask_ds2", "--root", str(full_shape), "--scenes", "4900", "--to",
                  str(tmp_path / "one.zarr"), "--no-progress"]) == 0
     one = xr.open_zarr(tmp_path / "one.zarr", consolidated=True)

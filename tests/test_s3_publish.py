@@ -208,11 +208,11 @@ def test_verify_names_exactly_the_flipped_chunk(s3fs_client, s3_storage_options,
     data = bytearray(s3fs_client.cat_file(path))
     data[len(data) // 2] ^= 0x01
     s3fs_client.pipe_file(path, bytes(data))
-    s3fs_client.rm_file(f"{BUCKET}/flip/cloudmask_ds1/v1/summary_cloud/c/2/1/0")
+    s3fs_client.rm_file(f"{BUCKET}/flip/cloudmask_ds1/v1/summary_cloud/c/2/0/0")
     s3fs_client.pipe_file(f"{BUCKET}/flip/cloudmask_ds1/v1/stray", b"x")
     report = verify_published(catalog, "cloudmask_ds1", s3_storage_options)
     assert [k for k, _ in report.corrupted] == [key]
-    assert report.missing == ("summary_cloud/c/2/1/0",) and report.extra == ("stray",)
+    assert report.missing == ("summary_cloud/c/2/0/0",) and report.extra == ("stray",)
     # an altered manifest is caught by the digest the catalog records
     loc = StoreLocation(result.url, dict(s3_storage_options))
     s3fs_client.pipe_file(loc.path(*MANIFEST_KEY), s3fs_client.cat_file(loc.path(*MANIFEST_KEY)) + b" ")
