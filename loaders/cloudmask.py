@@ -339,13 +339,29 @@ class ScenePatchStream(IterableDataset):
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
-    """``forkserver`` with torch, zarr, s3fs and this module preloaded in the server, so each DataLoader
-    worker starts as a fork of a warm process instead of importing torch again.
+    """``forkserver`` with the main script, torch, zarr, s3fs and this module preloaded in the
+    server, so each DataLoader worker starts as a fork of a warm process instead of importing
+    torch (and the script) again.
 
     Not ``fork``: zarr's event-loop thread does not survive it (the first read hangs)."""
+    from multiprocessing import spawn
+
+    from loaders import _worker_server
+
     ctx = multiprocessing.get_context("forkserver")
+    # the main script, imported once in the server (as __mp_main__: its `if __name__ == "__main__"`
+    # block does not run) instead of in every worker (~1 s for a script importing xarray and dask):
+    # loaders/_worker_server.py. The server starts with this process's environment at that moment.
+    main = spawn.get_preparation_data("scibench-worker")
+    for var in (_worker_server.MAIN_NAME, _worker_server.MAIN_PATH):
+        os.environ.pop(var, None)  # this process's own main, not one inherited from a parent process
+    if "init_main_from_name" in main:
+        os.environ[_worker_server.MAIN_NAME] = main["init_main_from_name"]
+    elif "init_main_from_path" in main:
+        os.environ[_worker_server.MAIN_PATH] = main["init_main_from_path"]
     # s3fs too: importing it (and aiobotocore) costs a worker ~0.25 s before its first S3 read
-    ctx.set_forkserver_preload(["torch", "numcodecs.blosc", "zarr", "s3fs", "loaders.cloudmask"])
+    ctx.set_forkserver_preload(["loaders._worker_server", "torch", "numcodecs.blosc", "zarr", "s3fs",
+                                "loaders.cloudmask"])
     return ctx
 
 

@@ -167,3 +167,32 @@ def test_patch_loader_with_two_workers_yields_the_epoch(cloudmask_stores, mode):
     else:  # workers interleave scenes: the same patches in another order
         key = lambda t: sorted(round(x.sum().item(), 3) for x in t)  # noqa: E731
         assert images.shape == expected.shape and key(images) == key(expected)
+
+
+@pytest.mark.slow
+def test_workers_fork_from_a_server_that_imported_the_script_once(cloudmask_stores, tmp_path):
+    """The training script is imported once in the worker server, not again in every worker."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "train_script.py"
+    script.write_text(f"""
+import os
+print("imported", os.getpid(), __name__, flush=True)
+from loaders.cloudmask import CloudMaskPatches, PatchSpec, patch_loader
+
+if __name__ == "__main__":
+    data = CloudMaskPatches({str(cloudmask_stores["hdf"])!r}, spec=PatchSpec("random", 32, 4, seed=1))
+    for epoch in range(2):
+        n = sum(len(image) for image, _ in patch_loader(data, batch_size=4, num_workers=2))
+        print("epoch", epoch, n, flush=True)
+""")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=repo,
+                         env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert [line for line in lines if line.startswith("epoch")] == ["epoch 0 12", "epoch 1 12"]
+    # once as __main__, once in the server as __mp_main__; not in the 4 workers of the 2 epochs
+    assert sorted(line.split()[-1] for line in lines if line.startswith("imported")) == ["__main__", "__mp_main__"]
