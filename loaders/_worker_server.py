@@ -4,12 +4,14 @@ A worker started by ``spawn`` or ``forkserver`` first re-imports the main script
 ``__mp_main__``) and everything it imports: about a second for a training script that imports
 xarray and dask, paid by every worker of every epoch. CPython's own ``"__main__"`` preload
 should do it once in the server, but the server never receives the script's path (in 3.11 it
-asks ``spawn.get_preparation_data`` for a ``main_path`` key that function does not produce).
+asks ``spawn.get_preparation_data`` for a ``main_path`` key that function does not produce;
+CPython gh-126631 / gh-137996, fixed in later releases).
 :func:`loaders.cloudmask.worker_context` puts the path (or the module name, for ``python -m``)
 in the environment the server starts with; this module imports it there as ``spawn`` would,
 so every worker forked from the server finds its ``__main__`` already in place and skips the
-re-import. If the import fails here, nothing is done: workers then import the script
-themselves and report any error as usual.
+re-import. If the import fails here (for example a script that parses ``sys.argv`` outside
+its ``if __name__ == "__main__"`` block: the server's ``sys.argv`` is not the script's), nothing
+is done: workers then import the script themselves and report any error as usual.
 """
 
 from __future__ import annotations
