@@ -537,7 +537,7 @@ def plot(results: dict, path: str) -> None:
                    label=f"{w} worker(s)")
         ax.axhline(results["ceilings"][reg]["decode_local"]["patches_per_s"], ls="--", c="k", lw=1, label="decode ceiling")
         ax.axhline(results["ceilings"][reg]["get_s3"]["patches_per_s"], ls=":", c="r", lw=1, label="S3 raw-GET ceiling")
-        ax.set_xticks(x + 0.4 - 0.4 / len(workers), [n.replace(", ", "\n") for n in loaders], fontsize=7)
+        ax.set_xticks(x + 0.4 - 0.4 / len(workers), [n.replace(", ", "\n").replace(" (", "\n(") for n in loaders], fontsize=7)
         ax.set_yscale("log")
         ax.set_title(f"{reg} patches (256x256x9)")
         ax.set_ylabel("samples/s")
