@@ -46,13 +46,11 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
 
 def epoch(location, workers: int) -> tuple[int, float]:
-    import torch
-
-    from loaders.cloudmask import CloudMaskPatches, PatchSpec
+    from loaders.cloudmask import CloudMaskPatches, PatchSpec, ScenePatchStream, patch_loader
 
     data = CloudMaskPatches(location, spec=PatchSpec(mode="fixed", patch=256))
-    loader = torch.utils.data.DataLoader(data, batch_size=8, num_workers=workers, shuffle=False,
-                                         multiprocessing_context="fork" if workers else None)
+    # as training uses it: each worker streams its scenes (forkserver workers; fork is unsafe with zarr 3)
+    loader = patch_loader(ScenePatchStream(data), batch_size=8, num_workers=workers)
     t0 = time.perf_counter()
     n = sum(img.shape[0] for img, _ in loader)
     return n, time.perf_counter() - t0
