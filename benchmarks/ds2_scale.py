@@ -101,7 +101,8 @@ def convert_on(scheduler: str, src: Path, dest: Path, layout: str) -> dict:
 
 def untuned_worker(src: Path, layout: str, work: Path) -> dict:
     """The same per-product task on a default ``LocalCluster`` worker (statistical profiler on, zarr's
-    codec thread pool, worker-saturation 1.1), submitted directly: what our worker tuning saves."""
+    codec thread pool, worker-saturation 1.1, dask's malloc settings), submitted directly: what our
+    worker tuning saves."""
     import fsspec
     from distributed import Client, LocalCluster
 
@@ -122,8 +123,14 @@ def untuned_worker(src: Path, layout: str, work: Path) -> dict:
     RecordStore(StoreLocation(str(dest)), RECORD_DIM).prepare(ds, encodings(ds, 256, CloudMaskConversion(layout).codec),
                                                                names, {})
     task = ConvertProduct(StoreLocation(str(dest)), str(src), {}, grid)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    import dask
+
+    from scibench_data.parallel import WORKER_ENV, environment
+
+    defaults = {k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()}
+    default_env = {**{k: None for k in WORKER_ENV}, **defaults}  # exactly dask's, whatever ran before
+    with environment(default_env), LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                                dashboard_address=None) as cluster, Client(cluster) as client:
         client.run(_warm)
         cpu0 = client.run(_worker_cpu)
         t0 = time.perf_counter()
@@ -141,7 +148,7 @@ def throughput(src: Path, layout: str, work: Path) -> dict:
     import psutil
     from distributed import Client, LocalCluster
 
-    from scibench_data.parallel import WORKER_CONFIG
+    from scibench_data.parallel import WORKER_CONFIG, WORKER_ENV, environment
 
     out = {}
     c0 = psutil.Process().cpu_times()
@@ -150,8 +157,8 @@ def throughput(src: Path, layout: str, work: Path) -> dict:
     r["cpu_s_per_product"] = (c1.user + c1.system - c0.user - c0.system) / r["products"]
     out["1 process (sync)"] = r
     for n in (1, 2):
-        with dask.config.set(WORKER_CONFIG), LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                          dashboard_address=None) as cluster, \
+        with environment(WORKER_ENV), dask.config.set(WORKER_CONFIG), \
+                LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             client.run(_warm)
             cpu0 = client.run(_worker_cpu)
@@ -229,13 +236,13 @@ def peak_rss(src: Path, work: Path, sizes=(4, 8, 16)) -> dict:
     import dask
     from distributed import Client, LocalCluster
 
-    from scibench_data.parallel import WORKER_CONFIG
+    from scibench_data.parallel import WORKER_CONFIG, WORKER_ENV, environment
 
     out = {}
     for n in sizes:
         sub = _subfolder(src, n, work / f"rss-src-{n}")
-        with dask.config.set(WORKER_CONFIG), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                                          dashboard_address=None) as cluster, \
+        with environment(WORKER_ENV), dask.config.set(WORKER_CONFIG), \
+                LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             client.run(_warm)
             base = client.run(_worker_peak_rss)

@@ -12,6 +12,8 @@ statistical profiler sampling the task thread every 10 ms under the GIL.
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +45,30 @@ WORKER_CONFIG: dict[str, object] = {
 }
 
 
+@contextmanager
+def environment(values: dict[str, str | None]) -> Iterator[None]:
+    """This process's environment with ``values`` set (None: unset), restored on exit.
+
+    Around starting a ``LocalCluster``: distributed's nanny prefers a variable already in
+    ``os.environ`` over its ``pre-spawn-environ`` config, and writes that config into
+    ``os.environ`` for good when it spawns a worker, so after a first cluster in a process
+    (ours or anyone's) the next one would silently get the first one's ``MALLOC_*`` settings."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def limit_worker_threads() -> dict[str, object]:
     """Make this process single-threaded below the task: Blosc and zarr's codec pool use one
     thread. Safe to call repeatedly; returns what it set."""
@@ -63,9 +89,7 @@ def _worker_plugin() -> Any:
         name = "scibench-single-threaded-tasks"
 
         def setup(self, worker: Any) -> None:
-            for name, value in WORKER_ENV.items():
-                import os
-
+            for name, value in WORKER_ENV.items():  # for libraries that read them late (MALLOC_* cannot)
                 os.environ.setdefault(name, value)
             limit_worker_threads()
             # the statistical profiler samples the running task's stack every 10 ms from the
@@ -118,7 +142,7 @@ def distributed_client(scheduler: str, n_workers: int | None = None) -> Iterator
     if scheduler == "local-cluster":
         if n_workers is not None and n_workers < 1:
             raise ValueError(f"--workers must be >= 1, got {n_workers}")
-        with dask.config.set(WORKER_CONFIG), \
+        with environment(WORKER_ENV), dask.config.set(WORKER_CONFIG), \
                 LocalCluster(n_workers=n_workers or 2, threads_per_worker=1, processes=True,
                              dashboard_address=None) as cluster, Client(cluster) as client:
             client.register_plugin(_worker_plugin())

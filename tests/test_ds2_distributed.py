@@ -74,3 +74,28 @@ def test_unreachable_scheduler_is_a_clear_error(cloudmask_raw, tmp_path):
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(ConnectionError, match="cannot reach the dask scheduler at 'tcp://127.0.0.1:9'"):
         convert_cloudmask(str(cloudmask_raw["hdf"]), str(tmp_path / "x.zarr"),
                           CloudMaskConversion(layout="hdf", scheduler="tcp://127.0.0.1:9", progress=False))
+
+
+def _malloc_env() -> dict:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+
+
+def test_our_local_cluster_workers_get_our_environment_after_another_cluster():
+    """distributed's nanny keeps a variable already in os.environ over its config: a default cluster
+    started first must not leave its MALLOC_TRIM_THRESHOLD_ (65536) to ours, nor ours to the next."""
+    import os
+
+    from distributed import Client, LocalCluster
+
+    from scibench_data.parallel import WORKER_ENV, distributed_client
+
+    before = {k: os.environ.get(k) for k in WORKER_ENV}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c, Client(c) as cl:
+        default = next(iter(cl.run(_malloc_env).values()))
+    assert default.get("MALLOC_TRIM_THRESHOLD_") == "65536" and "MALLOC_MMAP_THRESHOLD_" not in default
+    with distributed_client("local-cluster", n_workers=1) as client:
+        ours = next(iter(client.run(_malloc_env).values()))
+    assert ours == {k: v for k, v in WORKER_ENV.items() if k.startswith("MALLOC_")}
+    assert {k: os.environ.get(k) for k in WORKER_ENV} == before  # this process's environment is restored
