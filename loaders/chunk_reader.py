@@ -118,19 +118,23 @@ class ChunkReader:
             return self._scratch
         from numcodecs import blosc
 
-        header = bytes(raw[:16])  # blosc1 header: ..., uncompressed size as uint32 LE at bytes 4-8
-        n = int.from_bytes(header[4:8], "little") if len(header) == 16 else -1
-        if n != self._scratch.nbytes:
-            raise ValueError(f"chunk holds {n} bytes, expected {self._scratch.nbytes} for chunk shape {self.chunks}")
         try:
+            header = bytes(raw[:16])  # blosc1 header: ..., uncompressed size as uint32 LE at bytes 4-8
+            n = int.from_bytes(header[4:8], "little") if len(header) == 16 else -1
+            if n != self._scratch.nbytes:
+                raise ValueError(f"chunk holds {n} bytes, expected {self._scratch.nbytes} for chunk shape {self.chunks}")
             blosc.decompress(raw, self._scratch)  # releases the GIL; raises on a corrupt frame
         finally:
-            if isinstance(raw, mmap.mmap):
-                raw.close()
+            _close(raw)
         return self._scratch
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_scratch": None}
+
+
+def _close(raw) -> None:
+    if isinstance(raw, mmap.mmap) and not raw.closed:
+        raw.close()
 
 
 def _local_dir(store_path) -> str | None:
@@ -184,9 +188,13 @@ def read_regions(requests: Sequence[tuple[ChunkReader, Region, np.ndarray]]) -> 
                                     *(r.array.getitem(reg) for r, reg, _ in slow))
 
     got = sync(fetch_all())
-    for (rid, chunk), raw in zip(keys, got):
-        values = readers[rid].decode(raw)
-        for out, piece in users[(rid, chunk)]:
-            out[piece.dst] = values[piece.src]
+    try:
+        for (rid, chunk), raw in zip(keys, got):
+            values = readers[rid].decode(raw)
+            for out, piece in users[(rid, chunk)]:
+                out[piece.dst] = values[piece.src]
+    finally:  # a failed chunk leaves the later ones' mappings open otherwise
+        for raw in got[:len(keys)]:
+            _close(raw)
     for (_, _, out), values in zip(slow, got[len(keys):]):
         out[...] = np.asarray(values).reshape(out.shape)
