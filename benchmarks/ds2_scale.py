@@ -1,6 +1,6 @@
 """CloudMask DS2 at scale (issue 6) and conversion speed (issue 8, item 4), side by side in one run.
 
-    python benchmarks/ds2_scale.py [--work DIR] [--products 8] [--out benchmarks/results/ds2_scale.json]
+    python benchmarks/ds2_scale.py [--work DIR] [--products 16] [--out benchmarks/results/ds2_scale.json]
 
 On full-size synthetic products (1200 x 1500 scenes; layout sen3 has 2400 x 3000 radiances):
 
@@ -339,7 +339,7 @@ def open_and_subset(src: Path, work: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=None, help="working folder (kept; products are reused); default a temp dir")
-    ap.add_argument("--products", type=int, default=8, help="products per layout for the throughput runs")
+    ap.add_argument("--products", type=int, default=16, help="products per layout for the throughput runs")
     ap.add_argument("--out", default="benchmarks/results/ds2_scale.json")
     ap.add_argument("--only", default="throughput,ceiling,rss,open",
                     help="sections to run (default all): throughput,ceiling,rss,open")
