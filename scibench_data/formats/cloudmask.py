@@ -17,7 +17,8 @@ import posixpath
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import fsspec
@@ -224,15 +225,27 @@ def read_hdf_product(fs: fsspec.AbstractFileSystem, path: str) -> Scene:
 # --------------------------------------------------------------------------- layout B
 
 
-def _open_nc(fs: fsspec.AbstractFileSystem, product: str, filename: str, mask_and_scale: bool = True) -> xr.Dataset:
+@contextmanager
+def _nc_file(fs: fsspec.AbstractFileSystem, product: str, filename: str,
+             mask_and_scale: bool = True) -> Iterator[tuple[str, xr.Dataset]]:
+    """(path, lazily opened dataset) of a product file; a missing or unreadable file, or a read
+    failing inside the block, is a :class:`SourceFormatError` naming the file."""
     path = posixpath.join(product, filename)
     if not fs.exists(path):
         raise SourceFormatError(path, "missing file in product folder")
     try:
-        with fs.open(path, "rb") as f:
-            return xr.open_dataset(f, engine="h5netcdf", mask_and_scale=mask_and_scale, decode_times=False).load()
+        with fs.open(path, "rb") as f, xr.open_dataset(f, engine="h5netcdf", mask_and_scale=mask_and_scale,
+                                                       decode_times=False) as ds:
+            yield path, ds
+    except SourceFormatError:
+        raise
     except (OSError, ValueError, KeyError) as err:
         raise SourceFormatError(path, f"cannot be read as netCDF4 ({err})") from err
+
+
+def _open_nc(fs: fsspec.AbstractFileSystem, product: str, filename: str, mask_and_scale: bool = True) -> xr.Dataset:
+    with _nc_file(fs, product, filename, mask_and_scale) as (_, ds):
+        return ds.load()
 
 
 def cf_unpack(raw: np.ndarray, attrs: Mapping[str, Any], path: str, name: str) -> np.ndarray:
@@ -265,20 +278,11 @@ def cf_unpack(raw: np.ndarray, attrs: Mapping[str, Any], path: str, name: str) -
 def _read_packed(fs: fsspec.AbstractFileSystem, product: str, filename: str, name: str,
                  shape: tuple[int, int] | None) -> tuple[np.ndarray, dict]:
     """One packed image variable of a product file, unpacked (:func:`cf_unpack`); and the file's attributes."""
-    path = posixpath.join(product, filename)
-    if not fs.exists(path):
-        raise SourceFormatError(path, "missing file in product folder")
-    try:
-        with fs.open(path, "rb") as f, xr.open_dataset(f, engine="h5netcdf", mask_and_scale=False,
-                                                       decode_times=False) as ds:
-            v = _variable(ds, path, name, shape)
-            if "_Unsigned" in v.attrs:  # netCDF-3 style unsigned packing: let xarray decode it
-                return xr.decode_cf(ds[[name]])[name].values.astype(np.float64), dict(ds.attrs)
-            return cf_unpack(v.values, v.attrs, path, name), dict(ds.attrs)
-    except SourceFormatError:
-        raise
-    except (OSError, ValueError, KeyError) as err:
-        raise SourceFormatError(path, f"cannot be read as netCDF4 ({err})") from err
+    with _nc_file(fs, product, filename, mask_and_scale=False) as (path, ds):
+        v = _variable(ds, path, name, shape)
+        if "_Unsigned" in v.attrs:  # netCDF-3 style unsigned packing: let xarray decode it
+            return xr.decode_cf(ds[[name]])[name].values.astype(np.float64), dict(ds.attrs)
+        return cf_unpack(v.values, v.attrs, path, name), dict(ds.attrs)
 
 
 def _variable(ds: xr.Dataset, path: str, name: str, shape: tuple[int, int] | None = None) -> xr.DataArray:
