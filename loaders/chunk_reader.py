@@ -31,7 +31,9 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-Region = tuple[slice, ...]
+from scibench_data.storage.regions import chunks_touched
+
+Slices = tuple[slice, ...]  # one step-1 slice per dimension
 _MMAP_MIN_BYTES = 256 * 1024
 _MMAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # fault all pages in at once (Linux)
 
@@ -41,20 +43,20 @@ class Piece:
     """The part of one chunk that lands in one window: ``out[dst] = chunk[src]``."""
 
     chunk: tuple[int, ...]
-    src: Region
-    dst: Region
+    src: Slices
+    dst: Slices
 
 
 def _axis_pieces(start: int, stop: int, size: int) -> list[tuple[int, slice, slice]]:
     """(chunk index, slice inside the chunk, slice inside the window) along one axis."""
     out = []
-    for c in range(start // size, (stop - 1) // size + 1):
+    for c in chunks_touched(start, stop, size):
         lo, hi = max(start, c * size), min(stop, (c + 1) * size)
         out.append((c, slice(lo - c * size, hi - c * size), slice(lo - start, hi - start)))
     return out
 
 
-def window_pieces(region: Region, chunks: Sequence[int]) -> list[Piece]:
+def window_pieces(region: Slices, chunks: Sequence[int]) -> list[Piece]:
     """Every chunk a region (step-1 slices with explicit bounds) overlaps, and where its part goes."""
     if len(region) != len(chunks):
         raise ValueError(f"region has {len(region)} dimensions, chunks {len(chunks)}")
@@ -67,7 +69,7 @@ def window_pieces(region: Region, chunks: Sequence[int]) -> list[Piece]:
             for combo in itertools.product(*axes)]
 
 
-def region_shape(region: Region) -> tuple[int, ...]:
+def region_shape(region: Slices) -> tuple[int, ...]:
     return tuple(sl.stop - sl.start for sl in region)
 
 
@@ -85,7 +87,7 @@ class ChunkReader:
         self._local_root = _local_dir(self.array.store_path) if self.fast else None
         self._scratch: np.ndarray | None = None
 
-    def check(self, region: Region) -> None:
+    def check(self, region: Slices) -> None:
         if any(sl.stop > n for sl, n in zip(region, self.shape)):
             raise IndexError(f"region {region} outside the array's shape {self.shape}")
 
@@ -161,7 +163,7 @@ def _plain_blosc(meta) -> bool:
     return endian in (None, sys.byteorder)
 
 
-def read_regions(requests: Sequence[tuple[ChunkReader, Region, np.ndarray]]) -> None:
+def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> None:
     """Fill each ``out`` with its array's ``region`` (``out.shape`` == the region's shape;
     the output dtype may differ, values are cast as by assignment).
 

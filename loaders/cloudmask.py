@@ -141,10 +141,15 @@ def read_windows_into(group: zarr.Group | StoreHandle, windows: Sequence[tuple[i
     mask_values_(mask_out)
 
 
+def _window_buffers(ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Empty float32 ``(1, 9, h, w)`` image and ``(1, h, w)`` mask for one window."""
+    h, w = ys.stop - ys.start, xs.stop - xs.start
+    return np.empty((1, N_CHANNELS, h, w), np.float32), np.empty((1, h, w), np.float32)
+
+
 def read_window(group: zarr.Group | StoreHandle, scene: int, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
     """Normalised ``(9, h, w)`` float32 image and ``(h, w)`` float32 mask (NaN where unlabelled)."""
-    h, w = ys.stop - ys.start, xs.stop - xs.start
-    image, mask = np.empty((1, N_CHANNELS, h, w), np.float32), np.empty((1, h, w), np.float32)
+    image, mask = _window_buffers(ys, xs)
     read_windows_into(group, [(scene, ys, xs)], image, mask)
     return image[0], mask[0]
 
@@ -216,8 +221,7 @@ class CloudMaskPatches:
         if self._crop is not None and self._crop[0] == pid:
             image, mask = self._crop[2], self._crop[3]
         else:
-            h, w = ys.stop - ys.start, xs.stop - xs.start
-            image, mask = np.empty((1, N_CHANNELS, h, w), np.float32), np.empty((1, h, w), np.float32)
+            image, mask = _window_buffers(ys, xs)
         self._crop = None  # a failed read leaves no stale crop behind
         read_windows_into(self.handle, [(scene, ys, xs)], image, mask)
         self._crop = (pid, scene, image, mask)

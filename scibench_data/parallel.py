@@ -13,7 +13,6 @@ statistical profiler sampling the task thread every 10 ms under the GIL.
 from __future__ import annotations
 
 import os
-
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
