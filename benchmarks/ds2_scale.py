@@ -144,11 +144,9 @@ def untuned_worker(src: Path, layout: str, work: Path) -> dict:
 
 def throughput(src: Path, layout: str, work: Path) -> dict:
     """sync in this process, then LocalClusters of 1 and 2 workers (startup and imports excluded)."""
-    import dask
     import psutil
-    from distributed import Client, LocalCluster
 
-    from scibench_data.parallel import WORKER_CONFIG, WORKER_ENV, environment
+    from scibench_data.parallel import distributed_client
 
     out = {}
     c0 = psutil.Process().cpu_times()
@@ -157,12 +155,10 @@ def throughput(src: Path, layout: str, work: Path) -> dict:
     r["cpu_s_per_product"] = (c1.user + c1.system - c0.user - c0.system) / r["products"]
     out["1 process (sync)"] = r
     for n in (1, 2):
-        with environment(WORKER_ENV), dask.config.set(WORKER_CONFIG), \
-                LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
+        with distributed_client("local-cluster", n) as client:  # the cluster --scheduler local-cluster starts
             client.run(_warm)
             cpu0 = client.run(_worker_cpu)
-            r = convert_on(cluster.scheduler_address, src, work / "t.zarr", layout)
+            r = convert_on(client.scheduler.address, src, work / "t.zarr", layout)
             cpu1 = client.run(_worker_cpu)
             r["cpu_s_per_product"] = sum(cpu1[w] - cpu0[w] for w in cpu1) / r["products"]
             out[f"{n} worker process{'es' if n > 1 else ''}"] = r
@@ -233,20 +229,15 @@ def ceiling(src: Path, layout: str) -> dict:
 
 def peak_rss(src: Path, work: Path, sizes=(4, 8, 16)) -> dict:
     """Peak RSS of each of 2 fresh workers converting 4, 8 and 16 sen3 products."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    from scibench_data.parallel import WORKER_CONFIG, WORKER_ENV, environment
+    from scibench_data.parallel import distributed_client
 
     out = {}
     for n in sizes:
         sub = _subfolder(src, n, work / f"rss-src-{n}")
-        with environment(WORKER_ENV), dask.config.set(WORKER_CONFIG), \
-                LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
+        with distributed_client("local-cluster", 2) as client:
             client.run(_warm)
             base = client.run(_worker_peak_rss)
-            r = convert_on(cluster.scheduler_address, sub, work / "rss.zarr", "sen3")
+            r = convert_on(client.scheduler.address, sub, work / "rss.zarr", "sen3")
             peak = client.run(_worker_peak_rss)
         out[str(n)] = {"peak_rss_MB_per_worker": sorted(round(v / 1e6) for v in peak.values()),
                        "after_imports_MB": sorted(round(v / 1e6) for v in base.values()), "seconds": r["seconds"]}

@@ -48,6 +48,7 @@ from scibench_data.catalog import entry_location
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
 from scibench_data.storage.local_s3 import moto_server, storage_options
 from scibench_data.storage.location import StoreLocation
+from scibench_data.storage.regions import chunks_touched
 from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
 
 BATCH = 16
@@ -182,10 +183,6 @@ def steady_rate(first: float, total: float, n: int, first_size: int) -> float:
     return (n - first_size) / (total - first) if total > first and n > first_size else float("nan")
 
 
-def _tiles(lo: int, size: int, tile: int) -> range:
-    return range(lo // tile, (lo + size - 1) // tile + 1)
-
-
 def touched_objects(items: list, store: Path) -> list[list[str]]:
     """The chunk objects (keys under the store) each patch of a stream touches: image tiles and
     mask chunks, by the store's own chunk grids."""
@@ -196,9 +193,9 @@ def touched_objects(items: list, store: Path) -> list[list[str]]:
     _, my, mx = group["cloud_mask"].chunks
     out = []
     for scene, win in items:
-        keys = [f"image/c/{scene}/0/{cy}/{cx}" for cy in _tiles(win.y0, win.size, ty) for cx in _tiles(win.x0, win.size, tx)]
-        keys += [f"cloud_mask/c/{scene}/{cy}/{cx}" for cy in _tiles(win.y0, win.size, my)
-                 for cx in _tiles(win.x0, win.size, mx)]
+        (y0, y1), (x0, x1) = (win.y0, win.y0 + win.size), (win.x0, win.x0 + win.size)
+        keys = [f"image/c/{scene}/0/{cy}/{cx}" for cy in chunks_touched(y0, y1, ty) for cx in chunks_touched(x0, x1, tx)]
+        keys += [f"cloud_mask/c/{scene}/{cy}/{cx}" for cy in chunks_touched(y0, y1, my) for cx in chunks_touched(x0, x1, mx)]
         out.append(keys)
     return out
 
@@ -275,22 +272,29 @@ def emulated_link(endpoint: str, link: tuple[float, float] | None):
         proc.wait(10)
 
 
+def catalog_location(so: dict):
+    """The published S3 catalog and ``cloudmask_ds1``'s location in it, with ``so`` under the catalog's options."""
+    import intake
+
+    cat = intake.open_catalog("s3://bench/pub/catalog.yaml", storage_options=so)
+    loc = entry_location(cat, "cloudmask_ds1")
+    return cat, StoreLocation(loc.url, {**so, **loc.storage_options})
+
+
 def staging(endpoint: str, local_raw: Path, workers: int) -> dict:
     """Time to first batch and epoch time including staging, ours against the reference's, through ``endpoint``.
 
     Ours: one stopwatch from opening the S3 catalog to the first batch out of a DataLoader with
     workers (fixed regime, streamed), then on to the end of the epoch. The reference: copy every
     HDF5 product down (``aws s3 sync``'s job), then read them with its loader."""
-    import intake
     import s3fs
 
     so = storage_options(endpoint)
     os.environ["AWS_ENDPOINT_URL"] = endpoint
     t0 = time.perf_counter()
-    cat = intake.open_catalog("s3://bench/pub/catalog.yaml", storage_options=so)
+    cat, loc = catalog_location(so)
     cat.cloudmask_ds1.to_dask()
-    loc = entry_location(cat, "cloudmask_ds1")
-    data = CloudMaskPatches(StoreLocation(loc.url, {**so, **loc.storage_options}), spec=PatchSpec("fixed"))
+    data = CloudMaskPatches(loc, spec=PatchSpec("fixed"))
     open_s = time.perf_counter() - t0
     first, ep, n = epoch(our_loader(ScenePatchStream(data, seed=3), workers, shuffle=False))
     out = {"ours_open_s": open_s, "ours_first_batch_s": open_s + first, "ours_epoch_s": open_s + ep}
@@ -360,8 +364,6 @@ def main() -> None:
                     options=PublishOptions(progress=False))
             os.environ.update({"AWS_ACCESS_KEY_ID": so["key"], "AWS_SECRET_ACCESS_KEY": so["secret"],
                                "AWS_ENDPOINT_URL": endpoint})
-            import intake
-
             # 1. time to first batch and epoch including staging: one stopwatch from opening the
             # catalog to the first batch out of a DataLoader with workers, then on to the epoch's end
             workers = max(worker_counts)
@@ -378,14 +380,10 @@ def main() -> None:
                                                                  workers)
                 print(f"staging | {label:<28} | {results['staging']['links'][label]}", flush=True)
             os.environ["AWS_ENDPOINT_URL"] = endpoint
-            cat = intake.open_catalog("s3://bench/pub/catalog.yaml", storage_options=so)
-            loc = entry_location(cat, "cloudmask_ds1")
-            loc = StoreLocation(loc.url, {**so, **loc.storage_options})
             # in-process (what an interactive user waits for): catalog -> lazy dataset -> a batch of 16
             t0 = time.perf_counter()
-            cat = intake.open_catalog("s3://bench/pub/catalog.yaml", storage_options=so)
-            loc2 = entry_location(cat, "cloudmask_ds1")
-            data = CloudMaskPatches(StoreLocation(loc2.url, {**so, **loc2.storage_options}), spec=PatchSpec("fixed"))
+            _, loc = catalog_location(so)
+            data = CloudMaskPatches(loc, spec=PatchSpec("fixed"))
             data[0]
             results["staging"]["ours_first_patch_s"] = time.perf_counter() - t0
             data[list(range(1, BATCH + 1))]
