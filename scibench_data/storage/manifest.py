@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 from scibench_data.storage.confine import PathEscapeError, relative_part
+from scibench_data.storage.hashing import sha256_bytes
 from scibench_data.storage.location import StoreLocation
 
 STATE_PREFIX = "_scibench/"
@@ -216,6 +217,31 @@ def hash_objects(location: StoreLocation, keys: Iterable[str], workers: int = 16
         return {}
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
         return {k: d for k, d in pool.map(one, keys) if d is not None}
+
+
+def copy_verified(src: StoreLocation, keys: Iterable[str], manifest: "Manifest", put: Callable[[str, bytes], None],
+                  mismatch: Callable[[str, str], str], workers: int = 16,
+                  on_bytes: Callable[[int], None] | None = None) -> int:
+    """Read ``keys`` from ``src`` concurrently; each object's sha256 is checked against the manifest
+    (a difference raises :class:`ManifestError` with ``mismatch(key, got_sha256)``) before
+    ``put(key, data)`` stores it. Returns the bytes copied (publish and pull share this)."""
+    expected = manifest.by_key
+
+    def one(key: str) -> int:
+        data = src.fs.cat_file(src.path(key))
+        got = sha256_bytes(data)
+        if got != expected[key].sha256:
+            raise ManifestError(mismatch(key, got))
+        put(key, data)
+        if on_bytes:
+            on_bytes(len(data))
+        return len(data)
+
+    keys = list(keys)
+    if not keys:
+        return 0
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
+        return sum(pool.map(one, keys))
 
 
 def build_manifest(location: StoreLocation, dataset: str = "", version: int | None = None,

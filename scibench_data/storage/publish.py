@@ -39,7 +39,7 @@ from scibench_data.storage.confine import confine
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import LOCK_KEY, StoreLockedError, WriterLock
 from scibench_data.storage.manifest import (
-    MANIFEST_KEY, Manifest, ManifestError, build_manifest, hash_objects, list_objects,
+    MANIFEST_KEY, Manifest, ManifestError, build_manifest, copy_verified, hash_objects, list_objects,
 )
 from scibench_data.storage.hashing import sha256_bytes
 from scibench_data.storage.records import StoreStateError, store_state
@@ -293,23 +293,9 @@ def _put(location: StoreLocation, key: str, data: bytes, acl: Mapping[str, str])
 def upload_objects(src: StoreLocation, dest: StoreLocation, manifest: Manifest, keys: Iterable[str],
                    acl: Mapping[str, str], workers: int, bar: tqdm) -> int:
     """Copy ``keys`` concurrently; each object is checked against the manifest before it is sent."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    expected = manifest.by_key
-
-    def one(key: str) -> int:
-        data = src.fs.cat_file(src.path(key))
-        if sha256_bytes(data) != expected[key].sha256:
-            raise ManifestError(f"{src.url}/{key} changed while publishing (sha256 differs from the manifest)")
-        _put(dest, key, data, acl)
-        bar.update(len(data))
-        return len(data)
-
-    keys = list(keys)
-    if not keys:
-        return 0
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
-        return sum(pool.map(one, keys))
+    return copy_verified(src, keys, manifest, put=lambda key, data: _put(dest, key, data, acl),
+                         mismatch=lambda key, _: f"{src.url}/{key} changed while publishing (sha256 differs from the manifest)",
+                         workers=workers, on_bytes=bar.update)
 
 
 def store_dims(location: StoreLocation) -> dict[str, int]:

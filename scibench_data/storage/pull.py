@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from scibench_data.storage.confine import PathEscapeError, check_within, confine
 from scibench_data.storage.hashing import sha256_bytes
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.manifest import (
-    MANIFEST_KEY, Manifest, ManifestError, VerifyReport, read_manifest, verify_store,
+    MANIFEST_KEY, Manifest, ManifestError, VerifyReport, copy_verified, read_manifest, verify_store,
 )
 from scibench_data.storage.publish import is_truthy
 from scibench_data.storage.records import STATUS_ATTR, incomplete_reason, store_state
@@ -277,22 +276,11 @@ def download(src: StoreLocation, dest: Path, manifest: Manifest, keys: Iterable[
              bar: tqdm) -> int:
     """Fetch ``keys`` concurrently, each checked against the manifest before it lands."""
     expected = manifest.by_key
-
-    def one(key: str) -> int:
-        data = src.fs.cat_file(src.path(key))
-        got = sha256_bytes(data)
-        if got != expected[key].sha256:
-            raise ManifestError(f"{src.url}/{key} does not match the manifest (sha256 {got[:12]}... != "
-                                f"{expected[key].sha256[:12]}...): the published object is corrupted")
-        _write_atomic(Path(confine(str(dest), key, what="manifest key")), data)
-        bar.update(len(data))
-        return len(data)
-
-    keys = list(keys)
-    if not keys:
-        return 0
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
-        return sum(pool.map(one, keys))
+    return copy_verified(
+        src, keys, manifest, put=lambda key, data: _write_atomic(Path(confine(str(dest), key, what="manifest key")), data),
+        mismatch=lambda key, got: (f"{src.url}/{key} does not match the manifest (sha256 {got[:12]}... != "
+                                   f"{expected[key].sha256[:12]}...): the published object is corrupted"),
+        workers=workers, on_bytes=bar.update)
 
 
 def pull(catalog_url: str, dataset: str, to: str | os.PathLike, subset: Subset = Subset(),
