@@ -4,6 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scibench_data.storage.encoding import DEFAULT_CODEC, CodecChoice
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversionRun:
+    """How any conversion runs (every data set's options extend this): output codec, scheduler
+    (``"threads"``, ``"sync"``, ``"local-cluster"`` or a dask scheduler address), workers,
+    retries of a failing task, progress bars. Keyword-only, after each data set's own fields."""
+
+    codec: CodecChoice = DEFAULT_CODEC
+    scheduler: str = "threads"
+    n_workers: int | None = None
+    retries: int = 1
+    progress: bool = True
+
 
 @dataclass(frozen=True)
 class ConversionReport:

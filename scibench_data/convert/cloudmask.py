@@ -47,14 +47,14 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from scibench_data.convert import ConversionReport
+from scibench_data.convert import ConversionReport, ConversionRun
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.cloudmask import (
     CHANNELS, ProductName, SourceProduct, discover_products, product_name,
     read_product, sen3_grid_shape,
 )
 from scibench_data.parallel import run_tasks
-from scibench_data.storage.encoding import DEFAULT_CODEC, CodecChoice, encoding_for
+from scibench_data.storage.encoding import CodecChoice, encoding_for
 from scibench_data.storage.hashing import combined_digest, sha256_file
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
@@ -73,16 +73,11 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class CloudMaskConversion:
+class CloudMaskConversion(ConversionRun):
     """Options of one conversion."""
 
     layout: str
     tile: int = TILE
-    codec: CodecChoice = DEFAULT_CODEC
-    scheduler: str = "threads"
-    n_workers: int | None = None
-    retries: int = 1
-    progress: bool = True
     src_storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:

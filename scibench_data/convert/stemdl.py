@@ -30,14 +30,14 @@ import fsspec
 import numpy as np
 import xarray as xr
 
-from scibench_data.convert import ConversionReport
+from scibench_data.convert import ConversionReport, ConversionRun
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.stemdl import (
     N_CLASSES, N_PROJECTIONS, PREPROCESSED_SIZE, SourceFile, SourceListing, area_resize, discover_sources,
     npz_shape, preprocess_stack, read_npz_sample, read_raw_file, scan_raw_file, split_of_material,
 )
 from scibench_data.parallel import run_tasks
-from scibench_data.storage.encoding import DEFAULT_CODEC, CodecChoice, encoding_for
+from scibench_data.storage.encoding import CodecChoice, encoding_for
 from scibench_data.storage.hashing import combined_digest, sha256_file
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
@@ -50,7 +50,7 @@ COORDS = ("label", "material", "split", "source_file", "source_key")
 
 
 @dataclass(frozen=True)
-class STEMDLConversion:
+class STEMDLConversion(ConversionRun):
     """Options of one conversion. ``preprocess`` applies the reference scaling and resize to ``size``
     (raw sources only: npz samples are preprocessed already)."""
 
@@ -59,11 +59,6 @@ class STEMDLConversion:
     sample_chunk: int = 1
     files_per_task: int = 256
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    codec: CodecChoice = DEFAULT_CODEC
-    scheduler: str = "threads"
-    n_workers: int | None = None
-    retries: int = 1
-    progress: bool = True
     src_storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:

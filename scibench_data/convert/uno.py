@@ -35,14 +35,14 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from scibench_data.convert import ConversionReport
+from scibench_data.convert import ConversionReport, ConversionRun
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.uno import (
     EXPORT_NAME, FINGERPRINT_KINDS, LAYOUTS, SPLITS, ExportReader, FeatureTable, concat_tables,
     export_responses, find_raw_files, read_feature_tsv, read_fingerprint_tsv, read_response_tsv, split_codes,
 )
 from scibench_data.parallel import run_tasks
-from scibench_data.storage.encoding import DEFAULT_CODEC, CodecChoice, encoding_for
+from scibench_data.storage.encoding import CodecChoice, encoding_for
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
 from scibench_data.storage.records import RecordStore
@@ -56,18 +56,13 @@ SPLIT_MEANINGS = " ".join(SPLITS)
 
 
 @dataclass(frozen=True)
-class UnoConversion:
+class UnoConversion(ConversionRun):
     """Options of one conversion."""
 
     response_chunk: int = RESPONSE_CHUNK
     chunks_per_task: int = 2
     split_seed: int = 42  # raw layout only: the seeded 80/10/10 split of the kept rows
     verify_export: bool = True
-    codec: CodecChoice = DEFAULT_CODEC
-    scheduler: str = "threads"
-    n_workers: int | None = None
-    retries: int = 1
-    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.response_chunk < 1 or self.chunks_per_task < 1:
