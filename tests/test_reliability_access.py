@@ -23,6 +23,8 @@ from scibench_data.storage.manifest import ManifestError
 from scibench_data.storage.publish import PublishOptions, publish
 from scibench_data.storage.pull import pull, verify_published
 
+from _s3_helpers import bucket_client
+
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "scibench-access"
 SECRET = "PLANTED-SECRET-access-93b7f2"
@@ -31,10 +33,7 @@ KEY_ID = "planted-key-id-access"
 
 @pytest.fixture(scope="module")
 def fs(s3_storage_options) -> s3fs.S3FileSystem:
-    fs = s3fs.S3FileSystem(**s3_storage_options)
-    if not fs.exists(BUCKET):
-        fs.mkdir(BUCKET)
-    return fs
+    return bucket_client(s3_storage_options, BUCKET)
 
 
 @pytest.fixture(scope="module")

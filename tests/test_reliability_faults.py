@@ -32,6 +32,7 @@ from scibench_data.storage.pull import verify_published
 from scibench_data.storage.retries import RemoteReadError, with_retries
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _s3_helpers import bucket_client, wait_for_objects  # noqa: E402
 from _tcp_proxy import TcpProxy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,10 +69,7 @@ def stores(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def fs(s3_storage_options) -> s3fs.S3FileSystem:
     """A client that talks to moto directly (not through the proxy)."""
-    fs = s3fs.S3FileSystem(**s3_storage_options)
-    if not fs.exists(BUCKET):
-        fs.mkdir(BUCKET)
-    return fs
+    return bucket_client(s3_storage_options, BUCKET)
 
 
 @pytest.fixture(scope="module")
@@ -161,11 +159,7 @@ def test_publish_interrupted_by_an_outage_fails_clearly_and_a_rerun_finishes(fs,
     args = ["publish", "cloudmask_ds1", "--to", to, "--store", str(stores["t32"]), "--workers", "1"]
     proc = _cli(args, env)
     v2 = f"{BUCKET}/pub/cloudmask_ds1/v2"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len([p for p in fs.find(v2, refresh=True) if "/_scibench/" not in p]) >= 3:
-            break
-        time.sleep(0.03)
+    wait_for_objects(fs, v2, 3, proc, pause=0.03)
     assert proc.poll() is None, "publish finished before the server could be stopped"
     proxy.stop()
     try:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import intake
@@ -26,6 +25,8 @@ from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.manifest import MANIFEST_KEY, ManifestError, read_manifest
 from scibench_data.storage.publish import PublishAccessError, PublishOptions, publish
 from scibench_data.storage.pull import Subset, pull, verify_local, verify_published
+
+from _s3_helpers import bucket_client, wait_for_objects
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "scibench-test"
@@ -46,10 +47,7 @@ def s3_env(s3_endpoint):
 
 @pytest.fixture(scope="module")
 def s3fs_client(s3_env, s3_storage_options) -> s3fs.S3FileSystem:
-    fs = s3fs.S3FileSystem(**s3_storage_options)
-    if not fs.exists(BUCKET):
-        fs.mkdir(BUCKET)
-    return fs
+    return bucket_client(s3_storage_options, BUCKET)
 
 
 @pytest.fixture(scope="module")
@@ -236,11 +234,7 @@ def test_killed_publish_keeps_previous_version_and_rerun_finishes(s3fs_client, s
     proc = _run_cli(["publish", "cloudmask_ds1", "--to", to, "--store", str(tiled_stores["sen3"]), "--workers", "1"],
                     env)
     v2 = f"{BUCKET}/kill/cloudmask_ds1/v2"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len([p for p in s3fs_client.find(v2, refresh=True) if "/_scibench/" not in p]) >= 5:
-            break
-        time.sleep(0.05)
+    wait_for_objects(s3fs_client, v2, 5, proc, pause=0.05)
     assert proc.poll() is None, "publish finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     out, err = proc.communicate()
