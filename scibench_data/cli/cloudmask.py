@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scibench_data.cli.common import add_progress, add_root, add_scheduler, write_json
+from scibench_data.cli.common import add_conversion_options, add_progress, add_root, write_json
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -105,13 +105,9 @@ def register(cli) -> None:  # noqa: ANN001
     p.add_argument("src", help="folder (local path or fsspec URL) holding the products")
     p.add_argument("dest", help="the Zarr store to create or resume (local path or fsspec URL)")
     p.add_argument("--tile", type=int, default=256, help="y/x chunk size (default 256)")
-    p.add_argument("--retries", type=int, default=1, help="retries per product before it is reported failed")
-    p.add_argument("--report", default=None, help="also write the conversion report as JSON here")
-    p.add_argument("--break-lock", action="store_true", help="remove a lock left by a writer that is gone")
     p.add_argument("--append", action="store_true",
                    help="add the products DEST lacks (later in time) to a complete store (= append cloudmask)")
-    add_scheduler(p)
-    add_progress(p)
+    add_conversion_options(p, unit="product")
 
     p = cli.dataset("train", "cloudmask", _train, "train the reference U-Net on a catalog entry")
     add_root(p)

@@ -25,6 +25,16 @@ def add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+def add_conversion_options(p: argparse.ArgumentParser, unit: str = "task") -> None:
+    """What every ``convert`` command takes: retries, a JSON report, breaking a stale lock,
+    the scheduler and progress bars."""
+    p.add_argument("--retries", type=int, default=1, help=f"retries per {unit} before it is reported failed")
+    p.add_argument("--report", default=None, help="also write the conversion report as JSON here")
+    p.add_argument("--break-lock", action="store_true", help="remove a lock left by a writer that is gone")
+    add_scheduler(p)
+    add_progress(p)
+
+
 def write_json(path: str | Path, obj: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import argparse
 import json
 import warnings
 
-from scibench_data.cli.common import add_progress, add_root, add_scheduler, write_json
+from scibench_data.cli.common import add_conversion_options, add_progress, add_root, write_json
 
 
 def _quiet_intake() -> None:
@@ -93,11 +93,7 @@ def register(cli) -> None:  # noqa: ANN001
     p.add_argument("--size", type=int, default=128, help="pattern size after --preprocess (default 128)")
     p.add_argument("--sample-chunk", type=int, default=1, help="samples per chunk (default 1)")
     p.add_argument("--files-per-task", type=int, default=256, help="npz files per task (multiple of --sample-chunk)")
-    p.add_argument("--retries", type=int, default=1)
-    p.add_argument("--report", default=None, help="also write the conversion report as JSON here")
-    p.add_argument("--break-lock", action="store_true", help="remove a lock left by a writer that is gone")
-    add_scheduler(p)
-    add_progress(p)
+    add_conversion_options(p)
 
     p = cli.dataset("train", "stemdl", _train, "train the reference model of one STEMDL task on a catalog entry")
     add_root(p)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from scibench_data.cli.common import add_progress, add_root, add_scheduler, write_json
+from scibench_data.cli.common import add_conversion_options, add_progress, add_root, write_json
 
 #: ``run uno``: small enough for a few minutes on 2 CPU cores, full feature dimensions.
 DEMO_DATA = {"n_cells": 60, "n_drugs": 40, "n_responses": 3000}
@@ -145,11 +145,7 @@ def register(cli) -> None:  # noqa: ANN001
     p.add_argument("src", help="top_21_auc_1fold.uno.h5 or a folder of Pilot1 TSVs")
     p.add_argument("dest", help="the Zarr store to create or resume")
     p.add_argument("--split-seed", type=int, default=42, help="raw layout: seed of the 80/10/10 split")
-    p.add_argument("--retries", type=int, default=1)
-    p.add_argument("--report", default=None, help="also write the conversion report as JSON here")
-    p.add_argument("--break-lock", action="store_true", help="remove a lock left by a writer that is gone")
-    add_scheduler(p)
-    add_progress(p)
+    add_conversion_options(p)
 
     p = cli.dataset("train", "uno", _train, "train the UNO reference network on catalog entry candle_uno")
     _train_args(p, demo=False)
