@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scibench_data.cli.common import add_conversion_options, add_progress, add_root, write_json
+from scibench_data.cli.common import add_conversion_options, add_progress, add_root, run_conversion
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -20,18 +20,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from scibench_data.convert.cloudmask import CloudMaskConversion, append_cloudmask, convert_cloudmask
-    from scibench_data.storage.lock import break_lock
-    from scibench_data.storage.location import StoreLocation
 
-    if args.break_lock and break_lock(StoreLocation(args.dest)):
-        print(f"removed the lock of {args.dest}")
-    opts = CloudMaskConversion(layout=args.layout, tile=args.tile, scheduler=args.scheduler,
-                               n_workers=args.workers, retries=args.retries, progress=args.progress)
-    report = (append_cloudmask if args.append else convert_cloudmask)(args.src, args.dest, opts)
-    print("\n".join(report.lines()))
-    if args.report:
-        write_json(args.report, report.as_dict())
-    return 0 if report.ok else 1
+    return run_conversion(args, append_cloudmask if args.append else convert_cloudmask, CloudMaskConversion,
+                          layout=args.layout, tile=args.tile)
 
 
 def _train_config(args: argparse.Namespace):

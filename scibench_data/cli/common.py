@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from scibench_data.catalog import default_root
 
@@ -23,6 +25,24 @@ def add_scheduler(p: argparse.ArgumentParser) -> None:
 
 def add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def run_conversion(args: argparse.Namespace, convert: Callable, options: type, **fields: Any) -> int:
+    """A ``convert`` command: break a stale lock if asked, run ``convert(src, dest, options(...))``
+    with ``fields`` and the options of :func:`add_conversion_options`, print the report (and
+    write it as JSON with ``--report``). Exit status 0 when the store is complete."""
+    from scibench_data.storage.location import StoreLocation
+    from scibench_data.storage.lock import break_lock
+
+    if args.break_lock and break_lock(StoreLocation(args.dest)):
+        print(f"removed the lock of {args.dest}")
+    opts = options(**fields, scheduler=args.scheduler, n_workers=args.workers, retries=args.retries,
+                   progress=args.progress)
+    report = convert(args.src, args.dest, opts)
+    print("\n".join(report.lines()))
+    if args.report:
+        write_json(args.report, report.as_dict())
+    return 0 if report.ok else 1
 
 
 def add_conversion_options(p: argparse.ArgumentParser, unit: str = "task") -> None:

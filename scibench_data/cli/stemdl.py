@@ -6,7 +6,7 @@ import argparse
 import json
 import warnings
 
-from scibench_data.cli.common import add_conversion_options, add_progress, add_root, write_json
+from scibench_data.cli.common import add_conversion_options, add_progress, add_root, run_conversion
 
 
 def _quiet_intake() -> None:
@@ -26,19 +26,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from scibench_data.convert.stemdl import STEMDLConversion, convert_stemdl
-    from scibench_data.storage.location import StoreLocation
-    from scibench_data.storage.lock import break_lock
 
-    if args.break_lock and break_lock(StoreLocation(args.dest)):
-        print(f"removed the lock of {args.dest}")
-    opts = STEMDLConversion(preprocess=args.preprocess, size=args.size, sample_chunk=args.sample_chunk,
-                            files_per_task=args.files_per_task, scheduler=args.scheduler, n_workers=args.workers,
-                            retries=args.retries, progress=args.progress)
-    report = convert_stemdl(args.src, args.dest, opts)
-    print("\n".join(report.lines()))
-    if args.report:
-        write_json(args.report, report.as_dict())
-    return 0 if report.ok else 1
+    return run_conversion(args, convert_stemdl, STEMDLConversion, preprocess=args.preprocess, size=args.size,
+                          sample_chunk=args.sample_chunk, files_per_task=args.files_per_task)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from scibench_data.cli.common import add_conversion_options, add_progress, add_root, write_json
+from scibench_data.cli.common import add_conversion_options, add_progress, add_root, run_conversion
 
 #: ``run uno``: small enough for a few minutes on 2 CPU cores, full feature dimensions.
 DEMO_DATA = {"n_cells": 60, "n_drugs": 40, "n_responses": 3000}
@@ -25,18 +25,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from scibench_data.convert.uno import UnoConversion, convert_uno
-    from scibench_data.storage.location import StoreLocation
-    from scibench_data.storage.lock import break_lock
 
-    if args.break_lock and break_lock(StoreLocation(args.dest)):
-        print(f"removed the lock of {args.dest}")
-    opts = UnoConversion(split_seed=args.split_seed, scheduler=args.scheduler, n_workers=args.workers,
-                         retries=args.retries, progress=args.progress)
-    report = convert_uno(args.src, args.dest, opts)
-    print("\n".join(report.lines()))
-    if args.report:
-        write_json(args.report, report.as_dict())
-    return 0 if report.ok else 1
+    return run_conversion(args, convert_uno, UnoConversion, split_seed=args.split_seed)
 
 
 def _train_config(args: argparse.Namespace):  # noqa: ANN202
