@@ -10,10 +10,16 @@ chunk is decoded once, even where windows share it, into a reused scratch
 buffer, and its pieces are copied straight into the caller's output arrays.
 
 The fast path covers the codec chain our stores are written with (``bytes``
-in native byte order + ``blosc``, regular chunks, no sharding). Any other chain
-falls back to zarr's own reads, with the same results; tests compare both paths
-with plain zarr indexing. A chunk absent from the store reads as the fill value,
-as in zarr.
+in native byte order + ``blosc`` + ``crc32c``, regular chunks, no sharding;
+stores written before checksums lack the ``crc32c``). Every chunk's CRC-32C
+is checked before it is decoded, as zarr's codec does: a mismatch raises
+:class:`~scibench_data.storage.integrity.ChunkChecksumError` naming the store,
+the array and the chunk key. A chunk absent from a complete store whose
+manifest lists it raises :class:`~scibench_data.storage.integrity.MissingChunkError`;
+one the manifest does not list (all fill, never written), or any absent chunk
+of a store without a manifest, reads as the fill value, as in zarr. Any other
+chain falls back to zarr's own reads, with the same results; tests compare
+both paths with plain zarr indexing.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from scibench_data.storage.integrity import (
+    NO_INVENTORY, ChunkChecksumError, Inventory, MissingChunkError, checked_payload, chunk_where, load_inventory,
+)
 from scibench_data.storage.regions import chunks_touched
 
 Slices = tuple[slice, ...]  # one step-1 slice per dimension
@@ -84,8 +93,23 @@ class ChunkReader:
         self.chunks = tuple(self.array.chunks)
         self.fill_value = meta.fill_value
         self.fast = _plain_blosc(meta)
+        self.checksum = self.fast and len(meta.codecs) == 3
         self._local_root = _local_dir(self.array.store_path) if self.fast else None
         self._scratch: np.ndarray | None = None
+        self._inventory: Inventory | None = None  # read on the first absent chunk
+
+    @property
+    def name(self) -> str:
+        """The array's path in its store (``image``)."""
+        return self.array.store_path.path
+
+    def store_key(self, coords: tuple[int, ...]) -> str:
+        """A chunk's object key relative to the store root (``image/c/0/0/1/2``), as manifests list it."""
+        return f"{self.name}/{self.chunk_key(coords)}" if self.name else self.chunk_key(coords)
+
+    def where(self, coords: tuple[int, ...]) -> str:
+        """How errors name a chunk: store URL, array and chunk key."""
+        return chunk_where(store_url(self.array.store_path.store), self.name, self.store_key(coords))
 
     def check(self, region: Slices) -> None:
         if any(sl.stop > n for sl, n in zip(region, self.shape)):
@@ -95,10 +119,11 @@ class ChunkReader:
         return self.array.metadata.encode_chunk_key(coords)
 
     async def fetch(self, coords: tuple[int, ...]):
-        """The stored (encoded) bytes of one chunk, or None where it was never written.
+        """The stored (encoded) bytes of one chunk, or None where it was never written (all fill).
 
         From a local directory store the chunk file is memory-mapped, not read: blosc then
-        decodes straight from the page cache with no copy of the compressed bytes first."""
+        decodes straight from the page cache with no copy of the compressed bytes first.
+        A chunk that the store's manifest lists but the store lacks raises :class:`MissingChunkError`."""
         key = self.chunk_key(coords)
         if self._local_root is not None:
             try:
@@ -107,12 +132,27 @@ class ChunkReader:
                         return f.read()
                     return mmap.mmap(f.fileno(), 0, flags=_MMAP_FLAGS, prot=mmap.PROT_READ)
             except FileNotFoundError:
-                return None
+                return await self._absent(coords)
         buf = await (self.array.store_path / key).get(prototype=default_buffer_prototype())
-        return None if buf is None else buf.as_numpy_array()
+        return await self._absent(coords) if buf is None else buf.as_numpy_array()
 
-    def decode(self, raw) -> np.ndarray:
-        """A chunk's values in a scratch buffer reused by the next call (copy out what you keep)."""
+    async def _absent(self, coords: tuple[int, ...]) -> None:
+        """None (read as fill) for a chunk never written; :class:`MissingChunkError` for a lost one."""
+        if self._inventory is None:
+            try:
+                self._inventory = await load_inventory(self.array.store_path.store)
+            except FileNotFoundError:
+                self._inventory = NO_INVENTORY
+        if self._inventory.lost(self.store_key(coords)):
+            err = MissingChunkError(f"{self.where(coords)}: the chunk is missing, but the store's manifest lists it "
+                                    "(deleted or lost in a copy); re-pull or reconvert the store")
+            err.chunk = coords
+            raise err
+        return None
+
+    def decode(self, raw, coords: tuple[int, ...] | None = None) -> np.ndarray:
+        """A chunk's values in a scratch buffer reused by the next call (copy out what you keep).
+        ``coords`` names the chunk in errors."""
         if self._scratch is None:
             self._scratch = np.empty(self.chunks, self.dtype)
         if raw is None:
@@ -120,23 +160,46 @@ class ChunkReader:
             return self._scratch
         from numcodecs import blosc
 
+        view = payload = None
         try:
-            header = bytes(raw[:16])  # blosc1 header: ..., uncompressed size as uint32 LE at bytes 4-8
+            view = raw if isinstance(raw, np.ndarray) else np.frombuffer(raw, np.uint8)
+            where = self.where(coords) if coords is not None else f"{self.name}: a chunk"
+            try:
+                payload = checked_payload(view, where) if self.checksum else view
+            except ChunkChecksumError as err:
+                err.chunk = coords
+                raise
+            header = bytes(payload[:16])  # blosc1 header: ..., uncompressed size as uint32 LE at bytes 4-8
             n = int.from_bytes(header[4:8], "little") if len(header) == 16 else -1
             if n != self._scratch.nbytes:
                 raise ValueError(f"chunk holds {n} bytes, expected {self._scratch.nbytes} for chunk shape {self.chunks}")
-            blosc.decompress(raw, self._scratch)  # releases the GIL; raises on a corrupt frame
+            blosc.decompress(payload, self._scratch)  # releases the GIL; raises on a corrupt frame
         finally:
+            del view, payload  # an mmap cannot close while NumPy views of it exist
             _close(raw)
         return self._scratch
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_scratch": None}
+        return {**self.__dict__, "_scratch": None, "_inventory": None}
 
 
 def _close(raw) -> None:
     if isinstance(raw, mmap.mmap) and not raw.closed:
         raw.close()
+
+
+def store_url(store) -> str:  # noqa: ANN001 - a zarr Store, possibly wrapped
+    """The URL (or local path) of a zarr store, for error messages."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    inner = store
+    while getattr(inner, "_store", None) is not None:  # WrapperStore (the chunk cache, ...)
+        inner = inner._store
+    if isinstance(inner, LocalStore):
+        return str(inner.root)
+    if isinstance(inner, FsspecStore):
+        return inner.fs.unstrip_protocol(inner.path)
+    return repr(inner)
 
 
 def _local_dir(store_path) -> str | None:
@@ -150,17 +213,30 @@ def _local_dir(store_path) -> str | None:
 
 
 def _plain_blosc(meta) -> bool:
-    """True for zarr v3 ``bytes`` (native order) + ``blosc`` on a regular grid: our stores' chain."""
-    from zarr.codecs import BloscCodec, BytesCodec
+    """True for zarr v3 ``bytes`` (native order) + ``blosc`` (+ ``crc32c``) on a regular grid: our stores' chain."""
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
     from zarr.core.chunk_grids import RegularChunkGrid
 
     codecs = getattr(meta, "codecs", None)
     if getattr(meta, "zarr_format", None) != 3 or not isinstance(meta.chunk_grid, RegularChunkGrid) or not codecs:
         return False
+    if len(codecs) == 3 and isinstance(codecs[2], Crc32cCodec):
+        codecs = codecs[:2]
     if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], BloscCodec):
         return False
     endian = getattr(codecs[0].endian, "value", codecs[0].endian)
     return endian in (None, sys.byteorder)
+
+
+async def _zarr_read(reader: ChunkReader, region: Slices):
+    """zarr's own read of a region (other codec chains); a crc32c mismatch is named like the fast path's."""
+    try:
+        return await reader.array.getitem(region)
+    except ValueError as err:
+        if "checksum" not in str(err):
+            raise
+        where = f"{store_url(reader.array.store_path.store)}: array {reader.name!r}, region {region}"
+        raise ChunkChecksumError(f"{where}: crc32c checksum mismatch ({err})") from err
 
 
 def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> None:
@@ -187,16 +263,20 @@ def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> 
 
     async def fetch_all():
         return await asyncio.gather(*(readers[rid].fetch(c) for rid, c in keys),
-                                    *(r.array.getitem(reg) for r, reg, _ in slow))
+                                    *(_zarr_read(r, reg) for r, reg, _ in slow), return_exceptions=True)
 
     got = sync(fetch_all())
     try:
+        failed = next((g for g in got if isinstance(g, BaseException)), None)
+        if failed is not None:
+            raise failed
         for (rid, chunk), raw in zip(keys, got):
-            values = readers[rid].decode(raw)
+            values = readers[rid].decode(raw, chunk)
             for out, piece in users[(rid, chunk)]:
                 out[piece.dst] = values[piece.src]
     finally:  # a failed chunk leaves the later ones' mappings open otherwise
         for raw in got[:len(keys)]:
-            _close(raw)
+            if not isinstance(raw, BaseException):
+                _close(raw)
     for (_, _, out), values in zip(slow, got[len(keys):]):
         out[...] = np.asarray(values).reshape(out.shape)

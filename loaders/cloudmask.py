@@ -21,7 +21,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from loaders.chunk_reader import ChunkReader, read_regions
 from loaders.common import numpy_batches  # noqa: F401 - re-exported
 from loaders.patches import Window, fixed_windows, random_windows
+from scibench_data.storage.integrity import ChunkIntegrityError
 from scibench_data.storage.location import StoreLocation
+from scibench_data.storage.records import require_complete
 from scibench_data.storage.retries import RemoteReadError
 
 N_REFLECTANCE = 6
@@ -53,15 +55,22 @@ def mask_values_(mask: np.ndarray) -> np.ndarray:
 
 
 class StoreHandle:
-    """A zarr group opened on first use in each process (a pid check), never pickled open."""
+    """A zarr group opened on first use in each process (a pid check), never pickled open.
+
+    The first open refuses a store that is not complete (:func:`~scibench_data.storage.records.require_complete`:
+    the status and the command that finishes it); copies sent to DataLoader workers do not ask again."""
 
     def __init__(self, location: StoreLocation) -> None:
         self.location = location
         self._pid: int | None = None
         self._group: zarr.Group | None = None
+        self._checked = False
 
     @property
     def group(self) -> zarr.Group:
+        if not self._checked:
+            require_complete(self.location)
+            self._checked = True
         if self._group is None or self._pid != os.getpid():
             self._group = zarr.open_group(self.location.zarr_store(read_only=True), mode="r")
             self._pid = os.getpid()
@@ -87,7 +96,7 @@ class StoreHandle:
         return readers[name]
 
     def __getstate__(self) -> dict:
-        return {"location": self.location, "_pid": None, "_group": None}
+        return {"location": self.location, "_pid": None, "_group": None, "_checked": self._checked}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -244,13 +253,21 @@ class CloudMaskPatches:
         except Exception as err:  # noqa: BLE001 - any failure below zarr: name what was being read
             raise self._read_error(items, err) from err
 
-    def _read_error(self, items: list, err: Exception) -> RemoteReadError:
+    def _read_error(self, items: list, err: Exception) -> Exception:
         loc = self.handle.location
         scene, win = items[0]
         ys, xs = win.slices
         what = f"scene {scene}, rows {ys.start}:{ys.stop}, columns {xs.start}:{xs.stop}"
         if len(items) > 1:
             what = f"{len(items)} patches of scenes {sorted({s for s, _ in items})} (first: {what})"
+        if isinstance(err, ChunkIntegrityError):  # corrupted or lost data: not a storage outage, never retried
+            hit = [(s, w) for s, w in items if err.chunk and s == err.chunk[0]]
+            if hit:
+                (scene, win), (ys, xs) = hit[0], hit[0][1].slices
+                what = f"scene {scene}, rows {ys.start}:{ys.stop}, columns {xs.start}:{xs.stop}"
+            out = type(err)(f"{err} (reading {what})")
+            out.chunk = err.chunk
+            return out
         return RemoteReadError(f"{loc.url}: reading {what} failed{'' if loc.is_local else ' after retries'} "
                                f"({type(err).__name__}: {err})")
 

@@ -38,10 +38,14 @@ class UnoSource:
     catalog: str | None = None
 
     def open(self) -> Any:
-        """The store as a lazy xarray Dataset, through the catalog only."""
-        from scibench_data.catalog import open_catalog
+        """The store as a lazy xarray Dataset, through the catalog only; an unfinished store is refused
+        (:func:`~scibench_data.storage.records.require_complete`)."""
+        from scibench_data.catalog import entry_location, open_catalog
+        from scibench_data.storage.records import require_complete
 
-        return getattr(open_catalog(self.catalog, root=self.root), self.entry).to_dask()
+        cat = open_catalog(self.catalog, root=self.root)
+        require_complete(entry_location(cat, self.entry))
+        return getattr(cat, self.entry).to_dask()
 
 
 @dataclass(frozen=True)

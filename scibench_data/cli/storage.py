@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 
 from scibench_data.cli.common import add_progress
 
@@ -50,11 +51,29 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_local(path: str, workers: int):
+    """A local store against its manifest (written when its conversion finished, or pulled); without one,
+    a complete store's chunks against their checksums, saying so."""
+    from scibench_data.storage.integrity import unchecked_note, verify_checksums
+    from scibench_data.storage.location import StoreLocation
+    from scibench_data.storage.manifest import MANIFEST_KEY
+    from scibench_data.storage.pull import verify_local
+    from scibench_data.storage.records import store_state
+
+    loc = StoreLocation(str(path))
+    if not loc.fs.exists(loc.path(*MANIFEST_KEY)) and loc.read_json("_scibench", "pull.json") is None \
+            and store_state(loc).complete:
+        return verify_checksums(loc, workers=workers)
+    report = verify_local(path, workers=workers)
+    note = unchecked_note(loc)
+    return replace(report, notes=(*report.notes, note)) if note else report
+
+
 def _verify(args: argparse.Namespace) -> int:
-    from scibench_data.storage.pull import verify_local, verify_published
+    from scibench_data.storage.pull import verify_published
 
     if args.store:
-        report = verify_local(args.store, workers=args.workers)
+        report = _verify_local(args.store, workers=args.workers)
     elif not args.dataset:
         raise ValueError("give a DATASET (with --catalog for a published version, else its local store under "
                          "--root is checked) or --store PATH")
@@ -66,7 +85,7 @@ def _verify(args: argparse.Namespace) -> int:
         cat = open_catalog()
         if args.dataset not in cat:
             raise KeyError(f"catalog has no entry {args.dataset!r}; entries: {', '.join(sorted(cat))}")
-        report = verify_local(store_url(args.dataset, args.root), workers=args.workers)
+        report = _verify_local(store_url(args.dataset, args.root), workers=args.workers)
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
 

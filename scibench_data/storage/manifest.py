@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,14 @@ STATE_PREFIX = "_scibench/"
 MANIFEST_KEY = ("_scibench", "manifest.json")
 MANIFEST_FORMAT = 1
 _BLOCK = 8 * 2**20
+#: Names of the temporaries a killed write leaves: zarr's ``NAME.<uuid>.partial``, our ``*.tmp``
+#: (``NAME.<uuid>.tmp`` and ``NAME.tmp``) and pull's ``NAME.<pid>.part``. Never part of a store.
+_TEMPORARY = re.compile(r"(\.[0-9a-f]{32}\.partial|\.tmp|\.[0-9]+\.part)$")
+
+
+def is_temporary(key: str) -> bool:
+    """True for the name of a write's temporary (not an object of the store)."""
+    return bool(_TEMPORARY.search(posixpath.basename(key)))
 
 
 class ManifestError(ValueError):
@@ -118,18 +127,25 @@ class VerifyReport:
     #: Why the store is not a finished one (e.g. an interrupted conversion); empty when it is.
     incomplete: str = ""
 
+    #: Why nothing (or not enough) could be verified, e.g. no manifest and no checksums; empty when verified.
+    unverified: str = ""
+    #: What ``checked`` counts and what it was compared with.
+    what: str = "object(s) checked"
+    against: str = "the manifest"
+
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.corrupted or self.incomplete)
+        return not (self.missing or self.extra or self.corrupted or self.incomplete or self.unverified)
 
     def with_state(self, incomplete: str) -> "VerifyReport":
         return VerifyReport(self.location, self.checked, self.missing, self.extra, self.corrupted, self.notes,
-                            incomplete)
+                            incomplete, self.unverified, self.what, self.against)
 
     def lines(self) -> list[str]:
         counts = f"{len(self.missing)} missing, {len(self.corrupted)} corrupted, {len(self.extra)} extra"
-        out = [f"{self.location}: {self.checked} object(s) checked, "
-               + ("all match the manifest" if self.ok else counts)]
+        out = [f"{self.location}: {self.checked} {self.what}, " + (f"all match {self.against}" if self.ok else counts)]
+        if self.unverified:
+            out.append(f"  UNVERIFIED: {self.unverified}")
         if self.incomplete:
             out.append(f"  INCOMPLETE: {self.incomplete}")
         out += [f"  missing:   {k}" for k in self.missing]
@@ -170,7 +186,8 @@ def is_state_key(key: str) -> bool:
 
 
 def list_objects(location: StoreLocation) -> dict[str, int]:
-    """Object key (relative to the store root) -> size, excluding ``_scibench/``. One listing."""
+    """Object key (relative to the store root) -> size, excluding ``_scibench/`` and the temporaries
+    of killed writes (:func:`is_temporary`). One listing."""
     fs, root = location.fs, location.root
     fs.invalidate_cache(root)  # always the server's current state, never a cached listing
     try:
@@ -182,7 +199,7 @@ def list_objects(location: StoreLocation) -> dict[str, int]:
         if info.get("type") == "directory":
             continue
         key = posixpath.relpath(path, root) if location.is_local else path[len(root):].lstrip("/")
-        if key and not is_state_key(key):
+        if key and not is_state_key(key) and not is_temporary(key):
             out[key] = int(info["size"])
     return out
 
@@ -192,7 +209,12 @@ def sha256_object(fs: fsspec.AbstractFileSystem, path: str) -> str:
     h = hashlib.sha256()
     start = 0
     while True:
-        block = fs.cat_file(path, start=start, end=start + _BLOCK)
+        try:
+            block = fs.cat_file(path, start=start, end=start + _BLOCK)
+        except OSError as err:  # S3 answers a range request on an empty object with 416 (errno 22)
+            if start == 0 and not isinstance(err, FileNotFoundError) and fs.size(path) == 0:
+                return h.hexdigest()
+            raise
         h.update(block)
         if len(block) < _BLOCK:
             return h.hexdigest()

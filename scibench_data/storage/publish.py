@@ -23,10 +23,8 @@ Credentials and endpoints are never written: entries carry only a templated
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 import re
-import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ from tqdm.auto import tqdm
 
 from scibench_data.storage.confine import confine
 from scibench_data.storage.location import StoreLocation
-from scibench_data.storage.lock import LOCK_KEY, StoreLockedError, WriterLock
+from scibench_data.storage.lock import WriterLock
 from scibench_data.storage.manifest import (
     MANIFEST_KEY, Manifest, ManifestError, build_manifest, copy_verified, hash_objects, list_objects,
 )
@@ -249,29 +247,11 @@ def version_states(target: PublishTarget, dataset: str, storage_options: Mapping
     return out
 
 
-def _alive_here(owner: Mapping[str, Any]) -> bool:
-    if owner.get("host") != socket.gethostname():
-        return True  # cannot tell: assume alive
-    try:
-        os.kill(int(owner.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
-
-
 def take_lock(location: StoreLocation, operation: str, break_lock: bool = False) -> WriterLock:
-    """The prefix's writer lock; one left by a dead process on this host is taken over."""
+    """The prefix's writer lock (a conditional create); one left by a dead process on this host is
+    taken over atomically (:class:`~scibench_data.storage.lock.WriterLock`)."""
     lock = WriterLock(location, operation=operation)
-    try:
-        lock.acquire(break_lock=break_lock)
-    except StoreLockedError:
-        owner = location.read_json(*LOCK_KEY) or {}
-        if _alive_here(owner):
-            raise
-        log.info("taking over a lock left by pid %s (no longer running)", owner.get("pid"))
-        lock.acquire(break_lock=True)
+    lock.acquire(break_lock=break_lock)
     return lock
 
 

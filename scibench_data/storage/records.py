@@ -12,13 +12,20 @@ The life of a store, and what each step writes:
    first, so a misaligned write cannot happen.
 3. ``mark_done``: only after the record's data is written, a marker
    ``_scibench/done/{index:08d}.json`` holds its provenance.
-4. ``finalize``: when every record has a marker, the provenance arrays are
-   written, then root ``zarr.json`` is rewritten once with status
-   ``"complete"`` and the consolidated metadata.
+4. ``finalize``: when every record has a marker, stray temporaries of
+   killed writes are removed, the provenance arrays are written, the
+   manifest (``_scibench/manifest.json``: every object's key, size and
+   sha256, the new root included) is written, and last root ``zarr.json`` is
+   replaced in one atomic write (a temporary file and a rename locally, one
+   PUT on S3) with status ``"complete"`` and the consolidated metadata. A
+   store is never ``complete`` without its consolidated metadata and
+   manifest; a failed write (a full disk) leaves it ``incomplete``, and the
+   same command finishes it.
 
 A store is complete only if its root has both; the catalog opens stores with
 ``consolidated: true``, so an interrupted store cannot be opened as complete.
-Rerunning resumes: records with a readable marker are skipped.
+Rerunning resumes: records with a readable marker are skipped, and the
+temporaries a killed write left (``*.<uuid>.partial``, ``*.tmp``) are removed.
 
 Growing a complete store (appending records) goes the same way back:
 ``begin_update`` rewrites root ``zarr.json`` once with status
@@ -32,15 +39,24 @@ another status (e.g. ``"scaffold"``): it opens, but never reads as complete.
 
 from __future__ import annotations
 
+import errno
+import os
 import posixpath
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.abc.store import ByteRequest, Store
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import WrapperStore
 
+from scibench_data.storage.encoding import with_checksums
+from scibench_data.storage.hashing import sha256_bytes
 from scibench_data.storage.location import StoreLocation
+from scibench_data.storage.manifest import MANIFEST_KEY, Manifest, ManifestEntry, build_manifest, is_temporary
 from scibench_data.storage.regions import Region, check_region_aligned
 
 STATUS_ATTR = "scibench_status"
@@ -51,6 +67,21 @@ DONE_DIR = (STATE_DIR, "done")
 
 class StoreStateError(RuntimeError):
     """The destination holds something this operation must not touch."""
+
+
+class StoreFullError(StoreStateError):
+    """A write failed because the disk (or the file size limit) is full; the store stays incomplete."""
+
+
+_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def full_disk_error(location: StoreLocation, err: BaseException, what: str) -> StoreFullError | None:
+    """A one-line :class:`StoreFullError` when ``err`` is a full disk (ENOSPC, EFBIG, EDQUOT), else None."""
+    if not isinstance(err, OSError) or err.errno not in _FULL:
+        return None
+    return StoreFullError(f"{location.url}: out of space writing {what} ({os.strerror(err.errno)}); the store stays "
+                          "incomplete: free space and rerun the same command to finish it")
 
 
 @dataclass(frozen=True)
@@ -77,6 +108,36 @@ def incomplete_reason(state: StoreState, accept: tuple[str, ...] = ("complete",)
     return ""
 
 
+#: The command that finishes a store, by the ``format`` its plan records.
+FINISHING_COMMANDS = {
+    "cloudmask": "scibench-data convert cloudmask SRC DEST --layout LAYOUT (or, for an append, append cloudmask)",
+    "stemdl": "scibench-data convert stemdl SRC DEST",
+    "candle_uno": "scibench-data convert uno SRC DEST",
+    "subset": "the same subset command",
+}
+
+
+def finishing_command(location: StoreLocation) -> str:
+    """The command that finishes an unfinished store, from its plan or pull record (one or two reads)."""
+    plan = location.read_json(*PLAN_KEY) or {}
+    if plan.get("format") in FINISHING_COMMANDS:
+        return FINISHING_COMMANDS[plan["format"]]
+    if location.read_json(STATE_DIR, "pull.json") is not None:
+        return "scibench-data pull DATASET --to DIR"
+    return "the conversion, append or pull that wrote it"
+
+
+def require_complete(location: StoreLocation) -> StoreState:
+    """The state of a store a loader is about to read; :class:`StoreStateError` unless it is complete,
+    naming its status and the command that finishes it (the rule ``verify`` applies)."""
+    state = store_state(location)
+    reason = incomplete_reason(state)
+    if reason:
+        raise StoreStateError(f"{location.url} cannot be read: {reason} (finish it with: "
+                              f"{finishing_command(location)})")
+    return state
+
+
 def store_state(location: StoreLocation) -> StoreState:
     """Read the root ``zarr.json`` (one request) and say what the store is."""
     root = location.read_json("zarr.json")
@@ -98,6 +159,72 @@ def _non_state_entries(location: StoreLocation) -> list[str]:
 
 def marker_key(index: int) -> tuple[str, ...]:
     return (*DONE_DIR, f"{index:08d}.json")
+
+
+def remove_temporaries(location: StoreLocation) -> int:
+    """Delete the temporaries killed writes left in a local store (zarr's ``*.<uuid>.partial``, our
+    ``*.tmp``); returns how many. Object stores have none (every object is one PUT). Only the
+    lock holder calls this."""
+    if not location.is_local:
+        return 0
+    removed = 0
+    for folder, _, files in os.walk(location.root):
+        for name in files:
+            if is_temporary(name):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def write_atomic(location: StoreLocation, data: bytes, *parts: str) -> None:
+    """Replace one object in a single step: a temporary file, fsync and a rename locally; one PUT
+    on an object store. A failure leaves the previous object (and no temporary) behind."""
+    path = location.path(*parts)
+    if not location.is_local:
+        location.fs.pipe_file(path, data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class _RootCapture(WrapperStore[Store]):
+    """A store whose root ``zarr.json`` writes are held in memory (and served back), so attribute
+    updates and consolidation compose the final root without writing it."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.root: bytes | None = None
+
+    def _with_store(self, store: Store) -> "_RootCapture":
+        out = type(self)(store)
+        out.root = self.root
+        return out
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        if key == "zarr.json" and self.root is not None and byte_range is None:
+            return prototype.buffer.from_bytes(self.root)
+        return await self._store.get(key, prototype, byte_range)
+
+    async def set(self, key: str, value: Buffer) -> None:
+        if key == "zarr.json":
+            self.root = value.to_bytes()
+            return
+        await self._store.set(key, value)
 
 
 class RecordStore:
@@ -133,13 +260,17 @@ class RecordStore:
             if state.complete:
                 return "complete"
             if state.exists:
+                remove_temporaries(self.location)
                 return "resuming"
         if state.exists:  # a create that was killed before the plan was written: start over
             for p in _non_state_entries(self.location):
                 self.location.fs.rm(p, recursive=True)
         template.attrs[STATUS_ATTR] = "incomplete"
-        template.to_zarr(self.location.zarr_store(), mode="a", compute=False, consolidated=False,
-                         zarr_format=3, encoding=dict(encoding))
+        try:
+            template.to_zarr(self.location.zarr_store(), mode="a", compute=False, consolidated=False,
+                             zarr_format=3, encoding=with_checksums(dict(encoding), list(template.variables)))
+        except OSError as err:
+            raise full_disk_error(self.location, err, "the array metadata") or err
         self.location.write_json(plan, *PLAN_KEY)
         return "created"
 
@@ -168,11 +299,18 @@ class RecordStore:
             region = Region((start,) + (0,) * (data.ndim - 1), (start + data.shape[0],) + data.shape[1:])
             check_region_aligned(region, arr.chunks, arr.shape, name)
             targets.append((arr, region, data))
-        for arr, region, data in targets:
-            arr[region.slices()] = data
+        try:
+            for arr, region, data in targets:
+                arr[region.slices()] = data
+        except OSError as err:
+            n = next(iter(arrays.values())).shape[0] if arrays else 1
+            raise full_disk_error(self.location, err, f"records {start}..{start + n - 1}") or err
 
     def mark_done(self, index: int, info: Mapping[str, object]) -> None:
-        self.location.write_json({"index": index, **info}, *marker_key(index))
+        try:
+            self.location.write_json({"index": index, **info}, *marker_key(index))
+        except OSError as err:
+            raise full_disk_error(self.location, err, f"the marker of record {index}") or err
 
     def done(self) -> dict[int, dict]:
         """Readable markers by record index (a half-written marker does not count)."""
@@ -201,23 +339,37 @@ class RecordStore:
         missing = sorted(set(range(n)) - set(self.done()))
         if missing:
             raise StoreStateError(f"{self.location.url}: {len(missing)} record(s) not written yet, e.g. {missing[:5]}")
-        g = self.group()
-        for name, values in arrays.items():
-            g[name][...] = values
-        g.attrs.update({**attrs, STATUS_ATTR: "complete"})
-        zarr.consolidate_metadata(self.location.zarr_store())
-        self._group = None
+        self._finish(arrays, {**attrs, STATUS_ATTR: "complete"}, with_manifest=True)
 
     def finalize_as(self, status: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> None:
         """Write whole-array values and consolidate under ``status``, which must not be ``"complete"``:
         for stores whose records are deliberately not all written (say which in ``attrs``)."""
         if status in ("complete", "incomplete", ""):
             raise ValueError(f"finalize_as needs a status other than {status!r} (use finalize for complete stores)")
-        g = self.group()
-        for name, values in arrays.items():
-            g[name][...] = values
-        g.attrs.update({**attrs, STATUS_ATTR: status})
-        zarr.consolidate_metadata(self.location.zarr_store())
+        self._finish(arrays, {**attrs, STATUS_ATTR: status}, with_manifest=False)
+
+    def _finish(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object], with_manifest: bool) -> None:
+        """Remove temporaries, write ``arrays``, compose the final root (``attrs`` and the consolidated
+        metadata) in memory, write the manifest, then replace the root in one atomic write."""
+        what = "the final arrays"
+        try:
+            remove_temporaries(self.location)
+            capture = _RootCapture(self.location.zarr_store())
+            g = zarr.open_group(capture, mode="r+", zarr_format=3, use_consolidated=False)
+            for name, values in arrays.items():
+                g[name][...] = values
+            g.attrs.update(dict(attrs))
+            zarr.consolidate_metadata(capture)
+            root = capture.root
+            if root is None:
+                raise StoreStateError(f"{self.location.url}: consolidation produced no root zarr.json")
+            if with_manifest:
+                what = "the manifest"
+                write_atomic(self.location, store_manifest(self.location, root).to_bytes(), *MANIFEST_KEY)
+            what = "the root zarr.json"
+            write_atomic(self.location, root, "zarr.json")
+        except OSError as err:
+            raise full_disk_error(self.location, err, what) or err
         self._group = None
 
     # ------------------------------------------------------------------ grow (append)
@@ -232,6 +384,10 @@ class RecordStore:
         root["attributes"][STATUS_ATTR] = "incomplete"
         root.pop("consolidated_metadata", None)
         self.location.write_json(root, "zarr.json")
+        try:  # describes the finished store: finalize writes the next one
+            self.location.fs.rm_file(self.location.path(*MANIFEST_KEY))
+        except FileNotFoundError:
+            pass
         self._group = None
 
     def record_arrays(self) -> list[str]:
@@ -273,6 +429,14 @@ class RecordStore:
         self.location.write_json({**plan, **plan_info, "record_dim": self.record_dim, "keys": list(keys)}, *PLAN_KEY)
         self._group = None
         return n_old
+
+
+def store_manifest(location: StoreLocation, root: bytes) -> Manifest:
+    """The manifest of a store about to be finalized: every object as it is now, with root
+    ``zarr.json`` as ``root`` (the bytes about to replace it)."""
+    entries = [e for e in build_manifest(location).entries if e.key != "zarr.json"]
+    entries.append(ManifestEntry("zarr.json", len(root), sha256_bytes(root)))
+    return Manifest(tuple(sorted(entries, key=lambda e: e.key)))
 
 
 def _plan_difference(url: str, old: dict, new: dict) -> str:
