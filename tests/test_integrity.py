@@ -397,3 +397,81 @@ def test_s3_lock_is_a_conditional_create_and_stale_takeover_has_one_winner(s3_st
         except StoreLockedError:
             pass
     assert winners == ["a"]
+
+
+# --------------------------------------------------------------------------- 5: the chunk cache
+
+
+@pytest.fixture(scope="module")
+def cache_published(clean, s3_storage_options) -> tuple[str, bytes]:
+    """``clean`` published to the test server; (store URL, the good bytes of IMAGE_CHUNK)."""
+    from scibench_data.storage.publish import PublishOptions, publish
+    from tests._s3_helpers import bucket_client
+
+    fs = bucket_client(s3_storage_options, "integrity-cache")
+    result = publish("cloudmask_ds1", str(clean), "s3://integrity-cache/p", storage_options=s3_storage_options,
+                     options=PublishOptions(progress=False, workers=4))
+    return result.url, fs.cat_file(f"{result.url}/{IMAGE_CHUNK}")
+
+
+def _all_patches(location):
+    from loaders.cloudmask import CloudMaskPatches, PatchSpec
+
+    data = CloudMaskPatches(location, spec=PatchSpec(mode="random", patch=32, patches_per_scene=2), as_torch=False)
+    return data.batch(range(len(data)))
+
+
+def test_chunk_cache_does_not_keep_corrupted_bytes_after_the_server_is_healed(clean, cache_published,
+                                                                             s3_storage_options, tmp_path):
+    """Reads used to stay wrong from the cache after the server was healed (verify on the server passed)."""
+    from scibench_data.storage.integrity import ChunkIntegrityError
+    from tests._s3_helpers import bucket_client
+
+    url, good = cache_published
+    fs = bucket_client(s3_storage_options, "integrity-cache")
+    expected = _all_patches(str(clean))
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0x40
+    fs.pipe_file(f"{url}/{IMAGE_CHUNK}", bytes(bad))
+    try:
+        cached = StoreLocation(url, dict(s3_storage_options), cache_dir=str(tmp_path / "cache"))
+        with pytest.raises(ChunkIntegrityError, match=IMAGE_CHUNK):
+            _all_patches(cached)
+    finally:
+        fs.pipe_file(f"{url}/{IMAGE_CHUNK}", good)  # the server is healed
+    for _ in range(2):  # fetched again, then served from the cache
+        got = _all_patches(StoreLocation(url, dict(s3_storage_options), cache_dir=str(tmp_path / "cache")))
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_corrupted_cache_entry_is_evicted_and_fetched_again(clean, cache_published, s3_storage_options, tmp_path):
+    from scibench_data.storage.cache import cache_folder
+
+    url, good = cache_published
+    expected = _all_patches(str(clean))
+    cache = tmp_path / "cache"
+    _all_patches(StoreLocation(url, dict(s3_storage_options), cache_dir=str(cache)))
+    entry = cache_folder(str(cache), url) / IMAGE_CHUNK
+    assert entry.read_bytes() == good
+    _flip(entry, len(good) // 2)  # the local disk went bad
+    got = _all_patches(StoreLocation(url, dict(s3_storage_options), cache_dir=str(cache)))
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert entry.read_bytes() == good
+
+
+def test_chunk_cache_is_bounded_least_recently_used_out(cache_published, s3_storage_options, tmp_path):
+    from scibench_data.storage.cache import ChunkCacheStore, cache_folder
+
+    url, good = cache_published
+    cache = tmp_path / "cache"
+    limit = 3 * len(good) // 2  # room for one image chunk and the small objects, not two image chunks
+    loc = StoreLocation(url, dict(s3_storage_options))
+    store = ChunkCacheStore(loc.zarr_store(read_only=True), cache_folder(str(cache), url), max_bytes=limit)
+    g = zarr.open_group(store, mode="r")
+    for scene in (0, 1, 2, 1):
+        g["image"][scene, 0, 0, 0]
+        files = [p for p in cache.rglob("*") if p.is_file()]
+        assert sum(p.stat().st_size for p in files) <= limit, scene
+    folder = cache_folder(str(cache), url)
+    assert (folder / IMAGE_CHUNK).exists() and not (folder / "image/c/0/0/0/0").exists()

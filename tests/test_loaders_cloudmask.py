@@ -137,15 +137,16 @@ def test_masks_keep_unlabelled_pixels_as_nan(cloudmask_stores, tmp_path):
 def test_a_damaged_chunk_names_the_store_and_the_scene(cloudmask_stores, tmp_path):
     import shutil
 
-    from scibench_data.storage.retries import RemoteReadError
+    from scibench_data.storage.integrity import ChunkChecksumError
 
     store = tmp_path / "damaged.zarr"
     shutil.copytree(cloudmask_stores["hdf"], store)
     (store / "image/c/1/0/0/0").write_bytes(b"junk")
     data = CloudMaskPatches(str(store), scenes=[1], spec=PatchSpec("random", 32, 3, seed=0))
-    with pytest.raises(RemoteReadError, match=r"damaged\.zarr: reading 3 patches of scenes \[1\].*chunk holds"):
+    with pytest.raises(ChunkChecksumError, match=r"damaged\.zarr: array 'image', chunk image/c/1/0/0/0: crc32c.*"
+                                                 r"reading scene 1, rows"):
         data[[0, 1, 2]]
-    with pytest.raises(RemoteReadError, match=r"damaged\.zarr: reading scene 1, rows"):
+    with pytest.raises(ChunkChecksumError, match=r"damaged\.zarr.*reading scene 1, rows"):
         data[0]
 
 
