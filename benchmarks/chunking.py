@@ -6,6 +6,7 @@ run: compression ratio, decode speed of whole chunks, and random 256 x 256
 patch reads (objects touched per patch, bytes read per patch byte, patches/s).
 
     python benchmarks/chunking.py [--scenes 4] [--patches 200] [--out benchmarks/results/chunking.json]
+    python benchmarks/chunking.py --codecs "lz4+shuffle,lz4+shuffle+crc32c" --no-layouts   # checksum cost
 
 Encode speed includes zarr's write path; codec decode is the bare codec over
 every chunk object in memory; patch reads go through zarr from local disk.
@@ -25,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
+
+from scibench_data.storage.integrity import checked_payload
 
 from scibench_data.synthetic.cloudmask import SyntheticCloudMask, draw_truth
 
@@ -46,6 +49,7 @@ def codecs():
         "zstd5+shuffle": [blosc("zstd", 5, "shuffle")],
         "zstd3+bitshuffle": [blosc("zstd", 3, "bitshuffle")],
         "lz4+shuffle": [blosc("lz4", 5, "shuffle")],
+        "lz4+shuffle+crc32c": [blosc("lz4", 5, "shuffle"), Crc32cCodec()],  # the default (issue 13)
         "lz4+bitshuffle": [blosc("lz4", 5, "bitshuffle")],
         "zlib4 (netCDF-style)": "zlib",
     }
@@ -102,6 +106,8 @@ def codec_decode_MBps(path: Path, codec, layout: Layout) -> float:
     blobs = [p.read_bytes() for p in (path / "c").rglob("*") if p.is_file()]
     if codec == "zlib":
         chain = [numcodecs.Zlib(), numcodecs.Shuffle(elementsize=4)]
+    elif isinstance(codec[-1], Crc32cCodec):
+        chain = [CrcCheck(), numcodecs.Blosc()]  # as loaders/chunk_reader.py: check, then decode in place
     else:
         chain = [numcodecs.Blosc()]
     best = float("inf")
@@ -114,6 +120,13 @@ def codec_decode_MBps(path: Path, codec, layout: Layout) -> float:
             total += len(b)
         best = min(best, time.perf_counter() - t0)
     return total / best / 1e6
+
+
+class CrcCheck:
+    """The crc32c check of the chunk reader, as a decode step: the chunk without its checksum (no copy)."""
+
+    def decode(self, b):  # noqa: ANN001, ANN201
+        return checked_payload(np.frombuffer(b, np.uint8), "benchmark chunk")
 
 
 def measure(path: Path, data: np.ndarray, layout: Layout, n_patches: int, codec) -> dict:
@@ -145,13 +158,16 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=4)
     ap.add_argument("--patches", type=int, default=200)
     ap.add_argument("--out", default="benchmarks/results/chunking.json")
+    ap.add_argument("--codecs", default=None, help="comma-separated codec names to run (default: all)")
+    ap.add_argument("--no-layouts", action="store_true", help="skip the chunk-layout rows")
     args = ap.parse_args()
+    chosen = codecs() if not args.codecs else {k: codecs()[k] for k in args.codecs.split(",")}
     data = scenes(args.scenes)
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="chunking-"))
     try:
         default = LAYOUTS[0]
-        for cname, codec in codecs().items():  # codecs at the default layout
+        for cname, codec in chosen.items():  # codecs at the default layout
             p = tmp / f"c-{len(rows)}"
             t0 = time.perf_counter()
             write(p, data, default, codec)
@@ -160,7 +176,7 @@ def main() -> None:
                          "encode_MBps": enc, **measure(p, data, default, args.patches, codec)})
             shutil.rmtree(p)
         codec = codecs()["zstd3+shuffle"]
-        for layout in LAYOUTS[1:]:  # layouts with the default codec
+        for layout in ([] if args.no_layouts else LAYOUTS[1:]):  # layouts with the default codec
             p = tmp / f"l-{len(rows)}"
             t0 = time.perf_counter()
             write(p, data, layout, codec)

@@ -145,7 +145,7 @@ class ChunkReader:
                 self._inventory = NO_INVENTORY
         if self._inventory.lost(self.store_key(coords)):
             err = MissingChunkError(f"{self.where(coords)}: the chunk is missing, but the store's manifest lists it "
-                                    "(deleted or lost in a copy); re-pull or reconvert the store")
+                                    "(deleted, lost in a copy, or not pulled into this partial copy); re-pull or reconvert the store")
             err.chunk = coords
             raise err
         return None

@@ -151,6 +151,12 @@ def test_deleted_chunk_reads_as_an_error_not_fill_values(store):
     reader = ChunkReader(zarr.open_group(str(store), mode="r")["image"])
     with pytest.raises(MissingChunkError, match=IMAGE_CHUNK):
         read_regions([(reader, (slice(1, 2), slice(0, 9), slice(0, 8), slice(0, 8)), np.empty((1, 9, 8, 8), "f4"))])
+    from scibench_data.catalog import open_catalog
+
+    ds = open_catalog(root=str(store.parent)).cloudmask_ds1.to_dask()  # the catalog's open path
+    with pytest.raises(MissingChunkError, match=IMAGE_CHUNK):
+        ds["image"].isel(scene=1).values
+    np.testing.assert_array_equal(ds["image"].isel(scene=0).values, zarr.open_group(str(store), mode="r")["image"][0])
 
 
 def test_chunk_absent_by_design_still_reads_as_fill(store):
@@ -182,6 +188,11 @@ def test_loaders_refuse_a_store_whose_conversion_is_still_running(store):
     assert "'incomplete'" in msg and str(store) in msg and "scibench-data convert cloudmask" in msg, msg
     with pytest.raises(StoreStateError, match="'incomplete'"):
         STEMDLClassification(str(store), [0], [0], preprocessed=True)
+    from scibench_data.catalog import open_catalog
+
+    with pytest.raises(StoreStateError) as via_catalog:  # the same rule and message as the catalog's to_dask()
+        open_catalog(root=str(store.parent)).cloudmask_ds1.to_dask()
+    assert str(via_catalog.value) == msg
 
 
 def test_uno_loader_refuses_an_unfinished_store(tmp_path):

@@ -96,8 +96,9 @@ NO_INVENTORY = Inventory(None)
 
 
 def inventory_from(root_bytes: bytes | None, manifest_bytes: bytes | None) -> Inventory:
-    """The inventory of a store given its root ``zarr.json`` and manifest (pure): only a store whose
-    root says ``complete`` is described by its manifest (a partial pull or a store being written is not)."""
+    """The inventory of a store given its root ``zarr.json`` and manifest (pure): only a finished store
+    (root status ``complete``, or ``partial`` for a pulled subset, whose absent chunks were not pulled)
+    is described by its manifest; a store being written is not."""
     if root_bytes is None or manifest_bytes is None:
         return NO_INVENTORY
     try:
@@ -105,7 +106,7 @@ def inventory_from(root_bytes: bytes | None, manifest_bytes: bytes | None) -> In
         keys = frozenset(o["key"] for o in json.loads(manifest_bytes)["objects"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return NO_INVENTORY
-    return Inventory(keys) if status == "complete" else NO_INVENTORY
+    return Inventory(keys) if status in ("complete", "partial") else NO_INVENTORY
 
 
 async def load_inventory(store) -> Inventory:  # noqa: ANN001 - a zarr Store

@@ -69,6 +69,11 @@ class StoreStateError(RuntimeError):
     """The destination holds something this operation must not touch."""
 
 
+class StoreIncompleteError(StoreStateError, ValueError):
+    """A store about to be read is not finished (a ``ValueError`` too, as zarr's refusal of a store
+    without consolidated metadata was)."""
+
+
 class StoreFullError(StoreStateError):
     """A write failed because the disk (or the file size limit) is full; the store stays incomplete."""
 
@@ -128,13 +133,16 @@ def finishing_command(location: StoreLocation) -> str:
 
 
 def require_complete(location: StoreLocation) -> StoreState:
-    """The state of a store a loader is about to read; :class:`StoreStateError` unless it is complete,
-    naming its status and the command that finishes it (the rule ``verify`` applies)."""
+    """The state of a store about to be read (a loader, the catalog's ``to_dask``); :class:`StoreStateError`
+    unless it is complete (or a finished partial pull), naming its status and the command that finishes
+    it (the rule ``verify`` applies)."""
     state = store_state(location)
-    reason = incomplete_reason(state)
+    if not state.exists:
+        raise FileNotFoundError(f"{location.url}: no store here (convert or pull one first)")
+    reason = incomplete_reason(state, accept=("complete", "partial"))
     if reason:
-        raise StoreStateError(f"{location.url} cannot be read: {reason} (finish it with: "
-                              f"{finishing_command(location)})")
+        raise StoreIncompleteError(f"{location.url} cannot be read: {reason} (finish it with: "
+                                   f"{finishing_command(location)})")
     return state
 
 
