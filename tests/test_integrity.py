@@ -486,3 +486,18 @@ def test_chunk_cache_is_bounded_least_recently_used_out(cache_published, s3_stor
         assert sum(p.stat().st_size for p in files) <= limit, scene
     folder = cache_folder(str(cache), url)
     assert (folder / IMAGE_CHUNK).exists() and not (folder / "image/c/0/0/0/0").exists()
+
+
+def test_chunk_deleted_from_a_published_version_raises_in_the_loader(cache_published, s3_storage_options):
+    """A chunk deleted on the server (or a server restarted empty) used to read as fill values."""
+    from scibench_data.storage.integrity import MissingChunkError
+    from tests._s3_helpers import bucket_client
+
+    url, good = cache_published
+    fs = bucket_client(s3_storage_options, "integrity-cache")
+    fs.rm_file(f"{url}/{IMAGE_CHUNK}")
+    try:
+        with pytest.raises(MissingChunkError, match=f"{IMAGE_CHUNK}.*scene 1"):
+            _all_patches(StoreLocation(url, dict(s3_storage_options)))
+    finally:
+        fs.pipe_file(f"{url}/{IMAGE_CHUNK}", good)

@@ -141,7 +141,8 @@ def require_complete(location: StoreLocation) -> StoreState:
         raise FileNotFoundError(f"{location.url}: no store here (convert or pull one first)")
     reason = incomplete_reason(state, accept=("complete", "partial"))
     if reason:
-        raise StoreIncompleteError(f"{location.url} cannot be read: {reason} (finish it with: "
+        bare = "" if state.consolidated else " (no consolidated metadata)"
+        raise StoreIncompleteError(f"{location.url} cannot be read{bare}: {reason} (finish it with: "
                                    f"{finishing_command(location)})")
     return state
 
