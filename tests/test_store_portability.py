@@ -161,7 +161,7 @@ def _cf_failures(nc: Path) -> list[str]:
     results = groups["cf:1.10"][0]
     out = []
     for r in results:
-        if r.weight >= 3 and r.value and r.value[0] < r.value[1]:  # high priority failures only
+        if r.weight >= 2 and r.value and r.value[0] < r.value[1]:  # high and medium priority
             out.append(f"{r.name}: {r.msgs}")
     return out
 

@@ -158,6 +158,7 @@ def template(names: list[str], times: np.ndarray, splits: list[str], grid: tuple
             "Conventions": "CF-1.10",
             "institution": "scibench-data",
             "source": "Sentinel-3 SLSTR Level-1 RBT products",
+            "history": "converted from the source products by scibench-data (convert cloudmask)",
             "benchmark": "MLCommons Science CloudMask",
             "scibench_format": "cloudmask",
             "scibench_format_version": FORMAT_VERSION,
