@@ -32,6 +32,7 @@ import xarray as xr
 import zarr
 
 from scibench_data.storage.regions import chunks_touched
+from scibench_data.strings import decode_strings
 
 RECORD_DIM = "scene"
 DATA_VARIABLES = ("image", "cloud_mask", "summary_cloud")
@@ -312,7 +313,7 @@ class StoreSummary:
 
 def summarize(source: Any) -> StoreSummary:
     """Read the consolidated metadata and the per-scene coordinates (one chunk each); no data chunks."""
-    ds = xr.open_zarr(_as_store(source), consolidated=True, chunks=None)
+    ds = decode_strings(xr.open_zarr(_as_store(source), consolidated=True, chunks=None))
     g = zarr.open_group(_as_store(source), mode="r", use_consolidated=True)
     layouts = {}
     for name in ds.data_vars:
@@ -434,7 +435,7 @@ def write_subset(source: Any, dest: Any, sel: Selection, *, scheduler: str = "th
     if not plan.scenes:
         raise SelectionError(f"the selection keeps no scene of {_label(source)}")
     location = dest if isinstance(dest, StoreLocation) else StoreLocation(str(dest))
-    src_ds = xr.open_zarr(_as_store(source), consolidated=True)
+    src_ds = decode_strings(xr.open_zarr(_as_store(source), consolidated=True))
     tmpl = _template(src_ds, plan, sel.variables)
     y0, y1, x0, x1 = plan.window
     enc: dict[str, dict] = {}
@@ -449,7 +450,7 @@ def write_subset(source: Any, dest: Any, sel: Selection, *, scheduler: str = "th
         if c in tmpl.coords:
             enc[c] = {"chunks": (SCENE_COORD_CHUNK,)}
     if "time" in enc:
-        enc["time"].update({"units": "seconds since 1970-01-01", "dtype": "int64"})
+        enc["time"].update({"units": "milliseconds since 1970-01-01", "dtype": "int64"})
     keys = [summary.names[s] for s in plan.scenes]
     store = RecordStore(location, RECORD_DIM)
     with WriterLock(location, operation="subset"):

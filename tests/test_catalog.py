@@ -61,7 +61,7 @@ def test_entry_metadata_says_what_a_user_needs():
     cat = open_catalog(root="/nowhere")
     for name in ("cloudmask_ds1", "cloudmask_ds2"):
         md = entry_metadata(cat, name)
-        for key in ("description", "citation", "doi", "licence", "source", "n_scenes", "uncompressed_size_bytes",
+        for key in ("description", "citation", "doi", "license", "source", "n_scenes", "uncompressed_size_bytes",
                     "compressed_size_bytes_estimate", "chunks", "benchmark"):
             assert md.get(key), (name, key)
         assert md["benchmark"] == "cloudmask"

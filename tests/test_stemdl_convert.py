@@ -22,13 +22,14 @@ from scibench_data.formats.stemdl import SourceFile, discover_sources, read_npz_
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.records import RecordStore, store_state
 from scibench_data.storage.regions import MisalignedRegionError
+from scibench_data.strings import decode_strings
 
 FS = fsspec.filesystem("file")
 QUIET = STEMDLConversion(progress=False, scheduler="sync")
 
 
 def _open(path) -> xr.Dataset:
-    return xr.open_zarr(str(path), consolidated=True).load()
+    return decode_strings(xr.open_zarr(str(path), consolidated=True)).load()
 
 
 def test_raw_round_trip_equals_the_source_arrays(tmp_path):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 
 from scibench_data.storage.encoding import DEFAULT_CODEC, CodecChoice
 
@@ -20,6 +21,13 @@ class ConversionRun:
     progress: bool = True
 
 
+def plan_layout(codec: CodecChoice, encoding: Mapping[str, dict]) -> dict:
+    """How the bytes of a store are laid out, as its plan records it: the codec and the chunks of
+    every array. A resume with other options then differs from the plan and is refused."""
+    return {"codec": asdict(codec),
+            "chunks": {name: list(e["chunks"]) for name, e in sorted(encoding.items()) if "chunks" in e}}
+
+
 @dataclass(frozen=True)
 class ConversionReport:
     """What a conversion did; ``ok`` is False if anything was skipped or failed."""
@@ -34,6 +42,7 @@ class ConversionReport:
     elapsed_s: float = 0.0
     bytes_read: int = 0
     extra: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # facts a user must know about the result (e.g. a split the source lacks)
 
     @property
     def ok(self) -> bool:
@@ -47,6 +56,7 @@ class ConversionReport:
             f"read {self.bytes_read / 1e6:.1f} MB in {self.elapsed_s:.1f} s ({rate:.1f} MB/s)",
             f"status: {'complete' if self.complete else 'INCOMPLETE (rerun the same command to resume)'}",
         ]
+        out += [f"note: {n}" for n in self.notes]
         for path, reason in self.rejected:
             out.append(f"skipped {path}: {reason}")
         for src, err in self.failed:
@@ -57,4 +67,4 @@ class ConversionReport:
         return {"dest": self.dest, "total": self.total, "converted": list(self.converted),
                 "already_done": self.already_done, "failed": [list(f) for f in self.failed],
                 "rejected": [list(r) for r in self.rejected], "complete": self.complete,
-                "elapsed_s": self.elapsed_s, "bytes_read": self.bytes_read, **self.extra}
+                "elapsed_s": self.elapsed_s, "bytes_read": self.bytes_read, "notes": list(self.notes), **self.extra}

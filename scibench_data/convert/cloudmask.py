@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,7 +47,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from scibench_data.convert import ConversionReport, ConversionRun
+from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.cloudmask import (
     CHANNELS, ProductName, SourceProduct, discover_products, product_name,
@@ -59,6 +59,7 @@ from scibench_data.storage.hashing import combined_digest, sha256_file
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
 from scibench_data.storage.records import RecordStore, StoreStateError, store_state
+from scibench_data.strings import flag_codes, nchar_dim, utf8_attrs, utf8_chars
 
 TILE = 256
 #: Chunk length of the per-scene coordinates: one chunk holds every scene of DS2 (~9800).
@@ -69,7 +70,18 @@ SCAFFOLD_STATUS = "scaffold"
 FILLED_ATTR = "scibench_filled_scenes"
 RECORD_DIM = "scene"
 WAVELENGTH_UM = (0.555, 0.659, 0.865, 1.375, 1.61, 2.25, 3.74, 10.85, 12.0)
-FORMAT_VERSION = 1
+STANDARD_NAMES = ("toa_bidirectional_reflectance", "toa_brightness_temperature")
+CHANNEL_STANDARD_NAMES = (STANDARD_NAMES[0],) * 6 + (STANDARD_NAMES[1],) * 3
+CHANNEL_UNITS = ("1",) * 6 + ("K",) * 3
+#: Split flag meanings: ``none`` is a product of a flat source folder (no training/inference subfolder).
+NO_SPLIT = "none"
+SPLIT_MEANINGS = (NO_SPLIT, "training", "inference")
+#: Bytes of ``source_name`` (product names are 94 characters without extension).
+NAME_NCHAR = 128
+TIE_BREAK = ("scenes are ordered by acquisition start, then split (none, training, inference), then product "
+             "name; time is the start (whole seconds, from the product name) plus k milliseconds for the k-th "
+             "scene that repeats a start second, so it is unique and increasing")
+FORMAT_VERSION = 2  # 2: text as Zarr v3 core types, y/x coordinates, unique increasing time (ms)
 
 
 @dataclass(frozen=True)
@@ -86,53 +98,100 @@ class CloudMaskConversion(ConversionRun):
 
 
 def template(names: list[str], times: np.ndarray, splits: list[str], grid: tuple[int, int], tile: int) -> xr.Dataset:
-    """The store's variables for ``len(names)`` scenes, data as lazy placeholders."""
+    """The store's variables for ``len(names)`` scenes, data as lazy placeholders.
+
+    ``times`` must be strictly increasing (see :func:`scene_times`). Text is stored as Zarr v3
+    core types (:mod:`scibench_data.strings`): ``channel``, ``channel_units``,
+    ``channel_standard_name`` and ``split`` as int8 flag codes, ``source_name`` and
+    ``source_sha256`` as uint8 UTF-8 characters."""
     n, (h, w) = len(names), grid
     # One dask chunk per variable: the template is never computed (only its metadata is
     # written), and a graph of one task per Zarr chunk would cost minutes at DS2 scale.
     image = da.full((n, len(CHANNELS), h, w), np.nan, dtype=np.float32, chunks=-1)
     mask = da.full((n, h, w), 255, dtype=np.uint8, chunks=-1)
-    refl = "reflectance"
-    kinds = [refl] * 6 + ["brightness_temperature"] * 3
+    channel_codes, channel_attrs = flag_codes(CHANNELS, CHANNELS, "channel")
+    units_codes, units_attrs = flag_codes(CHANNEL_UNITS, ("1", "K"), "channel_units")
+    std_codes, std_attrs = flag_codes(CHANNEL_STANDARD_NAMES, STANDARD_NAMES, "channel_standard_name")
+    split_codes, split_attrs = flag_codes([s or NO_SPLIT for s in splits], SPLIT_MEANINGS, "split")
+    mask_flags = {"flag_values": np.array([0, 1], np.uint8), "flag_meanings": "clear cloud", "units": "1",
+                  "standard_name": "cloud_binary_mask"}
     ds = xr.Dataset(
         {
             "image": (("scene", "channel", "y", "x"), image, {
                 "long_name": "SLSTR nadir view on the 1 km grid: TOA reflectance S1-S6, brightness temperature S7-S9",
-                "units": "see channel_units", "_FillValue": np.float32(np.nan)}),
+                "comment": "the training tensor: channels of two quantities, so no single units or standard_name; "
+                           "per channel they are channel_standard_name (reflectance: units 1, brightness "
+                           "temperature: units K) and channel_units",
+                "coordinates": "channel_units channel_standard_name wavelength",
+                "_FillValue": np.float32(np.nan)}),
             "cloud_mask": (("scene", "y", "x"), mask, {
-                "long_name": "Bayesian cloud mask (label)", "flag_values": np.array([0, 1], np.uint8),
-                "flag_meanings": "clear cloud", "source": "bayes_in > 0", "_FillValue": np.uint8(255)}),
+                "long_name": "Bayesian cloud mask (label)", **mask_flags, "source": "bayes_in > 0",
+                "_FillValue": np.uint8(255)}),
             "summary_cloud": (("scene", "y", "x"), mask, {
-                "long_name": "summary_cloud bit of confidence_in", "flag_values": np.array([0, 1], np.uint8),
-                "flag_meanings": "clear cloud", "_FillValue": np.uint8(255)}),
+                "long_name": "summary_cloud bit of confidence_in", **mask_flags, "_FillValue": np.uint8(255)}),
         },
         coords={
-            "channel": ("channel", np.array(CHANNELS, dtype=object), {"long_name": "SLSTR channel"}),
-            "channel_units": ("channel", np.array(["1"] * 6 + ["K"] * 3, dtype=object)),
-            "channel_kind": ("channel", np.array(kinds, dtype=object)),
-            "wavelength": ("channel", np.array(WAVELENGTH_UM), {"units": "um", "long_name": "central wavelength"}),
-            "source_name": ("scene", np.array(names, dtype=object), {"long_name": "source product name"}),
-            "time": ("scene", times, {"long_name": "acquisition start time (from the product name)"}),
-            "split": ("scene", np.array(splits, dtype=object),
-                      {"long_name": "source subfolder: training or inference (empty for a flat source folder)"}),
-            "source_sha256": ("scene", np.array([""] * n, dtype=object),
-                              {"long_name": "sha256 over the product's files (sha256sum lines, sorted by name)"}),
+            "y": ("y", np.arange(h, dtype=np.int32), {"long_name": "row of the 1 km nadir image grid (along track)",
+                                                      "units": "1"}),
+            "x": ("x", np.arange(w, dtype=np.int32), {"long_name": "column of the 1 km nadir image grid (across "
+                                                                   "track)", "units": "1"}),
+            "channel": ("channel", channel_codes, {"long_name": "SLSTR channel", **channel_attrs}),
+            "channel_units": ("channel", units_codes, {"long_name": "units of the channel's values", **units_attrs}),
+            "channel_standard_name": ("channel", std_codes, {"long_name": "CF standard name of the channel's values",
+                                                             **std_attrs}),
+            "wavelength": ("channel", np.array(WAVELENGTH_UM, dtype=np.float32),
+                           {"units": "um", "long_name": "central wavelength",
+                            "standard_name": "sensor_band_central_radiation_wavelength"}),
+            "source_name": (("scene", nchar_dim("source_name")), utf8_chars(names, NAME_NCHAR, "source_name"),
+                            {"long_name": "source product name", **utf8_attrs()}),
+            "time": ("scene", times, {"long_name": "acquisition start time (from the product name); strictly "
+                                                   "increasing: see scibench_time_tie_break",
+                                      "standard_name": "time"}),
+            "split": ("scene", split_codes, {"long_name": "source subfolder: training or inference (none for a flat "
+                                                          "source folder)", **split_attrs}),
+            "source_sha256": (("scene", nchar_dim("source_sha256")), utf8_chars([""] * n, 64, "source_sha256"),
+                              {"long_name": "sha256 over the product's files (sha256sum lines, sorted by name)",
+                               **utf8_attrs()}),
         },
         attrs={
             "title": "CloudMask (Sentinel-3 SLSTR) scenes on the 1 km nadir grid",
             "Conventions": "CF-1.10",
             "institution": "scibench-data",
             "source": "Sentinel-3 SLSTR Level-1 RBT products",
+            "history": "converted from the source products by scibench-data (convert cloudmask)",
             "benchmark": "MLCommons Science CloudMask",
             "scibench_format": "cloudmask",
             "scibench_format_version": FORMAT_VERSION,
             "scibench_reflectance": "pi * L / (E0[detector 0] * cos(sza)), sza bilinear from geometry_tn; "
                                     "0.5 km channels averaged 2x2 onto the 1 km grid (layout sen3)",
+            "scibench_time_tie_break": TIE_BREAK,
+            "scibench_strings": "channel, channel_units, channel_standard_name, split: int8 flag codes; "
+                                "source_name, source_sha256: uint8 UTF-8 (decode: scibench_data.strings.decode_strings)",
         },
     )
     for v in ("image", "cloud_mask", "summary_cloud"):
         ds[v].encoding = {}
     return ds
+
+
+def time_order(products: Sequence[SourceProduct]) -> list[SourceProduct]:
+    """Products in store order: acquisition start, then split (none, training, inference), then name."""
+    return sorted(products, key=lambda p: (p.name.start, SPLIT_MEANINGS.index(p.split or NO_SPLIT), p.name.name))
+
+
+def scene_times(starts: Sequence[datetime]) -> np.ndarray:
+    """Strictly increasing ``datetime64[ms]`` times for non-decreasing ``starts`` (whole seconds):
+    the k-th scene that repeats a start second gets k milliseconds added (:data:`TIE_BREAK`)."""
+    secs = np.array([np.datetime64(t, "s").astype(np.int64) for t in starts], dtype=np.int64)
+    if secs.size and (np.diff(secs) < 0).any():
+        raise ValueError("scene start times must be in non-decreasing order")
+    ms = secs * 1000
+    for i in range(1, len(ms)):
+        if secs[i] == secs[i - 1]:
+            ms[i] = ms[i - 1] + 1
+    if ms.size and (np.diff(ms) <= 0).any():
+        raise ValueError("more than 1000 scenes share one start second")
+    return ms.astype("datetime64[ms]")
 
 
 def encodings(ds: xr.Dataset, tile: int, codec: CodecChoice) -> dict[str, dict]:
@@ -148,10 +207,12 @@ def encodings(ds: xr.Dataset, tile: int, codec: CodecChoice) -> dict[str, dict]:
         "image": encoding_for(4, (1, len(CHANNELS), tile, tile), codec),
         "cloud_mask": encoding_for(1, (1, h, w), codec),
         "summary_cloud": encoding_for(1, (1, h, w), codec),
-        "time": {"units": "seconds since 1970-01-01", "dtype": "int64", "chunks": (SCENE_COORD_CHUNK,)},
+        "time": {"units": "milliseconds since 1970-01-01", "dtype": "int64", "calendar": "standard",
+                 "chunks": (SCENE_COORD_CHUNK,)},
     }
-    for v in ("source_name", "split", "source_sha256"):
-        enc[v] = {"chunks": (SCENE_COORD_CHUNK,)}
+    enc["split"] = {"chunks": (SCENE_COORD_CHUNK,)}
+    for v in ("source_name", "source_sha256"):
+        enc[v] = {"chunks": (SCENE_COORD_CHUNK, ds.sizes[nchar_dim(v)])}
     for v in ("image", "cloud_mask", "summary_cloud"):
         enc[v]["fill_value"] = ds[v].attrs.pop("_FillValue")
     return enc
@@ -227,7 +288,7 @@ def _discover(src: str, options: CloudMaskConversion) -> tuple[fsspec.AbstractFi
 
 def _sha256_array(store: RecordStore, n: int) -> np.ndarray:
     markers = store.done()
-    return np.array([markers[i]["sha256"] if i in markers else "" for i in range(n)], dtype=object)
+    return utf8_chars([markers[i]["sha256"] if i in markers else "" for i in range(n)], 64, "source_sha256")
 
 
 def _run_and_finalize(store: RecordStore, src: str, todo: list, grid: tuple[int, int],
@@ -256,16 +317,18 @@ def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCon
     fs, products, rejected_rows = _discover(src, options)
     if not products:
         raise FileNotFoundError(f"no {options.layout} CloudMask products found in {src}")
+    products = time_order(products)
     grid = common_grid(fs, products)
     names = [p.name.stem for p in products]
-    times = np.array([np.datetime64(p.name.start, "ns") for p in products])
-    ds = template(names, times, [p.split for p in products], grid, options.tile)
+    ds = template(names, scene_times([p.name.start for p in products]), [p.split for p in products], grid,
+                  options.tile)
     enc = encodings(ds, options.tile, options.codec)
     store = RecordStore(location, RECORD_DIM)
     with WriterLock(location, operation="convert cloudmask"):
         state = store.prepare(ds, enc, names, {"format": "cloudmask", "grid": list(grid), "tile": options.tile,
                                                  "layout": options.layout,
-                                                 "splits": [p.split for p in products]})
+                                                 "splits": [p.split for p in products],
+                                                 **plan_layout(options.codec, enc)})
         done = store.done() if state != "created" else {}
         if state == "complete":
             return ConversionReport(dest=location.url, total=len(products), already_done=len(products),
@@ -280,9 +343,9 @@ def _start_of(key: str) -> datetime:
     return ProductName.parse(f"{key}.SEN3").start
 
 
-def _encoded_seconds(times: Sequence[datetime]) -> np.ndarray:
-    """Times as stored in the ``time`` array (int64 seconds since 1970-01-01)."""
-    return np.array([np.datetime64(t, "s") for t in times]).astype("datetime64[s]").astype(np.int64)
+def _encoded_times(times: Sequence[datetime]) -> np.ndarray:
+    """Times as stored in the ``time`` array (int64 milliseconds since 1970-01-01, ties broken)."""
+    return scene_times(times).astype(np.int64)
 
 
 def append_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConversion) -> ConversionReport:
@@ -307,14 +370,14 @@ def append_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConv
         if state.status == SCAFFOLD_STATUS:
             raise StoreStateError(f"{location.url} is a scaffold (full shape, some scenes written); "
                                   "appending to it is not supported")
-        for key, want in (("layout", options.layout), ("tile", options.tile)):
-            if plan.get(key) != want:
+        for key, want in (("layout", options.layout), ("tile", options.tile), ("codec", asdict(options.codec))):
+            if key in plan and plan.get(key) != want or key not in plan and key != "codec":
                 raise StoreStateError(f"{location.url} was converted with {key}={plan.get(key)!r}, "
                                       f"the append asks for {want!r}")
         planned = list(plan["keys"])
         planned_set = set(planned)
         by_key = {p.name.stem: p for p in products}
-        new = [p for p in products if p.name.stem not in planned_set]
+        new = time_order([p for p in products if p.name.stem not in planned_set])
         done = store.done()
         unwritten = [k for i, k in enumerate(planned) if i not in done]
         if new and unwritten:
@@ -340,9 +403,9 @@ def append_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConv
             keys = planned + [p.name.stem for p in new]
             splits = splits + [p.split for p in new]
             store.grow(keys, {"splits": splits}, {
-                "source_name": np.array(keys, dtype=object),
-                "time": _encoded_seconds([_start_of(k) for k in keys]),
-                "split": np.array(splits, dtype=object)})
+                "source_name": utf8_chars(keys, NAME_NCHAR, "source_name"),
+                "time": _encoded_times([_start_of(k) for k in keys]),
+                "split": flag_codes([sp or NO_SPLIT for sp in splits], SPLIT_MEANINGS, "split")[0]})
         missing = [k for i, k in enumerate(keys) if i not in done and k not in by_key]
         if missing:
             raise FileNotFoundError(f"{src} lacks {len(missing)} product(s) that {location.url} planned, "
@@ -413,13 +476,13 @@ def scaffold_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCo
     splits = [""] * n_scenes
     for slot, p in zip(slots, products):
         names[slot], splits[slot] = p.name.stem, p.split
-    ds = template(names, np.array([np.datetime64(t, "ns") for t in times]), splits, grid, options.tile)
+    ds = template(names, scene_times(times), splits, grid, options.tile)
     enc = encodings(ds, options.tile, options.codec)
     store = RecordStore(location, RECORD_DIM)
     with WriterLock(location, operation="scaffold cloudmask"):
         state = store.prepare(ds, enc, names, {"format": "cloudmask", "grid": list(grid), "tile": options.tile,
                                                  "layout": options.layout, "splits": splits,
-                                                 "scaffold_slots": slots})
+                                                 "scaffold_slots": slots, **plan_layout(options.codec, enc)})
         done = store.done() if state != "created" else {}
         if state == "complete":  # cannot happen for a scaffold; kept for symmetry
             raise StoreStateError(f"{location.url} is a complete store, not a scaffold")

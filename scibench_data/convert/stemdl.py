@@ -30,10 +30,10 @@ import fsspec
 import numpy as np
 import xarray as xr
 
-from scibench_data.convert import ConversionReport, ConversionRun
+from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.stemdl import (
-    N_CLASSES, N_PROJECTIONS, PREPROCESSED_SIZE, SourceFile, SourceListing, area_resize, discover_sources,
+    N_CLASSES, N_PROJECTIONS, PREPROCESSED_SIZE, SPLITS, SourceFile, SourceListing, area_resize, discover_sources,
     npz_shape, preprocess_stack, read_npz_sample, read_raw_file, scan_raw_file, split_of_material,
 )
 from scibench_data.parallel import run_tasks
@@ -42,11 +42,18 @@ from scibench_data.storage.hashing import combined_digest, sha256_file
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
 from scibench_data.storage.records import RecordStore
+from scibench_data.strings import flag_attrs, flag_codes, nchar_dim, utf8_attrs, utf8_chars
 
 RECORD_DIM = "sample"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: text as Zarr v3 core types (int8 flag codes, uint8 UTF-8)
 PREPROCESSING = "per pattern max(-17, log(x)) + 17, x10, clip to [0, 255], area resize"
 COORDS = ("label", "material", "split", "source_file", "source_key")
+#: Text coordinates (uint8 UTF-8) and their long names.
+TEXT_COORDS = {"material": "material id (splits never share one)",
+               "source_file": "source file, relative to the source folder",
+               "source_key": "HDF5 group or npz file name"}
+#: Bytes of ``material`` and ``source_key`` (``source_file``: the longest source path).
+TEXT_NCHAR = 128
 
 
 @dataclass(frozen=True)
@@ -104,8 +111,9 @@ def plan_blocks(files: tuple[SourceFile, ...], counts: list[int], layout: str, f
 
 
 def template(n: int, shape: tuple[int, int], sample_chunk: int, with_potential: bool,
-             attrs: dict) -> xr.Dataset:
-    """The store's variables for ``n`` samples of ``shape`` patterns, data as lazy placeholders."""
+             attrs: dict, widths: dict[str, int]) -> xr.Dataset:
+    """The store's variables for ``n`` samples of ``shape`` patterns, data as lazy placeholders;
+    ``widths``: bytes of each text coordinate (uint8 UTF-8, :mod:`scibench_data.strings`)."""
     h, w = shape
     cbed = da.full((n, N_PROJECTIONS, h, w), np.nan, dtype=np.float32, chunks=(sample_chunk, N_PROJECTIONS, h, w))
     data = {"cbed": (("sample", "projection", "y", "x"), cbed, {
@@ -116,19 +124,28 @@ def template(n: int, shape: tuple[int, int], sample_chunk: int, with_potential: 
         data["potential"] = (("sample", "y", "x"), pot, {
             "long_name": "projected potential along the first zone axis (reconstruction target)",
             "units": "1", "_FillValue": np.float32(np.nan)})
-    empty = np.array([""] * n, dtype=object)
     ds = xr.Dataset(data, coords={
-        "projection": ("projection", np.arange(N_PROJECTIONS), {"long_name": "orientation index"}),
+        "projection": ("projection", np.arange(N_PROJECTIONS, dtype=np.int8), {"long_name": "orientation index"}),
         "label": ("sample", np.full(n, -1, np.int16), {"long_name": "space group number (class index)",
                                                         "valid_range": np.array([1, N_CLASSES - 1], np.int16)}),
-        "material": ("sample", empty, {"long_name": "material id (splits never share one)"}),
-        "split": ("sample", empty.copy(), {"long_name": "train, dev, test or inference"}),
-        "source_file": ("sample", empty.copy(), {"long_name": "source file, relative to the source folder"}),
-        "source_key": ("sample", empty.copy(), {"long_name": "HDF5 group or npz file name"}),
-    }, attrs=attrs)
+        **{name: (("sample", nchar_dim(name)), np.zeros((n, widths[name]), np.uint8),
+                  {"long_name": TEXT_COORDS[name], **utf8_attrs()}) for name in TEXT_COORDS},
+        "split": ("sample", np.full(n, -1, np.int8), {"long_name": "train, dev, test or inference",
+                                                     **flag_attrs(SPLITS)}),
+    }, attrs={**attrs, "scibench_strings": "split: int8 flag codes; material, source_file, source_key: uint8 "
+                                           "UTF-8 (decode: scibench_data.strings.decode_strings)"})
     for v in data:
         ds[v].encoding = {}
     return ds
+
+
+def encode_coords(coords: dict[str, np.ndarray], widths: dict[str, int]) -> dict[str, np.ndarray]:
+    """Per-sample coordinates as stored: split as int8 flag codes, text as uint8 UTF-8."""
+    out = dict(coords)
+    out["split"] = flag_codes(coords["split"], SPLITS, "split")[0]
+    for name, width in widths.items():
+        out[name] = utf8_chars(coords[name], width, name)
+    return out
 
 
 def encodings(ds: xr.Dataset, sample_chunk: int, codec: CodecChoice) -> dict[str, dict]:
@@ -238,7 +255,9 @@ def convert_stemdl(src: str, dest: str | StoreLocation, options: STEMDLConversio
              "scibench_format_version": FORMAT_VERSION, "scibench_n_classes": N_CLASSES,
              "scibench_preprocessing": preprocessing, "scibench_preprocessed": bool(options.preprocess
                                                                                     or listing.layout == "npz")}
-    ds = template(n, shape, options.sample_chunk, with_potential, attrs)  # type: ignore[arg-type]
+    widths = {"material": TEXT_NCHAR, "source_key": TEXT_NCHAR,
+              "source_file": max([len(posixpath.relpath(f.path, src_root).encode("utf-8")) for f in listing.files] + [1])}
+    ds = template(n, shape, options.sample_chunk, with_potential, attrs, widths)  # type: ignore[arg-type]
     enc = encodings(ds, options.sample_chunk, options.codec)
     files_digest = hashlib.sha256("\n".join(f.path for f in listing.files).encode()).hexdigest()
     store = RecordStore(location, RECORD_DIM)
@@ -246,7 +265,7 @@ def convert_stemdl(src: str, dest: str | StoreLocation, options: STEMDLConversio
         state = store.prepare(ds, enc, [b.key for b in blocks], {
             "format": "stemdl", "layout": listing.layout, "n_samples": n, "shape": list(shape),
             "preprocess": options.preprocess, "sample_chunk": options.sample_chunk,
-            "files_sha256": files_digest, "starts": [b.start for b in blocks]})
+            "files_sha256": files_digest, "starts": [b.start for b in blocks], **plan_layout(options.codec, enc)})
         done = store.done() if state != "created" else {}
         if state == "complete":
             return ConversionReport(dest=location.url, total=len(blocks), already_done=len(blocks), complete=True,
@@ -269,6 +288,7 @@ def convert_stemdl(src: str, dest: str | StoreLocation, options: STEMDLConversio
                                      dtype=np.int16 if name == "label" else object) for name in COORDS}
             check_material_splits(coords["material"], coords["split"])
             splits = {s: int((coords["split"] == s).sum()) for s in sorted(set(coords["split"]))}
+            coords = encode_coords(coords, {k: ds.sizes[nchar_dim(k)] for k in TEXT_COORDS})
             store.finalize(coords, {"scibench_layout": listing.layout, "scibench_n_samples": n,
                                     "scibench_split_counts": splits,
                                     "scibench_source_sha256": combined_digest((m["key"], m["sha256"]) for m in ordered)})

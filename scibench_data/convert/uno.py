@@ -35,17 +35,18 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from scibench_data.convert import ConversionReport, ConversionRun
+from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.uno import (
     EXPORT_NAME, FINGERPRINT_KINDS, LAYOUTS, SPLITS, ExportReader, FeatureTable, concat_tables,
-    export_responses, find_raw_files, read_feature_tsv, read_fingerprint_tsv, read_response_tsv, split_codes,
+    export_responses, export_splits, find_raw_files, read_feature_tsv, read_fingerprint_tsv, read_response_tsv, split_codes,
 )
 from scibench_data.parallel import run_tasks
 from scibench_data.storage.encoding import CodecChoice, encoding_for
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
 from scibench_data.storage.records import RecordStore
+from scibench_data.strings import flag_codes, nchar_dim, utf8_attrs, utf8_chars
 
 FORMAT_VERSION = 1
 RECORD_DIM = "task"
@@ -127,7 +128,7 @@ def plan_export(path: Path) -> UnoPlan:
         cell_index=_index(resp.cell, {c: i for i, c in enumerate(cells)}),
         drug_index=_index(resp.drug, {d: i for i, d in enumerate(drugs)}),
         auc=resp.auc, split=resp.split, source_row=resp.source_row,
-        stats={"input_features": info.input_features,
+        stats={"input_features": info.input_features, "export_splits": list(export_splits(path)),
                "rows_per_split": {s: int((resp.split == i).sum()) for i, s in enumerate(SPLITS)}},
         source_files=(str(path),),
     )
@@ -192,15 +193,15 @@ def template(plan: UnoPlan, response_chunk: int) -> xr.Dataset:
     cell_rows = max(1, min(nc, FEATURE_CHUNK_BYTES // (4 * ng)))
     drug_rows = max(1, min(nd, FEATURE_CHUNK_BYTES // (4 * nk)))
     ph = {
-        "rnaseq": da.full((nc, ng), np.nan, np.float32, chunks=(cell_rows, ng)),
-        "descriptors": da.full((nd, nk), np.nan, np.float32, chunks=(drug_rows, nk)),
-        "fingerprints": da.full((nd, len(FINGERPRINT_KINDS), plan.n_bits), FINGERPRINT_FILL, np.uint8,
+        "rnaseq": da.full((nc, ng), np.nan, dtype=np.float32, chunks=(cell_rows, ng)),
+        "descriptors": da.full((nd, nk), np.nan, dtype=np.float32, chunks=(drug_rows, nk)),
+        "fingerprints": da.full((nd, len(FINGERPRINT_KINDS), plan.n_bits), FINGERPRINT_FILL, dtype=np.uint8,
                                 chunks=(min(nd, 256), len(FINGERPRINT_KINDS), plan.n_bits)),
-        "auc": da.full((plan.n,), np.nan, np.float32, chunks=(rc,)),
-        "cell_index": da.full((plan.n,), -1, np.int32, chunks=(rc,)),
-        "drug_index": da.full((plan.n,), -1, np.int32, chunks=(rc,)),
-        "split": da.full((plan.n,), -1, np.int8, chunks=(rc,)),
-        "source_row": da.full((plan.n,), -1, np.int64, chunks=(rc,)),
+        "auc": da.full((plan.n,), np.nan, dtype=np.float32, chunks=(rc,)),
+        "cell_index": da.full((plan.n,), -1, dtype=np.int32, chunks=(rc,)),
+        "drug_index": da.full((plan.n,), -1, dtype=np.int32, chunks=(rc,)),
+        "split": da.full((plan.n,), -1, dtype=np.int8, chunks=(rc,)),
+        "source_row": da.full((plan.n,), -1, dtype=np.int64, chunks=(rc,)),
     }
     ds = xr.Dataset(
         {
@@ -223,11 +224,9 @@ def template(plan: UnoPlan, response_chunk: int) -> xr.Dataset:
                 "_FillValue": np.int64(-1)}),
         },
         coords={
-            "cell": ("cell", np.array(plan.cells, dtype=object)),
-            "gene": ("gene", np.array(plan.genes, dtype=object)),
-            "drug": ("drug", np.array(plan.drugs, dtype=object)),
-            "descriptor": ("descriptor", np.array(plan.descriptors, dtype=object)),
-            "fingerprint_kind": ("fingerprint_kind", np.array(FINGERPRINT_KINDS, dtype=object)),
+            **{f"{dim}_name": _names(dim, names) for dim, names in (
+                ("cell", plan.cells), ("gene", plan.genes), ("drug", plan.drugs), ("descriptor", plan.descriptors))},
+            "fingerprint_kind": ("fingerprint_kind", *flag_codes(FINGERPRINT_KINDS, FINGERPRINT_KINDS, "fingerprint_kind")),
         },
         attrs={
             "title": "CANDLE-UNO drug response: normalised feature tables and responses",
@@ -236,11 +235,32 @@ def template(plan: UnoPlan, response_chunk: int) -> xr.Dataset:
                       "top_21_auc_1fold.uno.h5 export",
             "scibench_format": "candle_uno", "scibench_format_version": FORMAT_VERSION,
             "scibench_layout": plan.layout,
+            "scibench_splits": splits_statement(plan),
+            "scibench_strings": "names: uint8 UTF-8 characters (decode: scibench_data.strings.decode_strings)",
         },
     )
     for v in ds.data_vars:
         ds[v].encoding = {}
     return ds
+
+
+def _names(dim: str, names: tuple[str, ...]) -> tuple:
+    """A name table as uint8 UTF-8 characters ``(dim, <dim>_name_nchar)`` (a Zarr v3 core type)."""
+    var = f"{dim}_name"
+    width = max([len(n.encode("utf-8")) for n in names] + [1])
+    return ((dim, nchar_dim(var)), utf8_chars(names, width, var),
+            {"long_name": f"{dim} names", **utf8_attrs(decodes_to=dim)})
+
+
+def splits_statement(plan: UnoPlan) -> str:
+    """What the split codes mean for this source, stated in the store and the report."""
+    if plan.layout == "raw":
+        return f"seeded 80/10/10 of the kept rows (seed {plan.stats.get('split_seed')}): 0 train, 1 val, 2 test"
+    rows = plan.stats.get("rows_per_split", {})
+    if rows.get("test", 0) == 0:
+        return ("as exported: 0 train, 1 val; no test split (the classic CANDLE export holds train and val "
+                "only): code 2 (test) is empty")
+    return "as exported: 0 train, 1 val, 2 test"
 
 
 def encodings(ds: xr.Dataset, codec: CodecChoice) -> dict[str, dict]:
@@ -374,13 +394,14 @@ def convert_uno(src: str | Path, dest: str | StoreLocation, options: UnoConversi
     with WriterLock(location, operation="convert uno"):
         state = store.prepare(ds, enc, keys, {"format": "candle_uno", "layout": layout, "response_chunk": rc,
                                                "split_seed": options.split_seed if layout == "raw" else None,
-                                               "n_responses": plan.n})
+                                               "n_responses": plan.n, **plan_layout(options.codec, enc)})
         done = store.done() if state != "created" else {}
         extra = {"layout": layout, "n_cells": len(plan.cells), "n_drugs": len(plan.drugs),
                  "n_responses": plan.n, **plan.stats}
+        notes = (f"splits: {splits_statement(plan)}",)
         if state == "complete":
             return ConversionReport(dest=location.url, total=len(keys), already_done=len(keys), complete=True,
-                                    elapsed_s=time.perf_counter() - t0, extra=extra)
+                                    elapsed_s=time.perf_counter() - t0, extra=extra, notes=notes)
         results = []
         if 0 not in done:
             results += run_tasks(WriteFeatures(location, plan), [None], ["features"], scheduler=options.scheduler,
@@ -403,4 +424,5 @@ def convert_uno(src: str | Path, dest: str | StoreLocation, options: UnoConversi
         dest=location.url, total=len(keys), converted=tuple(r.key for r in results if r.ok),
         already_done=len(done), failed=failed, complete=complete, elapsed_s=time.perf_counter() - t0,
         bytes_read=sum(Path(f).stat().st_size for f in plan.source_files) if results else 0, extra=extra,
+        notes=notes,
     )

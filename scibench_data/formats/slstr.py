@@ -11,6 +11,11 @@ image-plane coordinates
 The tie-point grid (``*_tn``/``*_tx``) uses the same rule with its own
 attributes, so interpolating a tie-point field onto an image grid is a
 bilinear interpolation at fractional tie-point indices.
+
+Real products' ``cartesian_*`` files hold x decreasing along columns (the x
+above with its sign turned); the sign cancels when one grid is mapped onto
+another, and tests/test_sen3_third_party.py checks this rule against the
+cartesian files and satpy's interpolation.
 """
 
 from __future__ import annotations

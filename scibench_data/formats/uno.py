@@ -299,12 +299,37 @@ class ExportReader:
         return auc, np.char.decode(cols["Sample"], "utf-8"), np.char.decode(cols["Drug1"], "utf-8")
 
 
+#: Splits an export may lack: the classic CANDLE export writes train and val only.
+OPTIONAL_EXPORT_SPLITS: tuple[str, ...] = ("test",)
+
+
+def export_splits(path: str | Path) -> tuple[str, ...]:
+    """The splits an export holds: train and val always, test unless it has none of ``y_test``,
+    ``x_test_0``, ``x_test_1`` (the classic train/val-only export). Half a split raises."""
+    with ExportReader(path) as r:
+        keys = set(r.file.keys())
+    out = []
+    for split in SPLITS:
+        nodes = [f"y_{split}", f"x_{split}_0", f"x_{split}_1"]
+        present = [n for n in nodes if n in keys]
+        if not present and split in OPTIONAL_EXPORT_SPLITS:
+            continue
+        if len(present) != len(nodes):
+            missing = sorted(set(nodes) - set(present))[0]
+            raise SourceFormatError(str(path), f"missing node {missing!r} (found {sorted(keys)})")
+        out.append(split)
+    return tuple(out)
+
+
 def export_responses(path: str | Path) -> tuple[Responses, ExportModelInfo]:
-    """All response rows of an export, in split order train, val, test, and its model info."""
+    """All response rows of an export, in split order train, val, test (when present), and its model info."""
     parts = []
+    present = export_splits(path)
     with ExportReader(path) as r:
         info = r.model_info()
         for s, split in enumerate(SPLITS):
+            if split not in present:
+                continue
             auc, sample, drug = r.responses(split)
             for j in (0, 1):
                 n = r.x_table(split, j).nrows

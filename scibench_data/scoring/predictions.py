@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from scibench_data.benchmarks import Benchmark, get
+from scibench_data.strings import decode_strings
 
 BACKENDS = ("numpy", "dask")
 
@@ -112,7 +113,9 @@ def open_entry(benchmark: Benchmark, root: str | None = None) -> Any:
 
 
 def load_truth(benchmark: Benchmark, ds: Any) -> Truth:
-    """Ids and lazy truth of the benchmark's test split of ``ds`` (its catalog entry)."""
+    """Ids and lazy truth of the benchmark's test split of ``ds`` (its catalog entry; ids stored as
+    codes or characters are decoded, :mod:`scibench_data.strings`)."""
+    ds = decode_strings(ds)
     if benchmark.name == "cloudmask":
         return _truth_cloudmask(ds)
     if benchmark.name == "stemdl":

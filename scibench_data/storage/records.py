@@ -456,5 +456,6 @@ def _plan_difference(url: str, old: dict, new: dict) -> str:
                 extra, gone = sorted(set(b) - set(a))[:3], sorted(set(a) - set(b))[:3]
                 return (f"{url} was planned from other sources ({len(a)} then, {len(b)} now; new: {extra}, "
                         f"no longer present: {gone}); convert into a new destination or use append")
-            return f"{url} was planned with {key}={old.get(key)!r}, now {new.get(key)!r}; use a new destination"
+            return (f"{url} was planned with {key}={old.get(key)!r}, now {new.get(key)!r}; resume with the options "
+                    "it was planned with, or convert into a new destination")
     return f"{url}: plan differs"

@@ -47,6 +47,10 @@ CONFIDENCE_MEANINGS = (
 BAYES_MEANINGS = "single_low single_moderate dual_low dual_moderate spare spare spare spare"
 #: Cloud cover above which a pixel is flagged (the label); ``summary_cloud`` uses a stricter cover.
 LABEL_COVER = 0.35
+#: Global attributes of real tie-point files: one tie point per image row, one per 16 columns.
+TIE_POINT_SUBSAMPLING = {"al_subsampling_factor": 1, "ac_subsampling_factor": 16}
+#: Detectors of the VIS/SWIR channels in ``viscal.nc`` and the quality files.
+N_VIS_DETECTORS = 4
 SUMMARY_COVER = 0.55
 
 
@@ -229,7 +233,7 @@ def write_sen3_product(folder: Path, truth: Truth, start: datetime) -> Path:
             {**base, **g_an.attrs()},
             {name: _packed(rad, "uint16", scale, 0.0, 65535)},
         )
-        irr = SOLAR_IRRADIANCE[i] * np.array([1.0, 1.0007, 0.9994, 1.0003])
+        irr = detector_irradiance(i)
         _write_nc(tmp / f"{ch}_quality_an.nc",
                   {f"{ch}_solar_irradiance_an": ("detectors", irr.astype(np.float32),
                                                  {"units": "mW.m-2.nm-1", "long_name": "solar irradiance"})},
@@ -256,7 +260,7 @@ def write_sen3_product(folder: Path, truth: Truth, start: datetime) -> Path:
                "solar_azimuth_tn": (rows_cols, np.full_like(zen_t, 135.0), deg),
                "sat_zenith_tn": (rows_cols, np.abs(x_t)[None, :].repeat(n_rt, 0) / 1.4e4, deg),
                "sat_azimuth_tn": (rows_cols, np.full_like(zen_t, 100.0), deg)},
-              {**base, **g_tn.attrs()})
+              {**base, **g_tn.attrs(), **TIE_POINT_SUBSAMPLING})
 
     masks = np.array([1 << b for b in range(16)], dtype=np.uint16)
     confidence = np.full((h, w), 1 << 10, dtype=np.uint16)  # day
@@ -293,8 +297,9 @@ def _write_ancillary(tmp: Path, truth: Truth, base: dict, geo: dict) -> None:
                   {f"latitude_{grid_name}": _packed(lat, "int32", 1e-6, 0.0, -2147483648),
                    f"longitude_{grid_name}": _packed(lon, "int32", 1e-6, 0.0, -2147483648)})
         _write_nc(tmp / f"cartesian_{grid_name}.nc",
-                  {f"x_{grid_name}": (rows_cols, x.astype(np.int32), {"units": "m"}),
-                   f"y_{grid_name}": (rows_cols, y.astype(np.int32), {"units": "m"})},
+                  {f"x_{grid_name}": (rows_cols, _real_x(x), {"units": "m", "long_name": "across-track coordinate"}),
+                   f"y_{grid_name}": (rows_cols, y.astype(np.int32), {"units": "m",
+                                                                     "long_name": "along-track coordinate"})},
                   {**base, **g.attrs()})
         _write_nc(tmp / f"indices_{grid_name}.nc",
                   {f"detector_{grid_name}": (rows_cols, (np.arange(gh)[:, None] % 2 * np.ones(gw)).astype(np.uint8))},
@@ -304,18 +309,35 @@ def _write_ancillary(tmp: Path, truth: Truth, base: dict, geo: dict) -> None:
     x_t = np.broadcast_to(g_tn.x_of_col(np.arange(n_ct))[None, :], (n_rt, n_ct))
     y_t = np.broadcast_to(g_tn.y_of_row(np.arange(n_rt))[:, None], (n_rt, n_ct))
     _write_nc(tmp / "cartesian_tx.nc",
-              {"x_tx": (rows_cols, x_t.astype(np.int32), {"units": "m"}),
-               "y_tx": (rows_cols, y_t.astype(np.int32), {"units": "m"})}, {**base, **g_tn.attrs()})
+              {"x_tx": (rows_cols, _real_x(x_t), {"units": "m", "long_name": "across-track coordinate"}),
+               "y_tx": (rows_cols, y_t.astype(np.int32), {"units": "m", "long_name": "along-track coordinate"})},
+              {**base, **g_tn.attrs(), **TIE_POINT_SUBSAMPLING})
     _write_nc(tmp / "met_tx.nc",
               {"total_column_water_vapour_tx": (rows_cols, np.full((n_rt, n_ct), 20.0), {"units": "kg m**-2"}),
                "skin_temperature_tx": (rows_cols, np.full((n_rt, n_ct), 285.0), {"units": "K"})},
-              {**base, **g_tn.attrs()})
+              {**base, **g_tn.attrs(), **TIE_POINT_SUBSAMPLING})
+    # As in real products: per detector and view (nadir, oblique); readers take [:, 0] for nadir.
     _write_nc(tmp / "viscal.nc",
-              {f"{ch}_solar_irradiances": ("detectors", np.full(4, SOLAR_IRRADIANCE[i], np.float32))
+              {f"{ch}_solar_irradiances": (("detectors", "views"),
+                                           np.repeat(detector_irradiance(i)[:, None], 2, axis=1).astype(np.float32),
+                                           {"units": "mW.m-2.nm-1", "long_name": f"{ch} solar irradiance per "
+                                                                                 "detector and view"})
                for i, ch in enumerate(REFLECTANCE_CHANNELS)}, base)
     _write_nc(tmp / "time_an.nc",
               {"time_stamp_a": ("rows", (np.arange(2 * h) * 75_000).astype(np.int64),
                                 {"units": "microseconds since product start"})}, base)
+
+
+def detector_irradiance(channel: int) -> np.ndarray:
+    """Solar irradiance per detector of reflectance channel ``channel`` (0 = S1), as the quality files
+    and ``viscal.nc`` hold it; the reference (and our reader) uses detector 0's."""
+    return SOLAR_IRRADIANCE[channel] * np.array([1.0, 1.0007, 0.9994, 1.0003])[:N_VIS_DETECTORS]
+
+
+def _real_x(x: np.ndarray) -> np.ndarray:
+    """Cartesian x as real products store it: int32 metres, decreasing along columns (the image
+    x of :class:`GridGeometry` with its sign turned; grid-to-grid mapping is the same either way)."""
+    return np.rint(-np.asarray(x)).astype(np.int32)
 
 
 def _write_manifest(tmp: Path, name: str) -> None:

@@ -50,6 +50,9 @@ class SyntheticUno:
     export_batch: int = 4096  # rows appended to the HDFStore at a time
     complib: str | None = "blosc:lz4"
     complevel: int = 9
+    #: Splits the export writes: all three (MLCommons), or ("train", "val") as the classic CANDLE
+    #: export does (its test rows then go to val).
+    export_splits: tuple[str, ...] = SPLITS
 
     def __post_init__(self) -> None:
         for name in ("n_cells", "n_drugs", "n_genes", "n_descriptors", "n_fingerprint_bits", "export_batch"):
@@ -57,6 +60,8 @@ class SyntheticUno:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 10 <= self.n_responses <= self.n_cells * self.n_drugs * len(SOURCES):
             raise ValueError(f"n_responses must be in [10, n_cells * n_drugs * {len(SOURCES)}], got {self.n_responses}")
+        if tuple(self.export_splits) not in (SPLITS, SPLITS[:2]):
+            raise ValueError(f"export_splits must be {SPLITS} or {SPLITS[:2]}, got {self.export_splits}")
         if not 0 <= self.bad_fraction < 0.5 or not 0 <= self.na_fraction < 0.5:
             raise ValueError("bad_fraction and na_fraction must be in [0, 0.5)")
 
@@ -163,6 +168,8 @@ def write_export(path: Path, truth: UnoTruth, cfg: SyntheticUno) -> Path:
     desc = np.where(np.isnan(truth.descriptors), np.nanmean(truth.descriptors, axis=0), truth.descriptors)
     desc = desc.astype(np.float32)
     split = split_codes(len(kept), cfg.seed)
+    if "test" not in cfg.export_splits:
+        split[split == SPLITS.index("test")] = SPLITS.index("val")
     tmp = path.with_name(path.name + ".partial")
     tmp.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +178,8 @@ def write_export(path: Path, truth: UnoTruth, cfg: SyntheticUno) -> Path:
         store = pd.HDFStore(tmp, mode="w", complevel=cfg.complevel if cfg.complib else 0, complib=cfg.complib)
         try:
             for s, name in enumerate(SPLITS):
+                if name not in cfg.export_splits:
+                    continue
                 rows = np.flatnonzero(split == s)
                 for a in range(0, len(rows), cfg.export_batch):
                     r = rows[a: a + cfg.export_batch]
