@@ -21,6 +21,7 @@ from loaders.cloudmask import CloudMaskPatches, PatchSpec, read_patch
 from loaders.patches import Window
 from scibench_data.catalog import entry_location, entry_metadata
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
+from scibench_data.intake_source import open_path
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.manifest import MANIFEST_KEY, ManifestError, read_manifest
 from scibench_data.storage.publish import PublishAccessError, PublishOptions, publish
@@ -100,10 +101,11 @@ class CountingCat:
 def test_publish_catalog_to_dask_and_training_step(published, s3_storage_options, tiled_stores):
     cat = intake.open_catalog(published, storage_options=s3_storage_options)
     remote = cat.cloudmask_ds1.to_dask()
-    xr.testing.assert_identical(remote.load(), xr.open_zarr(tiled_stores["hdf"], consolidated=True).load())
+    xr.testing.assert_identical(remote.load(), open_path(xr.open_zarr(tiled_stores["hdf"], consolidated=True)).load())
     meta = entry_metadata(cat, "cloudmask_ds1")
     assert meta["published"]["version"] == 1 and len(meta["published"]["manifest_sha256"]) == 64
-    assert meta["dims"] == {"scene": 3, "channel": 9, "y": 64, "x": 96}
+    assert meta["dims"] == {"scene": 3, "channel": 9, "y": 64, "x": 96,  # every array's dims, text's included
+                            "source_name_nchar": 128, "source_sha256_nchar": 64}
     loc = entry_location(cat, "cloudmask_ds1")
     assert loc.url == f"s3://{BUCKET}/main/cloudmask_ds1/v1"
 
@@ -252,7 +254,7 @@ def test_killed_publish_keeps_previous_version_and_rerun_finishes(s3fs_client, s
     assert entry_location(cat, "cloudmask_ds1").url.endswith("/v2")
     assert [v["version"] for v in entry_metadata(cat, "cloudmask_ds1")["versions"]] == [1, 2]
     xr.testing.assert_identical(cat.cloudmask_ds1.to_dask().load(),
-                                xr.open_zarr(tiled_stores["sen3"], consolidated=True).load())
+                                open_path(xr.open_zarr(tiled_stores["sen3"], consolidated=True)).load())
     assert verify_published(f"{to}/catalog.yaml", "cloudmask_ds1", s3_storage_options).ok
     # the planted secret appears in no published object and no output
     s3fs_client.invalidate_cache()

@@ -1,12 +1,17 @@
 """CloudMask products (either layout) -> one Zarr store, one Dask task per product.
 
-Store layout (zarr format 3)::
+Store layout (zarr format 3, CF-1.10; every array a Zarr v3 core data type)::
 
     image          (scene, channel, y, x) float32  reflectance S1-S6, brightness temperature S7-S9 (K)
     cloud_mask     (scene, y, x)          uint8    bayes_in > 0 (the label), 255 = not written
     summary_cloud  (scene, y, x)          uint8    summary_cloud bit of confidence_in
-    channel, channel_units, channel_kind, wavelength      (channel)
-    source_name, time, split, source_sha256                (scene)
+    y, x                                  int32    image row / column
+    channel, channel_units, channel_standard_name  (channel)  int8 flag codes; wavelength float32
+    time (int64 ms, unique, increasing), split (int8 flag codes)                      (scene)
+    source_name, source_sha256            (scene, <name>_nchar)  uint8 UTF-8 text
+
+Text decodes with :func:`scibench_data.strings.decode_strings` (the catalog does it); scenes are
+in time order and ties in the start second are broken as :data:`TIE_BREAK` says.
 
 Chunks are ``(1, 9, 256, 256)`` for ``image`` and one whole scene ``(1, H, W)``
 for each mask: one object holds every channel of a 256x256 tile, so a 256x256

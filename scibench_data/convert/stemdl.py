@@ -5,8 +5,10 @@ Store layout (zarr format 3)::
     cbed        (sample, projection, y, x) float32  three CBED patterns per sample (raw intensities,
                                                     or the reference log scaling + area resize)
     potential   (sample, y, x)             float32  projected potential (raw layout with it only)
-    projection                      (projection)    0, 1, 2
-    label, material, split, source_file, source_key   (sample)
+    projection                      (projection)    int8 0, 1, 2
+    label                           (sample)        int16 space group
+    split                           (sample)        int8 flag codes (train dev test inference)
+    material, source_file, source_key  (sample, <name>_nchar)  uint8 UTF-8 text
 
 A task converts one block of consecutive samples: all groups of one raw
 ``*.h5`` file, or ``files_per_task`` npz files, and writes them with one

@@ -10,7 +10,11 @@ Store layout (zarr format 3), the same for both input layouts::
     drug_index    (response)                       int32    row of ``descriptors``/``fingerprints``
     split         (response)                       int8     0 train, 1 val, 2 test (-1 = not written)
     source_row    (response)                       int64    data row in the source table (per split for export)
-    cell, gene, drug, descriptor, fingerprint_kind                 names
+    cell_name, gene_name, drug_name, descriptor_name  (<dim>, <name>_nchar)  uint8 UTF-8 names
+    fingerprint_kind              (fingerprint_kind)          int8     flag codes PFP, ECFP
+
+Every array is a Zarr v3 core data type; the catalog decodes the name tables into the ``cell``,
+``gene``, ``drug`` and ``descriptor`` coordinates (:func:`scibench_data.strings.decode_strings`).
 
 Feature tables are stored once; a response is a row of integers into them,
 never the denormalised join that the export holds (each response row there

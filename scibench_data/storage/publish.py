@@ -182,7 +182,7 @@ def catalog_entry(dataset: str, version: int, manifest: Manifest, manifest_sha25
     if s3:
         args["storage_options"] = {"anon": ANON_TEMPLATE}
     return {"description": base.get("description") or f"{dataset} (published by scibench-data)",
-            "driver": "zarr", "args": args, "metadata": meta}
+            "driver": "scibench_data.intake_source.ScibenchZarrSource", "args": args, "metadata": meta}
 
 
 def merge_catalog(existing: Mapping[str, Any] | None, dataset: str, entry: Mapping[str, Any]) -> dict:
