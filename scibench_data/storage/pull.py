@@ -182,21 +182,20 @@ def open_published(catalog_url: str, dataset: str, storage_options: Mapping[str,
                    allow_outside: bool = False) -> Published:
     """The store, manifest digest and metadata of a published entry.
 
-    The entry's store must lie under the catalog's folder (our publisher writes it there);
-    a catalog pointing elsewhere (another prefix or bucket) is refused unless ``allow_outside``.
+    The catalog is opened as data (:func:`scibench_data.catalog.load_checked`): no templates but
+    ``{{ CATALOG_DIR }}``, only the ``anon`` storage option. The entry's store must lie under the
+    catalog's folder (our publisher writes it there); a catalog pointing elsewhere (another prefix
+    or bucket, a ``::`` chain) is refused unless ``allow_outside`` (chains always are).
 
-    The caller's ``storage_options`` (e.g. an endpoint, ``anon``) apply to the catalog and to the
-    store; the entry's own (templated) options fill in what they leave out.
+    The caller's ``storage_options`` (an endpoint, credentials, ``anon``) open the catalog and the
+    store; the entry's own ``anon`` fills in only when the caller sets none.
     """
-    import intake
-
-    from scibench_data.catalog import entry_location, entry_metadata
+    from scibench_data.catalog import catalog_dir, entry_location, entry_metadata, open_catalog
 
     so = dict(storage_options or {})
-    cat = intake.open_catalog(catalog_url, storage_options=so)
+    cat = open_catalog(catalog_url, storage_options=so, allow_outside=allow_outside)
     loc = entry_location(cat, dataset)
-    catalog_dir = catalog_url.rsplit("/", 1)[0] if "/" in catalog_url else "."
-    check_within(catalog_dir, loc.url, allow_escape=allow_outside, what=f"catalog entry {dataset!r} store")
+    check_within(catalog_dir(catalog_url), loc.url, allow_escape=allow_outside, what=f"catalog entry {dataset!r} store")
     meta = entry_metadata(cat, dataset)
     published = meta.get("published") or {}
     digest = published.get("manifest_sha256")
