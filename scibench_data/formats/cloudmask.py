@@ -290,10 +290,10 @@ def _check_hdf_dataset(h: h5py.File, path: str, name: str, channels: int) -> h5p
     if not isinstance(d, h5py.Dataset) or d.ndim != 3 or d.shape[2] != channels:
         raise SourceFormatError(path, f"dataset {name!r} has shape {getattr(d, 'shape', None)}, "
                                       f"expected (H, W, {channels})")
+    if not np.issubdtype(d.dtype, np.number) or d.dtype.kind not in "iuf" or d.dtype.itemsize > 8:
+        raise SourceFormatError(path, f"dataset {name!r} has non-numeric dtype {d.dtype} (expected a real number type)")
     if name in HDF_FLOAT32 and d.dtype != np.float32:
         raise SourceFormatError(path, f"dataset {name!r} has dtype {d.dtype}, expected float32 (formats.md)")
-    if d.dtype.kind not in "iuf" or d.dtype.itemsize > 8:
-        raise SourceFormatError(path, f"dataset {name!r} has dtype {d.dtype}, expected a real number type")
     return d
 
 
