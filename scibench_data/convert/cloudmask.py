@@ -41,6 +41,7 @@ Three ways to fill a store, one task per product on any Dask scheduler:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -55,7 +56,7 @@ import xarray as xr
 from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.cloudmask import (
-    CHANNELS, ProductName, SourceProduct, discover_products, product_name,
+    CHANNELS, PhysicalBounds, ProductName, SourceProduct, discover_products, hdf_grid, product_name,
     read_product, sen3_grid_shape,
 )
 from scibench_data.parallel import run_tasks
@@ -91,15 +92,19 @@ FORMAT_VERSION = 2  # 2: text as Zarr v3 core types, y/x coordinates, unique inc
 
 @dataclass(frozen=True)
 class CloudMaskConversion(ConversionRun):
-    """Options of one conversion."""
+    """Options of one conversion. ``bounds``: decoded values a product may hold (a product outside
+    them is reported, not stored); ``None`` turns the check off."""
 
     layout: str
     tile: int = TILE
     src_storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    bounds: PhysicalBounds | None = PhysicalBounds()
 
     def __post_init__(self) -> None:
         if self.tile < 16 or self.tile % 16:
             raise ValueError(f"tile must be a positive multiple of 16, got {self.tile}")
+        if self.bounds is not None and not isinstance(self.bounds, PhysicalBounds):
+            raise ValueError(f"bounds must be a PhysicalBounds or None, got {self.bounds!r}")
 
 
 def template(names: list[str], times: np.ndarray, splits: list[str], grid: tuple[int, int], tile: int) -> xr.Dataset:
@@ -223,14 +228,16 @@ def encodings(ds: xr.Dataset, tile: int, codec: CodecChoice) -> dict[str, dict]:
     return enc
 
 
+#: How many products (spread over the list) declare the grid the store takes by majority.
+GRID_SAMPLE = 25
+
+
 def grid_of(fs: fsspec.AbstractFileSystem, product: SourceProduct) -> tuple[int, int]:
-    """The 1 km grid of a product, reading metadata only."""
+    """The declared 1 km grid of a product, reading its header only (checked against the format:
+    no external storage, virtual datasets or links; at most the full 1 km grid)."""
     try:
         if product.layout == "hdf":
-            with fs.open(product.path, "rb") as f, h5py.File(f, "r") as h:
-                if "bts" not in h:
-                    raise SourceFormatError(product.path, "missing dataset 'bts'")
-                return tuple(h["bts"].shape[:2])  # type: ignore[return-value]
+            return hdf_grid(fs, product.path)
         return sen3_grid_shape(fs, product.path)
     except SourceFormatError:
         raise
@@ -238,15 +245,23 @@ def grid_of(fs: fsspec.AbstractFileSystem, product: SourceProduct) -> tuple[int,
         raise SourceFormatError(product.path, f"cannot be read ({err})") from err
 
 
-def common_grid(fs: fsspec.AbstractFileSystem, products: list[SourceProduct]) -> tuple[int, int]:
-    """The grid of the first readable product (a bad product is reported by its own task, not here)."""
-    errors = []
-    for product in products:
+def common_grid(fs: fsspec.AbstractFileSystem, products: list[SourceProduct],
+                sample: int = GRID_SAMPLE) -> tuple[int, int]:
+    """The grid most of the products declare (up to ``sample`` of them, spread over the list; ties go
+    to the earlier product). A product with another grid, or one the format does not allow, is
+    reported by its own task and never sets the grid."""
+    picked = products if len(products) <= sample else [products[int(i)] for i in
+                                                       np.linspace(0, len(products) - 1, sample).round()]
+    grids, errors = [], []
+    for product in picked:
         try:
-            return grid_of(fs, product)
+            grids.append(grid_of(fs, product))
         except SourceFormatError as err:
             errors.append(str(err))
-    raise SourceFormatError(products[0].path, "no product could be read: " + "; ".join(errors[:3]))
+    if not grids:
+        raise SourceFormatError(products[0].path, "no product could be read: " + "; ".join(errors[:3]))
+    counts = Counter(grids)
+    return max(counts, key=lambda g: (counts[g], -grids.index(g)))
 
 
 @dataclass(frozen=True)
@@ -257,11 +272,18 @@ class ConvertProduct:
     src_url: str
     src_storage_options: dict
     grid: tuple[int, int]
+    bounds: PhysicalBounds | None = PhysicalBounds()
 
     def __call__(self, job: tuple[int, SourceProduct]) -> dict:
         index, product = job
         fs, _ = fsspec.core.url_to_fs(self.src_url, **self.src_storage_options)
+        declared = grid_of(fs, product)  # header only: a product of another grid is reported, never read
+        if declared != tuple(self.grid):
+            raise SourceFormatError(product.path, f"grid {declared} differs from the store's {tuple(self.grid)} "
+                                                  "(the products' majority); nothing read")
         scene = read_product(fs, product)
+        if self.bounds is not None:
+            self.bounds.check(product.path, product.layout, scene.image)
         if scene.image.shape[1:] != self.grid:
             raise SourceFormatError(product.path, f"grid {scene.image.shape[1:]} differs from the store's {self.grid}")
         files = product.files(fs)
@@ -278,7 +300,7 @@ class ConvertProduct:
 def _run(store: RecordStore, src: str, jobs: list[tuple[int, SourceProduct]], grid: tuple[int, int],
          options: CloudMaskConversion, desc: str) -> tuple[list, tuple[tuple[str, str], ...]]:
     """Convert ``jobs`` (record index, product) with one task each; (successful results, failures)."""
-    task = ConvertProduct(store.location, src, options.src_storage_options, grid)
+    task = ConvertProduct(store.location, src, options.src_storage_options, grid, options.bounds)
     results = run_tasks(task, jobs, [p.name.name for _, p in jobs], scheduler=options.scheduler,
                         n_workers=options.n_workers, retries=options.retries, desc=desc, unit="product",
                         progress=options.progress, bytes_of=lambda v: v["bytes"])

@@ -13,6 +13,7 @@ Both readers return the same :class:`Scene`, so one converter serves both.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -26,7 +27,10 @@ import h5py
 import numpy as np
 import xarray as xr
 
+from fsspec.implementations.local import LocalFileSystem
+
 from scibench_data.formats import SourceFormatError
+from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.slstr import GridGeometry, block_mean, cos_zenith, interpolate_tie_points
 
 Layout = Literal["hdf", "sen3"]
@@ -40,6 +44,54 @@ FULL_GRID: tuple[int, int] = (1200, 1500)
 SUMMARY_CLOUD = "summary_cloud"
 #: DS1's subfolders; a flat source folder has no split.
 SPLIT_FOLDERS: tuple[str, ...] = ("training", "inference")
+#: Most detectors a ``S{n}_solar_irradiance_an`` variable may declare (real products: a few per view).
+MAX_DETECTORS = 4096
+#: Channel-last datasets of a layout-A product: name -> channels (formats.md). Values are
+#: float32 except the flags (any integer or float type).
+HDF_DATASETS: dict[str, int] = {"refs": 6, "bts": 3, "bayes": 1, "summary": 1}
+HDF_FLOAT32 = ("refs", "bts")
+
+
+@dataclass(frozen=True)
+class PhysicalBounds:
+    """Decoded values a real product can hold; a product with a finite value outside is reported
+    (its file named) instead of stored. Brightness temperature in kelvin (S7-S9, both layouts);
+    reflectance (S1-S6) of layout ``sen3``, where we compute it, and of layout ``hdf`` only when
+    ``hdf_refs_are_reflectance`` (DS1's ``refs`` may hold radiances). Pass a wider instance to
+    ``CloudMaskConversion(bounds=...)`` to change them; ``None`` turns a check off."""
+
+    brightness_temperature: tuple[float, float] | None = (150.0, 350.0)
+    reflectance: tuple[float, float] | None = (-0.5, 3.0)
+    hdf_refs_are_reflectance: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("brightness_temperature", "reflectance"):
+            b = getattr(self, name)
+            if b is not None and (len(b) != 2 or not all(np.isfinite(b)) or b[0] >= b[1]):
+                raise ValueError(f"{name} bounds must be (low, high) finite numbers with low < high, got {b!r}")
+
+    def check(self, path: str, layout: str, image: np.ndarray) -> None:
+        """Raise :class:`SourceFormatError` naming the product, channel and source file if a
+        finite value of ``image`` (9, H, W) lies outside the bounds."""
+        checks = [(i, "brightness temperature", "K", self.brightness_temperature, f"{c}_BT_in")
+                  for i, c in enumerate(CHANNELS) if c in BT_CHANNELS]
+        if layout == "sen3" or self.hdf_refs_are_reflectance:
+            checks += [(i, "reflectance", "", self.reflectance, f"{c}_radiance_an")
+                       for i, c in enumerate(CHANNELS) if c in REFLECTANCE_CHANNELS]
+        for i, what, unit, bounds, source in checks:
+            if bounds is None:
+                continue
+            values = image[i][np.isfinite(image[i])]
+            if values.size == 0:
+                continue
+            lo, hi = float(values.min()), float(values.max())
+            if lo < bounds[0] or hi > bounds[1]:
+                where = f"{source}.nc" if layout == "sen3" else ("bts" if what.startswith("b") else "refs")
+                raise SourceFormatError(
+                    path, f"{CHANNELS[i]} {what} from {lo:.6g} to {hi:.6g}{' ' + unit if unit else ''} ({where}) is "
+                          f"outside the physical bounds {bounds[0]:g}..{bounds[1]:g} (PhysicalBounds."
+                          f"{'brightness_temperature' if what.startswith('b') else 'reflectance'}); "
+                          "check its scale_factor/add_offset")
 
 _NAME = re.compile(
     r"^(?P<mission>S3[AB])_SL_1_RBT____"
@@ -155,8 +207,10 @@ def discover_products(
 
     ``root`` is either a flat folder of products or, as DS1 is published, a
     folder with ``training/`` and ``inference/`` subfolders (the split of each
-    product is kept). Entries that look like products of this layout but whose
-    names do not parse are returned as :class:`Rejected` (never silently dropped).
+    product is kept). Entries named like products of this layout (the extension in any case,
+    anywhere in the name: ``X.HDF``, ``X.hdf~``, ``X.hdf.bak``) whose names do not parse, entries
+    of the wrong kind (a file for a folder) and symbolic links leaving ``root`` are returned as
+    :class:`Rejected` with the reason (never silently dropped).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown CloudMask layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -172,8 +226,16 @@ def discover_products(
         for entry in listing:
             path = entry["name"].rstrip("/")
             base = posixpath.basename(path)
-            is_dir = entry["type"] == "directory"
-            if not base.endswith(suffix) or is_dir != (layout == "sen3"):
+            if suffix.lower() not in base.lower():  # not named like a product of this layout
+                continue
+            escape = escaping_link(fs, root, path)
+            if escape:
+                rejected.append(Rejected(path=path, reason=escape))
+                continue
+            is_dir = fs.isdir(path) if entry.get("islink") else entry["type"] == "directory"
+            if is_dir != (layout == "sen3"):
+                want = "a .SEN3 folder" if layout == "sen3" else "an .hdf file"
+                rejected.append(Rejected(path=path, reason=f"named like a {layout} product but not {want}"))
                 continue
             try:
                 products.append(SourceProduct(path=path, name=ProductName.parse(base), layout=layout, split=split))
@@ -183,32 +245,88 @@ def discover_products(
     return products, rejected
 
 
+def escaping_link(fs: fsspec.AbstractFileSystem, root: str, path: str) -> str:
+    """Why ``path`` (a product file or folder, on local disk) reaches outside ``root`` through a
+    symbolic link, itself or any file inside it; empty when it does not (always, off local disk)."""
+    if not isinstance(fs, LocalFileSystem):
+        return ""
+    top = os.path.realpath(root)
+
+    def outside(p: str) -> bool:
+        real = os.path.realpath(p)
+        return real != top and not real.startswith(top.rstrip(os.sep) + os.sep)
+
+    if outside(path):
+        return f"symbolic link to {os.path.realpath(path)}, outside the source folder {top}; refusing it"
+    if os.path.isdir(path):
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                p = os.path.join(folder, name)
+                if os.path.islink(p) and outside(p):
+                    return (f"{os.path.relpath(p, path)} is a symbolic link to {os.path.realpath(p)}, outside the "
+                            f"source folder {top}; refusing the product")
+    return ""
+
+
 # --------------------------------------------------------------------------- layout A
+
+
+def check_grid(path: str, grid: tuple[int, ...], expected: tuple[int, int] | None = None) -> tuple[int, int]:
+    """A declared 1 km grid, checked before anything is read: 2-D, positive, at most the format's
+    :data:`FULL_GRID`, and ``expected`` when given (the conversion's grid)."""
+    grid = tuple(int(n) for n in grid)
+    if len(grid) != 2 or min(grid) < 1 or grid[0] > FULL_GRID[0] or grid[1] > FULL_GRID[1]:
+        raise SourceFormatError(path, f"declares a grid {grid}, outside the format's 1 km grid (at most {FULL_GRID}); "
+                                      "nothing read")
+    if expected is not None and grid != tuple(expected):
+        raise SourceFormatError(path, f"grid {grid} differs from the store's {tuple(expected)}; nothing read")
+    return grid  # type: ignore[return-value]
 
 
 def _check_hdf_dataset(h: h5py.File, path: str, name: str, channels: int) -> h5py.Dataset:
     if name not in h:
         raise SourceFormatError(path, f"missing dataset {name!r} (found {sorted(h.keys())})")
     d = h[name]
-    if d.ndim != 3 or d.shape[2] != channels:
-        raise SourceFormatError(path, f"dataset {name!r} has shape {d.shape}, expected (H, W, {channels})")
-    if not np.issubdtype(d.dtype, np.number):
-        raise SourceFormatError(path, f"dataset {name!r} has non-numeric dtype {d.dtype}")
+    if not isinstance(d, h5py.Dataset) or d.ndim != 3 or d.shape[2] != channels:
+        raise SourceFormatError(path, f"dataset {name!r} has shape {getattr(d, 'shape', None)}, "
+                                      f"expected (H, W, {channels})")
+    if not np.issubdtype(d.dtype, np.number) or d.dtype.kind not in "iuf" or d.dtype.itemsize > 8:
+        raise SourceFormatError(path, f"dataset {name!r} has non-numeric dtype {d.dtype} (expected a real number type)")
+    if name in HDF_FLOAT32 and d.dtype != np.float32:
+        raise SourceFormatError(path, f"dataset {name!r} has dtype {d.dtype}, expected float32 (formats.md)")
     return d
 
 
-def read_hdf_product(fs: fsspec.AbstractFileSystem, path: str) -> Scene:
-    """Read one layout-A HDF5 product."""
+def hdf_header(h: h5py.File, path: str, grid: tuple[int, int] | None = None) -> dict[str, h5py.Dataset]:
+    """The datasets of an open layout-A file, every declared shape and dtype checked against the
+    format (and ``grid``), links and storage checked (:func:`refuse_indirection`); no data read."""
+    refuse_indirection(h, path)
+    found = {name: _check_hdf_dataset(h, path, name, c) for name, c in HDF_DATASETS.items()}
+    own = check_grid(path, found["refs"].shape[:2], grid)
+    for d in found.values():
+        if d.shape[:2] != own:
+            raise SourceFormatError(path, f"dataset {d.name!r} grid {d.shape[:2]} != refs grid {own}")
+    return found
+
+
+def hdf_grid(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, int]:
+    """The declared grid of a layout-A product (header only, checked as :func:`hdf_header` does)."""
     try:
         with fs.open(path, "rb") as f, h5py.File(f, "r") as h:
-            refs = _check_hdf_dataset(h, path, "refs", 6)
-            bts = _check_hdf_dataset(h, path, "bts", 3)
-            bayes = _check_hdf_dataset(h, path, "bayes", 1)
-            summary = _check_hdf_dataset(h, path, "summary", 1)
+            return tuple(hdf_header(h, path)["refs"].shape[:2])  # type: ignore[return-value]
+    except SourceFormatError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise SourceFormatError(path, f"cannot be read as an HDF5 product ({err})") from err
+
+
+def read_hdf_product(fs: fsspec.AbstractFileSystem, path: str, grid: tuple[int, int] | None = None) -> Scene:
+    """Read one layout-A HDF5 product (its header checked first; ``grid``: the one it must have)."""
+    try:
+        with fs.open(path, "rb") as f, h5py.File(f, "r") as h:
+            found = hdf_header(h, path, grid)
+            refs, bts, bayes, summary = (found[k] for k in ("refs", "bts", "bayes", "summary"))
             grid = refs.shape[:2]
-            for d in (bts, bayes, summary):
-                if d.shape[:2] != grid:
-                    raise SourceFormatError(path, f"dataset {d.name!r} grid {d.shape[:2]} != refs grid {grid}")
             # channel-last on disk -> channel-first float32: one transposing copy per dataset
             image = np.empty((refs.shape[2] + bts.shape[2], *grid), np.float32)
             image[:refs.shape[2]] = np.moveaxis(refs[()], 2, 0)
@@ -234,9 +352,12 @@ def _nc_file(fs: fsspec.AbstractFileSystem, product: str, filename: str,
     if not fs.exists(path):
         raise SourceFormatError(path, "missing file in product folder")
     try:
-        with fs.open(path, "rb") as f, xr.open_dataset(f, engine="h5netcdf", mask_and_scale=mask_and_scale,
-                                                       decode_times=False) as ds:
-            yield path, ds
+        with fs.open(path, "rb") as f:
+            with h5py.File(f, "r") as h:  # the header first: nothing in it may point at other files
+                refuse_indirection(h, path)
+            f.seek(0)
+            with xr.open_dataset(f, engine="h5netcdf", mask_and_scale=mask_and_scale, decode_times=False) as ds:
+                yield path, ds
     except SourceFormatError:
         raise
     except (OSError, ValueError, KeyError) as err:
@@ -248,24 +369,49 @@ def _open_nc(fs: fsspec.AbstractFileSystem, product: str, filename: str, mask_an
         return ds.load()
 
 
+def cf_packing(attrs: Mapping[str, Any], path: str, name: str) -> tuple[float, float, list[float]]:
+    """(scale_factor, add_offset, fill values) of a CF-packed variable, validated: each a single
+    real number (not text, not a bool), finite, the scale non-zero; fills may be NaN."""
+    def numbers(key: str, default: list) -> list[float]:
+        raw = attrs.get(key, default)
+        values = np.asarray(raw).ravel()
+        if values.dtype.kind not in "iuf" or isinstance(raw, bool):
+            raise SourceFormatError(path, f"variable {name!r}: attribute {key}={_short(raw)} is not a number")
+        return [float(v) for v in values]
+
+    def one(key: str, default: float) -> float:
+        values = numbers(key, [default])
+        if len(values) != 1:
+            raise SourceFormatError(path, f"variable {name!r}: attribute {key} has {len(values)} values, expected 1")
+        if not np.isfinite(values[0]):
+            raise SourceFormatError(path, f"variable {name!r}: attribute {key}={values[0]} is not finite")
+        return values[0]
+
+    scale, offset = one("scale_factor", 1.0), one("add_offset", 0.0)
+    if scale == 0.0:
+        raise SourceFormatError(path, f"variable {name!r}: attribute scale_factor is 0 (every value would be "
+                                      "add_offset)")
+    fills = numbers("_FillValue", []) + numbers("missing_value", [])
+    return scale, offset, fills
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def cf_unpack(raw: np.ndarray, attrs: Mapping[str, Any], path: str, name: str) -> np.ndarray:
     """CF-packed values -> float64 physical values, NaN at ``_FillValue`` / ``missing_value``.
 
     What xarray's ``mask_and_scale`` does (``raw * scale_factor + add_offset``), in place on
-    one float64 copy instead of its chain of temporaries (tested equal on our files)."""
-    def one(key: str, default: float) -> float:
-        values = np.asarray(attrs.get(key, default)).ravel()
-        if values.size != 1:
-            raise SourceFormatError(path, f"variable {name!r}: attribute {key} has {values.size} values, expected 1")
-        return float(values[0])
-
+    one float64 copy instead of its chain of temporaries (tested equal on our files); the
+    packing attributes are validated first (:func:`cf_packing`)."""
+    scale, offset, fills = cf_packing(attrs, path, name)
     bad = None
-    for key in ("_FillValue", "missing_value"):
-        for fill in np.asarray(attrs.get(key, [])).ravel():
-            hit = raw == fill
-            bad = hit if bad is None else bad | hit
+    for fill in fills:
+        hit = raw == fill
+        bad = hit if bad is None else bad | hit
     out = raw.astype(np.float64)
-    scale, offset = one("scale_factor", 1.0), one("add_offset", 0.0)
     if scale != 1.0:
         out *= scale
     if offset != 0.0:
@@ -277,23 +423,33 @@ def cf_unpack(raw: np.ndarray, attrs: Mapping[str, Any], path: str, name: str) -
 
 def _read_packed(fs: fsspec.AbstractFileSystem, product: str, filename: str, name: str,
                  shape: tuple[int, int] | None) -> tuple[np.ndarray, dict]:
-    """One packed image variable of a product file, unpacked (:func:`cf_unpack`); and the file's attributes."""
+    """One packed image variable of a product file, unpacked (:func:`cf_unpack`); and the file's attributes.
+    Its declared shape and dtype are checked before its data is read."""
     with _nc_file(fs, product, filename, mask_and_scale=False) as (path, ds):
         v = _variable(ds, path, name, shape)
         if "_Unsigned" in v.attrs:  # netCDF-3 style unsigned packing: let xarray decode it
+            cf_packing(v.attrs, path, name)
             return xr.decode_cf(ds[[name]])[name].values.astype(np.float64), dict(ds.attrs)
         return cf_unpack(v.values, v.attrs, path, name), dict(ds.attrs)
 
 
-def _variable(ds: xr.Dataset, path: str, name: str, shape: tuple[int, int] | None = None) -> xr.DataArray:
+def _variable(ds: xr.Dataset, path: str, name: str, shape: tuple[int, int] | None = None,
+              max_size: int | None = None) -> xr.DataArray:
+    """A variable, its declared dims/shape (or size) and dtype checked; no data read."""
     if name not in ds.variables:
         raise SourceFormatError(path, f"missing variable {name!r} (found {sorted(ds.variables)})")
     v = ds[name]
+    if v.dtype.kind not in "iuf" or v.dtype.itemsize > 8:
+        raise SourceFormatError(path, f"variable {name!r} has dtype {v.dtype}, expected a real number type")
     if shape is not None:
         if v.dims != ("rows", "columns"):
             raise SourceFormatError(path, f"variable {name!r} has dims {v.dims}, expected ('rows', 'columns')")
-        if v.shape != shape:
-            raise SourceFormatError(path, f"variable {name!r} has shape {v.shape}, expected {shape}")
+        if v.shape != tuple(shape):
+            raise SourceFormatError(path, f"variable {name!r} has shape {v.shape}, expected {tuple(shape)}; "
+                                          "nothing read")
+    if max_size is not None and v.size > max_size:
+        raise SourceFormatError(path, f"variable {name!r} declares {v.size} values (shape {v.shape}), more than "
+                                      f"the {max_size} the format allows here; nothing read")
     return v
 
 
@@ -306,24 +462,28 @@ def _flag_bit(var: xr.DataArray, path: str, meaning: str) -> int:
 
 
 def sen3_grid_shape(fs: fsspec.AbstractFileSystem, product: str) -> tuple[int, int]:
-    """The 1 km grid of a SEN3 product, from ``S7_BT_in.nc``."""
-    ds = _open_nc(fs, product, "S7_BT_in.nc")
-    return tuple(_variable(ds, posixpath.join(product, "S7_BT_in.nc"), "S7_BT_in").shape)  # type: ignore[return-value]
+    """The declared 1 km grid of a SEN3 product, from ``S7_BT_in.nc`` (header only, checked
+    against the format's :data:`FULL_GRID`)."""
+    path = posixpath.join(product, "S7_BT_in.nc")
+    with _nc_file(fs, product, "S7_BT_in.nc") as (_, ds):
+        return check_grid(path, _variable(ds, path, "S7_BT_in").shape)
 
 
-def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str) -> Scene:
-    """Read one layout-B ``.SEN3`` folder and bring it onto the 1 km grid."""
-    bts, grid = [], None
+def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[int, int] | None = None) -> Scene:
+    """Read one layout-B ``.SEN3`` folder and bring it onto the 1 km grid (``grid``: the one it must
+    have; else its own declared grid, checked against the format). Every variable's declared
+    shape is checked before its data is read."""
+    grid = check_grid(posixpath.join(product, "S7_BT_in.nc"), grid) if grid else sen3_grid_shape(fs, product)
+    bts = []
     for ch in BT_CHANNELS:
         values, _ = _read_packed(fs, product, f"{ch}_BT_in.nc", f"{ch}_BT_in", grid)
-        grid = grid or values.shape
         bts.append(values.astype(np.float32))
     fine = (2 * grid[0], 2 * grid[1])
 
     geo_path = posixpath.join(product, "geometry_tn.nc")
-    geo = _open_nc(fs, product, "geometry_tn.nc")
-    tie = GridGeometry.from_attrs(geo.attrs, geo_path)
-    zenith_tn = _variable(geo, geo_path, "solar_zenith_tn").values
+    with _nc_file(fs, product, "geometry_tn.nc") as (_, geo):
+        tie = GridGeometry.from_attrs(geo.attrs, geo_path)
+        zenith_tn = _variable(geo, geo_path, "solar_zenith_tn", max_size=grid[0] * grid[1]).values
     mu0 = None
 
     refs = []
@@ -336,8 +496,9 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str) -> Scene:
             mu0 = cos_zenith(interpolate_tie_points(zenith_tn, tie, image_grid, fine))
             pi_over_mu0 = np.pi / mu0  # once per product; each channel is then one multiply
         qpath = posixpath.join(product, f"{ch}_quality_an.nc")
-        quality = _open_nc(fs, product, f"{ch}_quality_an.nc")
-        irr = np.asarray(_variable(quality, qpath, f"{ch}_solar_irradiance_an").values, dtype=np.float64).ravel()
+        with _nc_file(fs, product, f"{ch}_quality_an.nc") as (_, quality):
+            irr = np.asarray(_variable(quality, qpath, f"{ch}_solar_irradiance_an", max_size=MAX_DETECTORS).values,
+                             dtype=np.float64).ravel()
         if irr.size == 0 or not np.isfinite(irr[0]) or irr[0] <= 0:
             raise SourceFormatError(qpath, f"{ch}_solar_irradiance_an[0] is not a positive number")
         # pi L / (E0 mu0), block-averaged to 1 km; the scalar 1 / E0 applied after the average
@@ -348,12 +509,12 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str) -> Scene:
         refs.append(refl.astype(np.float32))
 
     fpath = posixpath.join(product, "flags_in.nc")
-    flags = _open_nc(fs, product, "flags_in.nc", mask_and_scale=False)
-    bayes = _variable(flags, fpath, "bayes_in", grid)
-    confidence = _variable(flags, fpath, "confidence_in", grid)
-    bit = _flag_bit(confidence, fpath, SUMMARY_CLOUD)
-    mask = (bayes.values > 0).astype(np.uint8)
-    summary_cloud = ((confidence.values.astype(np.int64) & bit) != 0).astype(np.uint8)
+    with _nc_file(fs, product, "flags_in.nc", mask_and_scale=False) as (_, flags):
+        bayes = _variable(flags, fpath, "bayes_in", grid)
+        confidence = _variable(flags, fpath, "confidence_in", grid)
+        bit = _flag_bit(confidence, fpath, SUMMARY_CLOUD)
+        mask = (bayes.values > 0).astype(np.uint8)
+        summary_cloud = ((confidence.values.astype(np.int64) & bit) != 0).astype(np.uint8)
     return _finish(product, np.stack(refs + bts), mask, summary_cloud)
 
 
@@ -365,7 +526,12 @@ def _finish(path: str, image: np.ndarray, mask: np.ndarray, summary: np.ndarray)
     return Scene(image=image, cloud_mask=mask, summary_cloud=summary)
 
 
-def read_product(fs: fsspec.AbstractFileSystem, product: SourceProduct) -> Scene:
-    """Read a product of either layout."""
+def read_product(fs: fsspec.AbstractFileSystem, product: SourceProduct, grid: tuple[int, int] | None = None,
+                 bounds: PhysicalBounds | None = None) -> Scene:
+    """Read a product of either layout: its declared shapes checked against the format (and
+    ``grid``) before any data, its decoded values against ``bounds`` (None: not checked)."""
     reader = read_hdf_product if product.layout == "hdf" else read_sen3_product
-    return reader(fs, product.path)
+    scene = reader(fs, product.path, grid)
+    if bounds is not None:
+        bounds.check(product.path, product.layout, scene.image)
+    return scene

@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from scibench_data.formats import SourceFormatError
+from scibench_data.formats.hdf5_safety import refuse_indirection
 
 Layout = Literal["raw", "npz"]
 LAYOUTS: tuple[str, ...] = ("raw", "npz")
@@ -252,6 +253,7 @@ def scan_raw_file(fs: fsspec.AbstractFileSystem, path: str) -> list[SampleInfo]:
     """The samples of one raw file, reading metadata only."""
     try:
         with fs.open(path, "rb") as f, h5py.File(f, "r") as h:
+            refuse_indirection(h, path)  # external storage, virtual datasets, external links
             out = []
             for name in _sample_groups(h, path):
                 g = h[name]
@@ -270,6 +272,7 @@ def read_raw_file(fs: fsspec.AbstractFileSystem, path: str, with_potential: bool
     """Every sample of one raw file, in group-name order."""
     try:
         with fs.open(path, "rb") as f, h5py.File(f, "r") as h:
+            refuse_indirection(h, path)  # external storage, virtual datasets, external links
             samples = []
             for name in _sample_groups(h, path):
                 g = h[name]

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from scibench_data.formats import SourceFormatError
+from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.pickle_literal import UnsafePickleError, literal_from_pickle
 
 Layout = Literal["export", "raw"]
@@ -217,6 +218,12 @@ class ExportReader:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
             raise SourceFormatError(self.path, f"cannot be opened as HDF5 ({err})") from err
+        try:
+            refuse_indirection(self._file, self.path)  # external storage, virtual datasets, external links
+        except BaseException:
+            self._file.close()
+            self._file = None
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

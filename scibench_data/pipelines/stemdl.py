@@ -203,7 +203,9 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader: DataLoader) -> None:
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint is data (tensors, numbers, strings, lists, dicts); a pickled
+    # object in it is refused instead of run (pickle.UnpicklingError)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     c = ckpt["config"]
     cfg = TrainConfig(**{**c, "widths": tuple(c["widths"])})
     model = build_model(cfg, ckpt["in_channels"], ckpt["size"])

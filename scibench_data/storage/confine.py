@@ -4,7 +4,8 @@ Every place that joins a name it did not choose (a data set or catalog entry
 name, a ``--variables`` value, an object key from a manifest, a store URL from
 a catalog) onto a root goes through :func:`confine` or :func:`check_within`:
 ``..`` that climbs above the root, absolute paths and URLs (another bucket,
-another scheme) are refused with a :class:`PathEscapeError` naming the value
+another scheme) and fsspec ``::`` chains (``simplecache::``, ``zip://x::``, ``url::other``)
+are refused with a :class:`PathEscapeError` naming the value
 and the root, unless the caller opts in with ``allow_escape=True`` (for
 locations the user named explicitly).
 
@@ -28,12 +29,23 @@ def is_url(text: str) -> bool:
     return bool(_SCHEME.match(text))
 
 
+def check_chain(url: str, what: str = "location") -> str:
+    """``url`` itself unless it is an fsspec chain (``a::b``): a chain opens more than the one
+    location it seems to name (a cache, an archive member, a second URL), so it is refused."""
+    if not isinstance(url, str):
+        raise PathEscapeError(f"{what} {url!r} is not a string")
+    if "::" in url:
+        raise PathEscapeError(f"{what} {url!r} is a chained URL ('::'); refusing it")
+    return url
+
+
 def relative_part(name: str, what: str = "path", root: str = "the root") -> str:
     """``name`` normalised as a path strictly below a root (``a/./b`` -> ``a/b``), or PathEscapeError."""
     if not isinstance(name, str):
         raise PathEscapeError(f"{what} {name!r} is not a string")
     if "\x00" in name:
         raise PathEscapeError(f"{what} {name!r} contains a NUL character")
+    check_chain(name, what)
     if is_url(name):
         raise PathEscapeError(f"{what} {name!r} is a URL, not a name under {root}")
     if name.startswith("/"):
@@ -63,7 +75,9 @@ def confine(root: str, name: str, *, allow_escape: bool = False, what: str = "pa
 
 
 def check_within(root: str, url: str, *, allow_escape: bool = False, what: str = "location") -> str:
-    """``url`` itself if it is ``root`` or below it (same scheme, bucket and prefix), else PathEscapeError."""
+    """``url`` itself if it is ``root`` or below it (same scheme, bucket and prefix), else PathEscapeError.
+    A ``::`` chain is refused even with ``allow_escape``."""
+    check_chain(url, what)
     if allow_escape or _inside(_normalise(root), _normalise(url)):
         return url
     raise PathEscapeError(f"{what} {url!r} is outside {root}; refusing it (name it explicitly to allow it)")

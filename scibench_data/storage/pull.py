@@ -9,6 +9,12 @@ arrays; its root ``zarr.json`` is rewritten with status ``"partial"`` and the
 subset, and unselected variables are dropped from the consolidated metadata.
 Records outside the subset read as the store's fill values (NaN, 255), which
 cannot be mistaken for data.
+
+``pull`` writes only into a folder it made: before any object it writes its marker
+``_scibench/pull.json`` (data set, version, manifest digest, subset, keys) into an empty or new
+``DATASET.zarr``, and it refuses a folder without that marker (a user's own store) and a copy
+of another version (whole or subset): those go to another ``--to`` folder. ``verify --store``
+checks every object of a copy, selected or not, against the marker's version.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from scibench_data.storage.confine import PathEscapeError, check_within, confine
 from scibench_data.storage.hashing import sha256_bytes
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.manifest import (
-    MANIFEST_KEY, Manifest, ManifestError, VerifyReport, copy_verified, read_manifest, verify_store,
+    MANIFEST_KEY, Manifest, ManifestError, VerifyReport, compare_digests, copy_verified, hash_objects, list_objects,
+    read_manifest, verify_store,
 )
 from scibench_data.storage.publish import is_truthy
 from scibench_data.storage.records import STATUS_ATTR, incomplete_reason, store_state
@@ -182,21 +189,20 @@ def open_published(catalog_url: str, dataset: str, storage_options: Mapping[str,
                    allow_outside: bool = False) -> Published:
     """The store, manifest digest and metadata of a published entry.
 
-    The entry's store must lie under the catalog's folder (our publisher writes it there);
-    a catalog pointing elsewhere (another prefix or bucket) is refused unless ``allow_outside``.
+    The catalog is opened as data (:func:`scibench_data.catalog.load_checked`): no templates but
+    ``{{ CATALOG_DIR }}``, only the ``anon`` storage option. The entry's store must lie under the
+    catalog's folder (our publisher writes it there); a catalog pointing elsewhere (another prefix
+    or bucket, a ``::`` chain) is refused unless ``allow_outside`` (chains always are).
 
-    The caller's ``storage_options`` (e.g. an endpoint, ``anon``) apply to the catalog and to the
-    store; the entry's own (templated) options fill in what they leave out.
+    The caller's ``storage_options`` (an endpoint, credentials, ``anon``) open the catalog and the
+    store; the entry's own ``anon`` fills in only when the caller sets none.
     """
-    import intake
-
-    from scibench_data.catalog import entry_location, entry_metadata
+    from scibench_data.catalog import catalog_dir, entry_location, entry_metadata, open_catalog
 
     so = dict(storage_options or {})
-    cat = intake.open_catalog(catalog_url, storage_options=so)
+    cat = open_catalog(catalog_url, storage_options=so, allow_outside=allow_outside)
     loc = entry_location(cat, dataset)
-    catalog_dir = catalog_url.rsplit("/", 1)[0] if "/" in catalog_url else "."
-    check_within(catalog_dir, loc.url, allow_escape=allow_outside, what=f"catalog entry {dataset!r} store")
+    check_within(catalog_dir(catalog_url), loc.url, allow_escape=allow_outside, what=f"catalog entry {dataset!r} store")
     meta = entry_metadata(cat, dataset)
     published = meta.get("published") or {}
     digest = published.get("manifest_sha256")
@@ -234,6 +240,8 @@ def verify_local(path: str | os.PathLike, workers: int = 16, expected_digest: st
     if partial:
         keys = [k for k in keys if k != ROOT_KEY]
     report = verify_store(loc, manifest, keys=keys, workers=workers)
+    if keys is not None:
+        report = _check_unselected(loc, manifest, set(keys), report, workers)
     notes = list(report.notes)
     if partial:
         root = loc.read_json(ROOT_KEY)
@@ -246,7 +254,47 @@ def verify_local(path: str | os.PathLike, workers: int = 16, expected_digest: st
                         state)
 
 
+def _check_unselected(loc: StoreLocation, manifest: Manifest, keys: set[str], report: VerifyReport,
+                      workers: int) -> VerifyReport:
+    """Objects of a copy outside its pulled keys (a subset over an earlier copy) must be this version's too:
+    each is hashed against the manifest, so chunks left by another version are named."""
+    others = [k for k in list_objects(loc) if k not in keys and k != ROOT_KEY and k in manifest.by_key]
+    if not others:
+        return report
+    wrong = [(k, f"not this version's object ({why}): left by another version or altered")
+             for k, why in compare_digests(manifest.by_key, hash_objects(loc, others, workers=workers))]
+    return VerifyReport(report.location, report.checked + len(others), report.missing, report.extra,
+                        tuple(sorted((*report.corrupted, *wrong))), report.notes, report.incomplete)
+
+
 # --------------------------------------------------------------------------- pull
+
+
+class PullDestinationError(ValueError):
+    """The destination is not a copy of this version that ``pull`` made; nothing was written."""
+
+
+def claim_destination(dest: Path, info: Mapping[str, Any]) -> None:
+    """Make ``dest`` ours before any object is written: new or empty -> write the marker ``info``;
+    our copy of the same version (same manifest digest) -> resume; anything else is refused."""
+    marker = dest.joinpath(*PULL_KEY)
+    if dest.exists() and not dest.is_dir():
+        raise PullDestinationError(f"{dest} exists and is not a folder; refusing to pull into it")
+    if dest.is_dir() and any(dest.iterdir()):
+        try:
+            held = json.loads(marker.read_bytes())
+        except (OSError, ValueError):
+            held = None
+        if not isinstance(held, dict) or not held.get("manifest_sha256"):
+            raise PullDestinationError(f"{dest} is not a copy that pull made (no {'/'.join(PULL_KEY)}); refusing to "
+                                       "write into it: pull into another --to folder")
+        if held["manifest_sha256"] != info["manifest_sha256"] or held.get("dataset") != info["dataset"]:
+            what = "a subset of " if Subset(**(info.get("subset") or {})) != Subset() else ""
+            raise PullDestinationError(
+                f"{dest} holds v{held.get('version')} of {held.get('dataset')} (manifest "
+                f"{str(held['manifest_sha256'])[:12]}...); refusing to pull {what}v{info.get('version')} over it: "
+                "pull into another --to folder (or delete that copy)")
+    _write_atomic(marker, json.dumps({**info, "complete": False}, indent=1).encode())
 
 
 @dataclass(frozen=True)
@@ -297,7 +345,11 @@ def pull(catalog_url: str, dataset: str, to: str | os.PathLike, subset: Subset =
     root_meta = json.loads(root_bytes)
     keys = select_keys(manifest, root_meta, subset)
     dest = Path(confine(str(to), f"{dataset}.zarr", what="data set name"))
-    dest.mkdir(parents=True, exist_ok=True)
+    partial = not subset.everything
+    info = {"catalog": catalog_url, "dataset": dataset, "source": pub.location.url,
+            "version": (pub.metadata.get("published") or {}).get("version"),
+            "manifest_sha256": pub.manifest_sha256, "subset": subset.as_dict(), "keys": keys}
+    claim_destination(dest, info)  # before any write: never into a store pull did not make
     (dest / ROOT_KEY).unlink(missing_ok=True)  # not openable until the pull is complete
     _write_atomic(dest.joinpath(*MANIFEST_KEY), manifest_bytes)
     body = [k for k in keys if k != ROOT_KEY]
@@ -308,11 +360,7 @@ def pull(catalog_url: str, dataset: str, to: str | os.PathLike, subset: Subset =
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {dataset}", disable=not progress) as bar:
         bar.update(total - sum(expected[k].size for k in todo) - len(root_bytes))
         nbytes = download(pub.location, dest, manifest, todo, workers, bar)
-        partial = not subset.everything
-        info = {"catalog": catalog_url, "dataset": dataset, "source": pub.location.url,
-                "version": (pub.metadata.get("published") or {}).get("version"),
-                "manifest_sha256": pub.manifest_sha256, "subset": subset.as_dict(), "keys": keys}
-        _write_atomic(dest.joinpath(*PULL_KEY), json.dumps(info, indent=1).encode())
+        _write_atomic(dest.joinpath(*PULL_KEY), json.dumps({**info, "complete": True}, indent=1).encode())
         root_out = json.dumps(partial_root(root_meta, subset), indent=2).encode() if partial else root_bytes
         _write_atomic(dest / ROOT_KEY, root_out)
         bar.update(len(root_bytes))
