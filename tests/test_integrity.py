@@ -253,19 +253,23 @@ def test_sigkill_five_times_then_rerun_gives_the_clean_store_byte_for_byte(raw, 
     from tests._s3_helpers import bucket_client
 
     dest = tmp_path / "cloudmask_ds1.zarr"
-    for k, delay in enumerate((0.0, 0.05, 0.1, 0.15, 0.2)):
-        proc = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, str(raw), str(dest), "0.2"], cwd=REPO,
+    plan = dest / "_scibench" / "plan.json"
+    for k in range(5):  # killed at 0, 0.15, ... 0.6 s after the plan exists (3 products of 0.5 s each)
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, str(raw), str(dest), "0.5"], cwd=REPO,
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
-        time.sleep(1.5 + delay + 0.2 * k)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not plan.exists() and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.15 * k)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert plan.exists() and not store_state(StoreLocation(str(dest))).complete
     # what a kill in the middle of a write leaves: zarr's and our own temporaries, one of them empty
-    if (dest / "image").exists():
-        (dest / "image" / "c" / "2" / "0" / "0").mkdir(parents=True, exist_ok=True)
-        (dest / "image" / "c" / "2" / "0" / "0" / "0.0123456789abcdef0123456789abcdef.partial").write_bytes(b"")
-        (dest / "zarr.fedcba9876543210fedcba9876543210.partial").write_bytes(b'{"half')
-        (dest / "_scibench" / "done").mkdir(parents=True, exist_ok=True)
-        (dest / "_scibench" / "done" / "00000002.json.tmp").write_bytes(b"{")
+    (dest / "image" / "c" / "2" / "0" / "0").mkdir(parents=True, exist_ok=True)
+    (dest / "image" / "c" / "2" / "0" / "0" / "0.0123456789abcdef0123456789abcdef.partial").write_bytes(b"")
+    (dest / "zarr.fedcba9876543210fedcba9876543210.partial").write_bytes(b'{"half')
+    (dest / "_scibench" / "done").mkdir(parents=True, exist_ok=True)
+    (dest / "_scibench" / "done" / "00000002.json.tmp").write_bytes(b"{")
     _convert(raw, dest)
     got, want = _files(dest), _files(clean)
     assert sorted(got) == sorted(want), sorted(set(got) ^ set(want))

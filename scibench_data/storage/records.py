@@ -113,6 +113,10 @@ def incomplete_reason(state: StoreState, accept: tuple[str, ...] = ("complete",)
     return ""
 
 
+#: Root statuses a reader accepts: a complete store, a finished partial pull, a finished scaffold
+#: (``finalize_as``: its unwritten records are documented fill). ``incomplete`` never.
+READABLE_STATUSES = ("complete", "partial", "scaffold")
+
 #: The command that finishes a store, by the ``format`` its plan records.
 FINISHING_COMMANDS = {
     "cloudmask": "scibench-data convert cloudmask SRC DEST --layout LAYOUT (or, for an append, append cloudmask)",
@@ -134,12 +138,12 @@ def finishing_command(location: StoreLocation) -> str:
 
 def require_complete(location: StoreLocation) -> StoreState:
     """The state of a store about to be read (a loader, the catalog's ``to_dask``); :class:`StoreStateError`
-    unless it is complete (or a finished partial pull), naming its status and the command that finishes
-    it (the rule ``verify`` applies)."""
+    unless it is finished (:data:`READABLE_STATUSES`, with consolidated metadata), naming its status and
+    the command that finishes it (the rule ``verify`` applies)."""
     state = store_state(location)
     if not state.exists:
         raise FileNotFoundError(f"{location.url}: no store here (convert or pull one first)")
-    reason = incomplete_reason(state, accept=("complete", "partial"))
+    reason = incomplete_reason(state, accept=READABLE_STATUSES)
     if reason:
         bare = "" if state.consolidated else " (no consolidated metadata)"
         raise StoreIncompleteError(f"{location.url} cannot be read{bare}: {reason} (finish it with: "
