@@ -331,3 +331,31 @@ def test_resuming_with_other_chunking_is_refused_clearly(tmp_path, cloudmask_raw
     with pytest.raises(StoreStateError, match="codec"):
         convert_cloudmask(str(cloudmask_raw["hdf"]), str(dest),
                           CloudMaskConversion(layout="hdf", codec=CodecChoice(shuffle="bitshuffle"), progress=False))
+
+
+def test_scene_times_break_ties_in_a_start_second_by_milliseconds():
+    from datetime import datetime
+
+    from scibench_data.convert.cloudmask import scene_times
+
+    t = [datetime(2019, 10, 1, 10, 0, 0)] * 3 + [datetime(2019, 10, 1, 10, 0, 1)]
+    got = scene_times(t).astype("datetime64[ms]").astype(np.int64)
+    assert np.diff(got).tolist() == [1, 1, 998]
+    with pytest.raises(ValueError, match="non-decreasing"):
+        scene_times(t[::-1])
+
+
+def test_append_to_a_store_of_the_older_string_layout_is_refused(tmp_path, cloudmask_raw):
+    """An append would write codes and characters into a version-1 store's string arrays."""
+    import json
+
+    dest = tmp_path / "cm.zarr"
+    opts = CloudMaskConversion(layout="hdf", progress=False)
+    assert convert_cloudmask(str(cloudmask_raw["hdf"]), str(dest), opts).ok
+    root = json.loads((dest / "zarr.json").read_text())
+    root["attributes"]["scibench_format_version"] = 1
+    (dest / "zarr.json").write_text(json.dumps(root))
+    from scibench_data.convert.cloudmask import append_cloudmask
+
+    with pytest.raises(StoreStateError, match="layout version 1"):
+        append_cloudmask(str(cloudmask_raw["hdf"]), str(dest), opts)

@@ -394,6 +394,11 @@ def append_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConv
         if plan is None or not state.ours or plan.get("format") != "cloudmask":
             raise StoreStateError(f"{location.url} is not a CloudMask store written by scibench-data; "
                                   "convert into it first")
+        version = ((location.read_json("zarr.json") or {}).get("attributes") or {}).get("scibench_format_version")
+        if version != FORMAT_VERSION:
+            raise StoreStateError(f"{location.url} has store layout version {version!r}, this version writes "
+                                  f"{FORMAT_VERSION} (text as Zarr v3 core types); appending would mix the two: "
+                                  "convert all products into a new store")
         if state.status == SCAFFOLD_STATUS:
             raise StoreStateError(f"{location.url} is a scaffold (full shape, some scenes written); "
                                   "appending to it is not supported")
