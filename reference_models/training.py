@@ -104,7 +104,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     loader: Any, progress: TrainingProgress, extra: dict | None = None) -> Path | None:
-    """Write ``outdir/checkpoint.pt`` (model, optimiser, loader state, progress) atomically, on rank 0 only.
+    """Write ``outdir/checkpoint.pt`` (model, optimiser, loader state, progress, torch's RNG state)
+    atomically, on rank 0 only.
 
     Every rank's loader is at the same batch of the same epoch, so rank 0's loader state
     resumes every rank. Returns the path written, None on other ranks."""
@@ -113,16 +114,18 @@ def save_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: to
     path = Path(outdir) / CHECKPOINT
     tmp = path.with_suffix(".tmp")
     torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "loader": loader.state_dict(), "progress": asdict(progress), "extra": extra or {}}, tmp)
+                "loader": loader.state_dict(), "progress": asdict(progress), "rng": torch.get_rng_state(),
+                "extra": extra or {}}, tmp)
     os.replace(tmp, path)  # a kill while writing leaves the previous checkpoint intact
     return path
 
 
 def load_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     loader: Any, progress: TrainingProgress) -> tuple[int, dict]:
-    """Restore what :func:`save_checkpoint` wrote into ``model``, ``optimizer``, ``loader`` and
-    ``progress``; returns the epoch to continue with (the saved one if it was cut short, else the
-    next) and the checkpoint's ``extra``. ``FileNotFoundError`` naming the path if there is none."""
+    """Restore what :func:`save_checkpoint` wrote into ``model``, ``optimizer``, ``loader``,
+    ``progress`` and torch's RNG; returns the epoch to continue with (the saved one if it was cut
+    short, else the next) and the checkpoint's ``extra``. ``FileNotFoundError`` naming the path
+    if there is none."""
     path = Path(outdir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from (train without --resume first)")
@@ -132,6 +135,40 @@ def load_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: to
     loader.load_state_dict(ckpt["loader"])
     for key, value in ckpt["progress"].items():
         setattr(progress, key, value)
+    torch.set_rng_state(ckpt["rng"])
     state = ckpt["loader"]
     epoch = int(state["epoch"]) + (1 if state["batches_yielded"] >= state["batches_in_epoch"] else 0)
     return epoch, ckpt["extra"]
+
+
+@dataclass
+class Checkpoints:
+    """A training run's ``checkpoint.pt`` in ``outdir``: saved every ``every`` steps (0: only when
+    :meth:`save` is called, e.g. at the end of each epoch) and loaded by :meth:`resume`.
+    ``extra()`` adds the pipeline's own state (best score so far, ...)."""
+
+    outdir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    progress: TrainingProgress
+    every: int = 0
+    extra: Callable[[], dict] | None = None
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ValueError(f"checkpoint interval must be >= 0 steps, got {self.every}")
+
+    def save(self) -> Path | None:
+        return save_checkpoint(self.outdir, model=self.model, optimizer=self.optimizer, loader=self.loader,
+                               progress=self.progress, extra=self.extra() if self.extra else None)
+
+    def after_step(self) -> None:
+        """For :func:`run_epoch`'s ``after_step``."""
+        if self.every and self.progress.steps % self.every == 0:
+            self.save()
+
+    def resume(self) -> tuple[int, dict]:
+        """Load the last checkpoint: ``(epoch to continue with, extra)``."""
+        return load_checkpoint(self.outdir, model=self.model, optimizer=self.optimizer, loader=self.loader,
+                               progress=self.progress)
