@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 REMAINDERS = ("pad", "drop")
@@ -218,7 +219,10 @@ class ResumableLoader:
         start, self._resume_at = self._resume_at, 0
         self._yielded = start
         self.dataset.start = start
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, **self.kwargs)
+        # its own generator: a pass draws a worker base seed from it, not from torch's global RNG, so
+        # a resumed run's dropout and augmentation draws are those of a run that was never stopped
+        kwargs = {"generator": torch.Generator().manual_seed(self.dataset.spec.seed), **self.kwargs}
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, **kwargs)
         for batch in loader:
             self._yielded += 1
             yield batch
