@@ -158,8 +158,15 @@ class ShardedBatches(IterableDataset):
         self.source.set_epoch(self.epoch)
 
     def batches(self) -> list[np.ndarray]:
-        """This rank's batches of item indices in the current epoch."""
-        return self.spec.batches(self.source.blocks(), self.epoch)
+        """This rank's batches of item indices in the current epoch (computed once per epoch and process)."""
+        cached = self.__dict__.get("_batches")
+        if cached is None or cached[0] != (os.getpid(), self.epoch):
+            cached = ((os.getpid(), self.epoch), self.spec.batches(self.source.blocks(), self.epoch))
+            self._batches = cached
+        return cached[1]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_batches": None}
 
     def __len__(self) -> int:
         return len(self.batches())
