@@ -17,7 +17,7 @@ import torch
 
 import _sharding_data as sd
 from loaders.sharding import (
-    ResumableLoader, ShardSpec, distributed_rank, epoch_order, rank_share, share_size, worker_batches,
+    ShardSpec, distributed_rank, epoch_order, rank_share, share_size, worker_batches,
 )
 
 REPO = Path(__file__).resolve().parents[1]
