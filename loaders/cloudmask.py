@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import zarr
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import get_worker_info
 
 from loaders.chunk_reader import ChunkReader, read_regions
 from loaders.common import numpy_batches  # noqa: F401 - re-exported
 from loaders.patches import Window, fixed_windows, random_windows
+from loaders.sharding import ResumableLoader, ShardedBatches, ShardSpec, distributed_rank
 from scibench_data.storage.integrity import ChunkIntegrityError
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.records import require_complete
@@ -237,10 +238,13 @@ class CloudMaskPatches:
         return image, mask
 
     def _fill(self, indices: Sequence[int], image: np.ndarray, mask: np.ndarray) -> None:
-        """Patches ``indices`` into ``image`` ``(B, 9, p, p)`` and ``mask`` ``(B, p, p)``."""
+        """Patches ``indices`` into ``image`` ``(B, 9, p, p)`` and ``mask`` ``(B, p, p)``.
+
+        A batch reads just its windows, every chunk they touch once (a rank or worker reads
+        no chunk it does not use); a single fixed patch comes from its scene's cached crop."""
         items = [self.items[i] for i in indices]
         try:
-            if self._crop_bounds is None:
+            if self._crop_bounds is None or len(items) > 1:
                 read_windows_into(self.handle, [(scene, *win.slices) for scene, win in items], image, mask)
                 return
             ys, xs = self._crop_bounds
@@ -272,7 +276,13 @@ class CloudMaskPatches:
                                f"({type(err).__name__}: {err})")
 
     def set_epoch(self, epoch: int) -> None:
-        self.items = plan_patches(self.scenes, self.shape, self.spec, epoch)
+        if getattr(self, "epoch", None) != epoch:
+            self.items = plan_patches(self.scenes, self.shape, self.spec, epoch)
+            self.epoch = epoch
+
+    def blocks(self) -> np.ndarray:
+        """The scene of each item: the unit whose chunks are read together (see :mod:`loaders.sharding`)."""
+        return np.fromiter((scene for scene, _ in self.items), dtype=np.int64, count=len(self.items))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -311,52 +321,59 @@ class CloudMaskPatches:
         return list(zip(image, mask))
 
 
-class ScenePatchStream(IterableDataset):
-    """The fixed regime streamed as the reference streams it (a ``torch`` ``IterableDataset``).
+class ScenePatchStream(ShardedBatches):
+    """Patches streamed in scene blocks, sharded across ranks and DataLoader workers, resumable
+    (a ``torch`` ``IterableDataset``; :mod:`loaders.sharding` has the arithmetic).
 
-    Each DataLoader worker takes its share of the scenes, reads each scene's
-    crop once and yields that scene's patches; scenes and the patches within a
-    scene are shuffled per epoch (:meth:`set_epoch`), identically in every
-    worker, so no scene is read by two workers. With ``batch_size`` it yields
-    whole batches (built in shared memory inside a worker) for
-    ``DataLoader(stream, batch_size=None)``; :func:`patch_loader` sets this up.
+    Per epoch (:meth:`set_epoch`) the scenes are shuffled, then the patches inside each scene
+    (or inside each group of ``mix`` consecutive scenes), from ``(seed, epoch)`` only; rank
+    ``rank`` of ``world_size`` (default: from ``torch.distributed`` or ``RANK``/``WORLD_SIZE``)
+    takes its contiguous share, the remainder padded or dropped (``remainder``), and its
+    DataLoader workers build alternate batches, each read in one concurrent round touching
+    only its own windows' chunks. With ``batch_size=None`` it yields single patches.
+    :func:`patch_loader` wraps it in a resumable DataLoader.
     """
 
-    def __init__(self, patches: CloudMaskPatches, seed: int = 0, batch_size: int | None = None) -> None:
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.patches, self.seed, self.epoch, self.batch_size = patches, seed, 0, batch_size
-        self.num_workers = 1  # how many workers share the scenes (for len() in batches; patch_loader sets it)
+    def __init__(self, patches: CloudMaskPatches, seed: int = 0, batch_size: int | None = None, *,
+                 shuffle: bool = True, mix: int = 1, rank: int | None = None, world_size: int | None = None,
+                 remainder: str = "pad", drop_last: bool = False) -> None:
+        rank, world_size = distributed_rank(rank, world_size)
+        self.single = batch_size is None
+        super().__init__(_PatchBatches(patches, self.single),
+                         ShardSpec(batch_size or 1, seed, shuffle, mix, rank, world_size, remainder, drop_last))
+        self.patches, self.seed = patches, seed
+
+    @property
+    def batch_size(self) -> int | None:
+        return None if self.single else self.spec.batch_size
+
+    def with_batches(self, batch_size: int, drop_last: bool) -> ScenePatchStream:
+        """The same stream cut into batches of ``batch_size``."""
+        s = self.spec
+        stream = ScenePatchStream(self.patches, s.seed, batch_size, shuffle=s.shuffle, mix=s.mix, rank=s.rank,
+                                  world_size=s.world_size, remainder=s.remainder, drop_last=drop_last)
+        stream.set_epoch(self.epoch)
+        return stream
+
+    def order(self) -> list[int]:
+        """Item indices this rank yields in the current epoch, in order (all workers together)."""
+        return [int(i) for b in self.batches() for i in b]
+
+
+class _PatchBatches:
+    """:class:`CloudMaskPatches` as a :class:`loaders.sharding.BatchSource` (single patches when ``single``)."""
+
+    def __init__(self, patches: CloudMaskPatches, single: bool) -> None:
+        self.patches, self.single = patches, single
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
         self.patches.set_epoch(epoch)
 
-    def __len__(self) -> int:
-        """Patches, or with ``batch_size`` the batches all ``num_workers`` workers yield together."""
-        if self.batch_size is None:
-            return len(self.patches)
-        return sum(-(-len(self.order(w, self.num_workers)) // self.batch_size) for w in range(self.num_workers))
+    def blocks(self) -> np.ndarray:
+        return self.patches.blocks()
 
-    def order(self, worker: int = 0, n_workers: int = 1) -> list[int]:
-        """Item indices this worker yields, in order."""
-        rng = np.random.default_rng([self.seed, self.epoch])
-        by_scene: dict[int, list[int]] = {}
-        for i, (scene, _) in enumerate(self.patches.items):
-            by_scene.setdefault(scene, []).append(i)
-        scenes = [int(s) for s in rng.permutation(list(by_scene))]
-        within = {s: [int(i) for i in rng.permutation(by_scene[s])] for s in scenes}
-        return [i for s in scenes[worker::n_workers] for i in within[s]]
-
-    def __iter__(self):
-        info = get_worker_info()
-        order = self.order(*((info.id, info.num_workers) if info else (0, 1)))
-        if self.batch_size is None:
-            for i in order:
-                yield self.patches[i]
-            return
-        for start in range(0, len(order), self.batch_size):
-            yield self.patches.batch(order[start:start + self.batch_size])
+    def batch(self, indices: Sequence[int]):
+        return self.patches[int(indices[0])] if self.single else self.patches.batch(indices)
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -407,27 +424,27 @@ def start_worker_server(wait: bool = False) -> threading.Thread:
 
 
 def patch_loader(data: CloudMaskPatches | ScenePatchStream, batch_size: int, num_workers: int = 0,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = False, **kwargs):
-    """A ``torch`` DataLoader whose workers read and build whole batches (see :class:`CloudMaskPatches`).
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = False, *, mix: int = 1,
+                 rank: int | None = None, world_size: int | None = None, remainder: str = "pad",
+                 **kwargs) -> ResumableLoader:
+    """A resumable DataLoader of this rank's batches, read and built by its workers
+    (:class:`ScenePatchStream`; ``state_dict()`` / ``load_state_dict()`` resume mid-epoch).
 
-    Pass a :class:`ScenePatchStream` for the fixed regime (its ``batch_size`` is set
-    here; ``shuffle`` is the stream's own per-epoch scene shuffle) or
-    :class:`CloudMaskPatches` for shuffled patches. Extra ``kwargs`` go to the DataLoader.
+    Pass :class:`CloudMaskPatches` (``shuffle``, ``seed``, ``mix``, ``rank``, ``world_size`` and
+    ``remainder`` configure the stream) or a :class:`ScenePatchStream` (its own options are
+    kept; only ``batch_size`` and ``drop_last`` are applied). Call ``set_epoch`` on the
+    returned loader each epoch. Extra ``kwargs`` go to the DataLoader.
     """
-    import torch
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers:
         kwargs.setdefault("multiprocessing_context", worker_context())
     if isinstance(data, ScenePatchStream):
-        data.batch_size, data.num_workers = batch_size, max(1, num_workers)
-        return DataLoader(data, batch_size=None, num_workers=num_workers, **kwargs)
-    order = (RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle
-             else SequentialSampler(data))
-    return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
-                      num_workers=num_workers, **kwargs)
+        stream = data.with_batches(batch_size, drop_last)
+    else:
+        stream = ScenePatchStream(data, seed, batch_size, shuffle=shuffle, mix=mix, rank=rank, world_size=world_size,
+                                  remainder=remainder, drop_last=drop_last)
+    return ResumableLoader(stream, num_workers, **kwargs)
 
 
 def read_scene(location: StoreLocation | str, scene: int) -> tuple[np.ndarray, np.ndarray]:

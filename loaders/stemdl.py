@@ -19,7 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from loaders.common import numpy_batches  # noqa: F401 - re-exported
+from loaders.chunk_reader import read_regions
 from loaders.cloudmask import StoreHandle
+from loaders.sharding import ResumableLoader, ShardedBatches, ShardSpec, distributed_rank
 from scibench_data.formats.stemdl import CLIP_MAX, log_scale
 from scibench_data.storage.location import StoreLocation
 
@@ -58,12 +60,33 @@ class _StoreDataset:
             raise IndexError(f"sample indices {bad[:5].tolist()} outside 0..{n - 1}")
         self.preprocessed = preprocessed
         self.as_torch = as_torch
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def _cbed(self, i: int) -> np.ndarray:
         return scale_input(self.handle.group["cbed"][int(self.indices[i])], self.preprocessed)
+
+    def _read_samples(self, name: str, positions: Sequence[int]) -> np.ndarray:
+        """Array ``name`` of the samples at ``positions``, stacked, read in one concurrent round
+        (every chunk of the batch in flight at once, each decoded once)."""
+        reader = self.handle.reader(name)
+        out = np.empty((len(positions), *reader.shape[1:]), reader.dtype)
+        rest = tuple(slice(0, n) for n in reader.shape[1:])
+        requests = []
+        for k, pos in enumerate(positions):
+            i = int(self.indices[int(pos)])
+            requests.append((reader, (slice(i, i + 1), *rest), out[k:k + 1]))
+        read_regions(requests)
+        return out
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def blocks(self) -> np.ndarray:
+        """The store chunk of each sample: the unit read together (see :mod:`loaders.sharding`)."""
+        return self.indices // int(self.handle["cbed"].chunks[0])
 
 
 class STEMDLClassification(_StoreDataset):
@@ -77,27 +100,39 @@ class STEMDLClassification(_StoreDataset):
         self.labels = np.asarray(labels, dtype=np.int64)
         if self.labels.shape != self.indices.shape:
             raise ValueError(f"{len(self.labels)} labels for {len(self.indices)} samples")
-        self.mode, self.seed, self.epoch = mode, seed, 0
+        self.mode, self.seed = mode, seed
 
     @property
     def in_channels(self) -> int:
         return 3 if self.mode == "stack" else 1
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int):
-        x = self._cbed(i)
+    def _shape_input(self, x: np.ndarray, i: int) -> np.ndarray:
+        """One sample's scaled ``(3, H, W)`` input in this dataset's ``mode``."""
         if self.mode == "random_projection":
             k = projection_choice(self.seed, self.epoch, int(self.indices[i]))
-            x = x[k:k + 1]
-        elif self.mode == "projections":
-            x = x[:, None]
+            return x[k:k + 1]
+        if self.mode == "projections":
+            return x[:, None]
+        return x
+
+    def __getitem__(self, i: int):
+        x = self._shape_input(self._cbed(i), i)
         y = self.labels[i]
         if self.as_torch:
             import torch
 
             return torch.from_numpy(x), torch.tensor(y)
+        return x, y
+
+    def batch(self, positions: Sequence[int]):
+        """Samples ``positions`` as one batch ``(x (B, ...), y (B,))``, read in one concurrent round."""
+        cbed = scale_input(self._read_samples("cbed", positions), self.preprocessed)
+        x = np.stack([self._shape_input(c, int(i)) for c, i in zip(cbed, positions)])
+        y = self.labels[np.asarray(positions, dtype=np.int64)]
+        if self.as_torch:
+            import torch
+
+            return torch.from_numpy(x), torch.from_numpy(y)
         return x, y
 
 
@@ -118,6 +153,33 @@ class STEMDLReconstruction(_StoreDataset):
 
             return torch.from_numpy(x), torch.from_numpy(t)
         return x, t
+
+    def batch(self, positions: Sequence[int]):
+        """Samples ``positions`` as one batch ``(x (B, 3, H, W), target (B, 1, H, W))``, one concurrent round."""
+        x = scale_input(self._read_samples("cbed", positions), self.preprocessed)
+        t = self._read_samples("potential", positions).astype(np.float32)[:, None]
+        if self.as_torch:
+            import torch
+
+            return torch.from_numpy(x), torch.from_numpy(t)
+        return x, t
+
+
+def stemdl_loader(data: STEMDLClassification | STEMDLReconstruction, batch_size: int, num_workers: int = 0,
+                  shuffle: bool = True, seed: int = 0, drop_last: bool = False, *, mix: int = 1,
+                  rank: int | None = None, world_size: int | None = None, remainder: str = "pad",
+                  **kwargs) -> ResumableLoader:
+    """A resumable DataLoader of this rank's batches of ``data`` (:mod:`loaders.sharding`): store
+    chunks of samples shuffled, then the samples inside them (or inside ``mix`` chunks), from
+    ``(seed, epoch)``; each batch read in one concurrent round by a worker. Call ``set_epoch``
+    on it each epoch; ``state_dict()`` / ``load_state_dict()`` resume mid-epoch."""
+    from loaders.cloudmask import worker_context
+
+    rank, world_size = distributed_rank(rank, world_size)
+    if num_workers:
+        kwargs.setdefault("multiprocessing_context", worker_context())
+    spec = ShardSpec(batch_size, seed, shuffle, mix, rank, world_size, remainder, drop_last)
+    return ResumableLoader(ShardedBatches(data, spec), num_workers, **kwargs)
 
 
 def from_catalog(task: str, split: str, root: str | None = None, entry: str | None = None, **kwargs):

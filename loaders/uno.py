@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from loaders.cloudmask import worker_context
+from loaders.sharding import ResumableLoader, ShardedBatches, ShardSpec, distributed_rank
 from scibench_data.formats.uno import SPLITS
 
 ENTRY = "candle_uno"
@@ -167,6 +169,29 @@ class UnoDataset:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_rows": None, "_rows_pid": None}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing depends on the epoch here (:class:`loaders.sharding.BatchSource`)."""
+
+    def blocks(self) -> np.ndarray:
+        """Every row its own block: the tables are in memory, any order reads alike."""
+        return np.arange(len(self), dtype=np.int64)
+
+    def batch(self, positions: Any) -> dict[str, Any]:
+        return self[positions]
+
+
+def uno_loader(dataset: UnoDataset, batch_size: int, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
+               drop_last: bool = False, *, rank: int | None = None, world_size: int | None = None,
+               remainder: str = "pad", **kwargs: Any) -> ResumableLoader:
+    """A resumable DataLoader of this rank's batches of ``dataset`` (:mod:`loaders.sharding`), shuffled
+    from ``(seed, epoch)``. Call ``set_epoch`` on it each epoch; ``state_dict()`` /
+    ``load_state_dict()`` resume mid-epoch."""
+    rank, world_size = distributed_rank(rank, world_size)
+    if num_workers:
+        kwargs.setdefault("multiprocessing_context", worker_context())
+    spec = ShardSpec(batch_size, seed, shuffle, 1, rank, world_size, remainder, drop_last)
+    return ResumableLoader(ShardedBatches(dataset, spec), num_workers, **kwargs)
 
 
 class UnoBatchSampler:

@@ -1,14 +1,20 @@
-"""The inner training loop every reference pipeline shares: one epoch of optimiser steps."""
+"""What every reference pipeline's training shares: one epoch of optimiser steps, data-parallel
+set-up (``torchrun``: gloo on CPU, NCCL on GPUs), and checkpoints that resume mid-epoch."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
+
+CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -35,11 +41,13 @@ def run_epoch(
     max_steps: int | None = None,
     desc: str = "train",
     show: bool = True,
+    after_step: Callable[[], None] | None = None,
 ) -> bool:
     """One pass over ``loader``: zero grad, loss, backward, step per batch, with a progress bar.
 
     ``loss_of_batch(batch)`` returns the loss tensor and the number of samples in the batch.
     Returns True when ``max_steps`` (counted across epochs) stopped the pass early.
+    ``after_step()`` runs after every step (a pipeline saves its checkpoint there).
     """
     model.train()
     t0 = time.perf_counter()
@@ -54,9 +62,113 @@ def run_epoch(
         progress.samples += n
         progress.steps += 1
         bar.set_postfix(loss=f"{progress.losses[-1]:.4f}")
+        if after_step is not None:
+            after_step()
         if max_steps and progress.steps >= max_steps:
             stopped = True
             break
     bar.close()
     progress.seconds += time.perf_counter() - t0
     return stopped
+
+
+def init_distributed() -> tuple[int, int]:
+    """``(rank, world_size)``; under ``torchrun`` (``WORLD_SIZE`` > 1) the default process group is
+    initialised first if it is not yet: gloo on CPU, NCCL when CUDA is available."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), world
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a single process): the one process that writes logs, scores and checkpoints."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def data_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` when several ranks train, else itself."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return torch.nn.parallel.DistributedDataParallel(model)
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (what is saved and evaluated)."""
+    return getattr(model, "module", model)
+
+
+def save_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    loader: Any, progress: TrainingProgress, extra: dict | None = None) -> Path | None:
+    """Write ``outdir/checkpoint.pt`` (model, optimiser, loader state, progress, torch's RNG state)
+    atomically, on rank 0 only.
+
+    Every rank's loader is at the same batch of the same epoch, so rank 0's loader state
+    resumes every rank. Returns the path written, None on other ranks."""
+    if not is_main_process():
+        return None
+    path = Path(outdir) / CHECKPOINT
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "loader": loader.state_dict(), "progress": asdict(progress), "rng": torch.get_rng_state(),
+                "extra": extra or {}}, tmp)
+    os.replace(tmp, path)  # a kill while writing leaves the previous checkpoint intact
+    return path
+
+
+def load_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    loader: Any, progress: TrainingProgress) -> tuple[int, dict]:
+    """Restore what :func:`save_checkpoint` wrote into ``model``, ``optimizer``, ``loader``,
+    ``progress`` and torch's RNG; returns the epoch to continue with (the saved one if it was cut
+    short, else the next) and the checkpoint's ``extra``. ``FileNotFoundError`` naming the path
+    if there is none."""
+    path = Path(outdir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from (train without --resume first)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    unwrap(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    loader.load_state_dict(ckpt["loader"])
+    for key, value in ckpt["progress"].items():
+        setattr(progress, key, value)
+    torch.set_rng_state(ckpt["rng"])
+    state = ckpt["loader"]
+    epoch = int(state["epoch"]) + (1 if state["batches_yielded"] >= state["batches_in_epoch"] else 0)
+    return epoch, ckpt["extra"]
+
+
+@dataclass
+class Checkpoints:
+    """A training run's ``checkpoint.pt`` in ``outdir``: saved every ``every`` steps (0: only when
+    :meth:`save` is called, e.g. at the end of each epoch) and loaded by :meth:`resume`.
+    ``extra()`` adds the pipeline's own state (best score so far, ...)."""
+
+    outdir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    progress: TrainingProgress
+    every: int = 0
+    extra: Callable[[], dict] | None = None
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ValueError(f"checkpoint interval must be >= 0 steps, got {self.every}")
+
+    def save(self) -> Path | None:
+        return save_checkpoint(self.outdir, model=self.model, optimizer=self.optimizer, loader=self.loader,
+                               progress=self.progress, extra=self.extra() if self.extra else None)
+
+    def after_step(self) -> None:
+        """For :func:`run_epoch`'s ``after_step``."""
+        if self.every and self.progress.steps % self.every == 0:
+            self.save()
+
+    def resume(self) -> tuple[int, dict]:
+        """Load the last checkpoint: ``(epoch to continue with, extra)``."""
+        return load_checkpoint(self.outdir, model=self.model, optimizer=self.optimizer, loader=self.loader,
+                               progress=self.progress)

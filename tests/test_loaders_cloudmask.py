@@ -56,24 +56,22 @@ def test_fixed_mode_uses_the_reference_crop(cloudmask_stores):
         np.testing.assert_array_equal(mask[0].numpy(), ds["cloud_mask"][scene, ys, xs].values.astype(np.float32))
 
 
-def test_scene_stream_splits_scenes_between_workers(cloudmask_stores):
+def test_scene_stream_keeps_scenes_together_and_ranks_split_its_order(cloudmask_stores):
     from loaders.cloudmask import ScenePatchStream
 
     data = CloudMaskPatches(str(cloudmask_stores["hdf"]), spec=PatchSpec("fixed", 32))
-    stream = ScenePatchStream(data, seed=5)
+    stream = ScenePatchStream(data, seed=5, rank=0, world_size=1)
     one = stream.order()
     assert sorted(one) == list(range(len(data)))
     scenes = [data.items[i][0] for i in one]
     assert sum(1 for k in range(1, len(scenes)) if scenes[k] != scenes[k - 1]) == 2  # each scene contiguous
-    w0, w1 = stream.order(0, 2), stream.order(1, 2)
-    assert sorted(w0 + w1) == sorted(one)
-    assert not {data.items[i][0] for i in w0} & {data.items[i][0] for i in w1}  # no scene read twice
+    halves = [ScenePatchStream(data, seed=5, rank=r, world_size=2).order() for r in range(2)]
+    assert halves[0] + halves[1] == one  # two ranks: contiguous halves of the same order
     stream.set_epoch(1)
     assert stream.order() != one
     loader = DataLoader(stream, batch_size=5, num_workers=2, multiprocessing_context="forkserver")
     images = torch.cat([b[0] for b in loader])
-    stream.set_epoch(1)
-    expected = torch.stack([data[i][0] for i in stream.order(0, 2) + stream.order(1, 2)])
+    expected = torch.stack([data[i][0] for i in stream.order()])
     assert images.shape == expected.shape
     assert sorted(x.sum().item() for x in images) == pytest.approx(sorted(x.sum().item() for x in expected))
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scibench_data.cli.common import add_conversion_options, add_progress, add_root, run_conversion
+from scibench_data.cli.common import (
+    add_conversion_options, add_progress, add_resume_options, add_root, run_conversion,
+)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -30,18 +32,20 @@ def _train_config(args: argparse.Namespace):
 
     return TrainConfig(entry=args.entry, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                        seed=args.seed, patch=args.patch, mode=args.mode, patches_per_scene=args.patches_per_scene,
-                       num_workers=args.num_workers, max_steps=args.max_steps)
+                       num_workers=args.num_workers, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every,
+                       mix_scenes=args.mix_scenes)
 
 
 def _train(args: argparse.Namespace) -> int:
+    from scibench_data.pipelines import training_log
     from scibench_data.pipelines.cloudmask import train
 
-    from scibench_data.scoring.mllog import BenchmarkLog
-
-    with BenchmarkLog(Path(args.out) / "train-mllog.txt", "cloudmask") as log:
-        log.start("run_start")
-        result = train(args.root, _train_config(args), args.out, log=log, progress=args.progress)
-        log.end("run_stop", metadata={"status": "success"})
+    with training_log(Path(args.out) / "train-mllog.txt", "cloudmask", args.resume) as log:
+        if log:
+            log.start("run_start")
+        result = train(args.root, _train_config(args), args.out, log=log, progress=args.progress, resume=args.resume)
+        if log:
+            log.end("run_stop", metadata={"status": "success"})
     print(f"trained on {len(result.splits['train'])} scenes, {result.samples} patches in {result.seconds:.0f} s; "
           f"final loss {result.losses[-1]:.4f}\nmodel: {result.model_path}")
     return 0
@@ -79,7 +83,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="the reference's 20 fixed patches per scene, or seeded random patches")
     p.add_argument("--patches-per-scene", type=int, default=20, help="random mode only")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all (resumes count)")
+    p.add_argument("--mix-scenes", type=int, default=1,
+                   help="scenes whose patches are shuffled together (default 1: best read locality)")
 
 
 def register(cli) -> None:  # noqa: ANN001
@@ -104,6 +110,7 @@ def register(cli) -> None:  # noqa: ANN001
     add_root(p)
     _add_train_options(p)
     p.add_argument("--out", default="outputs/cloudmask", help="folder for model.pt and train-mllog.txt")
+    add_resume_options(p)
     add_progress(p)
 
     p = cli.dataset("evaluate", "cloudmask", _evaluate, "score a trained U-Net (accuracy, F1, IoU, log loss per scene)")

@@ -60,3 +60,11 @@ def write_json(path: str | Path, obj: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def add_resume_options(p: argparse.ArgumentParser) -> None:
+    """``train``: continue from the last checkpoint in the output folder; how often to write one."""
+    p.add_argument("--resume", action="store_true",
+                   help="continue from checkpoint.pt in the output folder, mid-epoch where it stopped")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="steps between checkpoints (default 0: at the end of each epoch only)")

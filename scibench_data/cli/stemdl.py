@@ -6,7 +6,9 @@ import argparse
 import json
 import warnings
 
-from scibench_data.cli.common import add_conversion_options, add_progress, add_root, run_conversion
+from scibench_data.cli.common import (
+    add_conversion_options, add_progress, add_resume_options, add_root, run_conversion,
+)
 
 
 def _quiet_intake() -> None:
@@ -38,8 +40,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(task=args.task, entry=args.entry, model=args.model, input_mode=args.input_mode,
                       epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                       weight_decay=args.weight_decay, seed=args.seed, num_workers=args.num_workers,
-                      max_steps=args.max_steps)
-    result = train(args.root, cfg, args.out, progress=args.progress)
+                      max_steps=args.max_steps, checkpoint_every=args.checkpoint_every)
+    result = train(args.root, cfg, args.out, progress=args.progress, resume=args.resume)
     print(f"trained {cfg.task} on {result.samples} samples in {result.seconds:.0f} s; model: {result.model_path}")
     return 0
 
@@ -99,6 +101,7 @@ def register(cli) -> None:  # noqa: ANN001
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--out", default="outputs/stemdl", help="folder for the model (default outputs/stemdl)")
+    add_resume_options(p)
     add_progress(p)
 
     p = cli.dataset("evaluate", "stemdl", _evaluate, "score a trained STEMDL model on a split of its catalog entry")

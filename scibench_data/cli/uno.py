@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
-from scibench_data.cli.common import add_conversion_options, add_progress, add_root, run_conversion
+from scibench_data.cli.common import (
+    add_conversion_options, add_progress, add_resume_options, add_root, run_conversion,
+)
 
 #: ``run uno``: small enough for a few minutes on 2 CPU cores, full feature dimensions.
 DEMO_DATA = {"n_cells": 60, "n_drugs": 40, "n_responses": 3000}
@@ -36,7 +39,8 @@ def _train_config(args: argparse.Namespace):  # noqa: ANN202
     widths = {"tower": (args.width,) * 3, "dense": (args.width,) * 5} if args.width else {}
     return UnoTrainConfig(model=UnoModelConfig(**widths), lr=args.lr, batch_size=args.batch_size,
                           max_epochs=args.epochs, patience=args.patience, seed=args.seed,
-                          num_workers=args.num_workers, progress=args.progress)
+                          num_workers=args.num_workers, progress=args.progress,
+                          checkpoint_every=getattr(args, "checkpoint_every", 0))
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -47,12 +51,15 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 def _train(args: argparse.Namespace) -> int:
     from loaders.uno import UnoSource
+    from scibench_data.pipelines import training_log
     from scibench_data.pipelines.uno import BENCHMARK, train
-    from scibench_data.scoring.mllog import BenchmarkLog
 
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out: the folder of the run to continue")
     out = _out_dir(args)
-    with BenchmarkLog(out / "mllog.txt", BENCHMARK) as log, log.interval("run"):
-        result = train(UnoSource(root=args.root), out, _train_config(args), log)
+    with training_log(out / "mllog.txt", BENCHMARK, args.resume) as log:
+        with log.interval("run") if log else contextlib.nullcontext():
+            result = train(UnoSource(root=args.root), out, _train_config(args), log, resume=args.resume)
     print(f"checkpoint: {result.checkpoint} (best epoch {result.best_epoch} of {result.epochs}, "
           f"val mse {result.best_val_mse:.5f}, {result.elapsed_s:.0f} s)")
     return 0
@@ -139,6 +146,7 @@ def register(cli) -> None:  # noqa: ANN001
 
     p = cli.dataset("train", "uno", _train, "train the UNO reference network on catalog entry candle_uno")
     _train_args(p, demo=False)
+    add_resume_options(p)
 
     p = cli.dataset("evaluate", "uno", _evaluate, "score a UNO checkpoint (MSE, MAE, R2, Pearson) on val and test")
     add_root(p)

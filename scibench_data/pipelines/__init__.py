@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -18,3 +19,20 @@ def new_run(root: str, benchmark: str) -> tuple[Path, BenchmarkLog]:
     log.end("init_stop")
     log.start("run_start")
     return outdir, log
+
+
+def training_log(path: str | Path, benchmark: str, resume: bool = False):
+    """The MLPerf log of a ``train`` command as a context manager: on rank 0 only (other ranks of a
+    ``torchrun`` job get ``None``); a resumed run writes ``NAME.resume-K.txt`` next to it and keeps
+    the interrupted run's log."""
+    from reference_models.training import is_main_process
+
+    if not is_main_process():
+        return contextlib.nullcontext()
+    path = Path(path)
+    if resume:
+        k = 1
+        while (candidate := path.with_name(f"{path.stem}.resume-{k}{path.suffix}")).exists():
+            k += 1
+        path = candidate
+    return BenchmarkLog(path, benchmark)

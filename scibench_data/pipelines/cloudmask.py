@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from loaders.cloudmask import (
-    CloudMaskPatches, PatchSpec, ScenePatchStream, patch_loader, read_scene, start_worker_server,
-)
+from loaders.cloudmask import CloudMaskPatches, PatchSpec, patch_loader, read_scene, start_worker_server
 from loaders.patches import inference_tiles, mosaic, pad_for_tiles
-from reference_models.training import TrainingProgress, run_epoch
+from reference_models.training import (
+    Checkpoints, TrainingProgress, data_parallel, init_distributed, is_main_process, run_epoch,
+)
 from reference_models.unet import UNet, n_parameters
 from scibench_data.catalog import entry_location, open_catalog
 from scibench_data.pipelines import new_run
@@ -47,11 +47,18 @@ class TrainConfig:
     patches_per_scene: int = 20
     num_workers: int = 0
     max_steps: int | None = None
+    checkpoint_every: int = 0  # steps between checkpoints (0: at the end of each epoch only)
+    mix_scenes: int = 1  # scenes whose patches are shuffled together (1: one scene at a time, best locality)
+    remainder: str = "pad"  # several ranks: pad the epoch to a multiple of them by repetition, or "drop"
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patch"):
+        for name in ("epochs", "batch_size", "patch", "mix_scenes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.remainder not in ("pad", "drop"):
+            raise ValueError(f"remainder must be 'pad' or 'drop', got {self.remainder!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.patch % 8:
@@ -95,8 +102,15 @@ class TrainResult:
 
 
 def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: BenchmarkLog | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train the U-Net on the catalog entry's training scenes; saves ``model.pt`` in ``outdir``."""
+          progress: bool = True, resume: bool = False) -> TrainResult:
+    """Train the U-Net on the catalog entry's training scenes; saves ``model.pt`` in ``outdir``.
+
+    Under ``torchrun`` each rank trains on its share of every epoch (DistributedDataParallel);
+    rank 0 alone logs and writes ``checkpoint.pt`` (each epoch, and every ``checkpoint_every``
+    steps) and ``model.pt``. ``resume`` continues from ``outdir/checkpoint.pt`` mid-epoch."""
+    init_distributed()
+    main = is_main_process()
+    log = log if main else None
     torch.manual_seed(cfg.seed)
     if cfg.num_workers:
         start_worker_server()  # its start-up overlaps with opening the store
@@ -107,39 +121,44 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
     if not splits["train"]:
         raise ValueError(f"{cfg.entry} has no training scenes")
     data = CloudMaskPatches(location, splits["train"], PatchSpec(cfg.mode, cfg.patch, cfg.patches_per_scene, cfg.seed))
-    # fixed patches: each worker streams its share of scenes, each scene's crop read once (shuffled
-    # per epoch); random patches are already spread over scenes: shuffle them all. Workers read
-    # and build whole batches (one concurrent read per batch, no collate copy).
-    stream = ScenePatchStream(data, cfg.seed) if cfg.mode == "fixed" else None
-    loader = patch_loader(stream or data, cfg.batch_size, num_workers=cfg.num_workers, shuffle=True, seed=cfg.seed)
+    # this rank's share of each epoch: scenes shuffled, then their patches (cfg.mix_scenes at a time);
+    # workers read and build whole batches (one concurrent read per batch, no collate copy)
+    loader = patch_loader(data, cfg.batch_size, num_workers=cfg.num_workers, shuffle=True, seed=cfg.seed,
+                          mix=cfg.mix_scenes, remainder=cfg.remainder)
     model = UNet()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    net = data_parallel(model)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     if log:
         log.event("seed", cfg.seed)
-        log.event("global_batch_size", cfg.batch_size)
+        log.event("global_batch_size", cfg.batch_size * loader.dataset.spec.world_size)
         log.event("train_samples", len(data))
         log.event("opt_name", "adam")
         log.event("opt_base_learning_rate", cfg.learning_rate)
     result = TrainResult(model_path=outdir / "model.pt", splits=splits)
     progress_ = TrainingProgress()
+    checkpoints = Checkpoints(outdir, net, opt, loader, progress_, cfg.checkpoint_every)
+    first_epoch = checkpoints.resume()[0] if resume else 0
 
     def loss_of_batch(batch):
         image, mask = batch
-        return masked_bce(model(image), mask), len(image)
+        return masked_bce(net(image), mask), len(image)
 
-    for epoch in range(cfg.epochs):
-        (stream or data).set_epoch(epoch)
+    for epoch in range(first_epoch, cfg.epochs):
+        loader.set_epoch(epoch)
         if log:
             log.start("epoch_start", metadata={"epoch_num": epoch + 1})
-        stopped = run_epoch(model, loader, opt, loss_of_batch, progress_, max_steps=cfg.max_steps,
-                            desc=f"train epoch {epoch + 1}/{cfg.epochs}", show=progress)
+        stopped = run_epoch(net, loader, opt, loss_of_batch, progress_, max_steps=cfg.max_steps,
+                            desc=f"train epoch {epoch + 1}/{cfg.epochs}", show=progress and main,
+                            after_step=checkpoints.after_step)
+        checkpoints.save()
         if log:
             log.end("epoch_stop", metadata={"epoch_num": epoch + 1, "loss": progress_.last_loss})
         if stopped:
             break
     result.losses, result.samples, result.seconds = progress_.losses, progress_.samples, progress_.seconds
-    torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "splits": splits,
-                "parameters": n_parameters(model)}, result.model_path)
+    if main:
+        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "splits": splits,
+                    "parameters": n_parameters(model)}, result.model_path)
     return result
 
 

@@ -20,10 +20,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from loaders.stemdl import DEFAULT_ENTRY, from_catalog
+from loaders.stemdl import DEFAULT_ENTRY, from_catalog, stemdl_loader
 from reference_models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from reference_models.resnet import build as build_resnet
-from reference_models.training import TrainingProgress, run_epoch
+from reference_models.training import (
+    Checkpoints, TrainingProgress, data_parallel, init_distributed, is_main_process, run_epoch,
+)
 from scibench_data.formats.stemdl import N_CLASSES
 from scibench_data.scoring.classification import classification_scores
 from scibench_data.pipelines import new_run
@@ -54,6 +56,8 @@ class TrainConfig:
     num_workers: int = 0
     max_steps: int = 0  # 0: no limit
     select_split: str | None = "dev"  # keep the epoch with the lowest loss on this split (None: the last)
+    checkpoint_every: int = 0  # steps between checkpoints (0: at the end of each epoch only)
+    remainder: str = "pad"  # several ranks: pad the epoch to a multiple of them by repetition, or "drop"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -62,6 +66,9 @@ class TrainConfig:
             raise ValueError(f"input_mode must be 'stack' or 'random_projection', got {self.input_mode!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0 or self.num_workers < 0:
             raise ValueError(f"epochs, batch_size must be >= 1, learning_rate > 0, num_workers >= 0: {self}")
+        if self.checkpoint_every < 0 or self.remainder not in ("pad", "drop"):
+            raise ValueError(f"checkpoint_every must be >= 0 and remainder 'pad' or 'drop', got "
+                             f"{self.checkpoint_every}, {self.remainder!r}")
 
     @property
     def entry_name(self) -> str:
@@ -100,8 +107,15 @@ def build_model(cfg: TrainConfig, in_channels: int, size: int) -> torch.nn.Modul
 
 
 def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: BenchmarkLog | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train on the ``train`` split of the task's catalog entry; saves ``model-{task}.pt`` in ``outdir``."""
+          progress: bool = True, resume: bool = False) -> TrainResult:
+    """Train on the ``train`` split of the task's catalog entry; saves ``model-{task}.pt`` in ``outdir``.
+
+    Under ``torchrun`` each rank trains on its share of every epoch (DistributedDataParallel);
+    rank 0 alone selects the epoch, logs and writes ``checkpoint.pt`` (each epoch, and every
+    ``checkpoint_every`` steps) and the model. ``resume`` continues from ``outdir/checkpoint.pt``."""
+    init_distributed()
+    main = is_main_process()
+    log = log if main else None
     torch.manual_seed(cfg.seed)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -110,59 +124,73 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
     stats = target_stats(data) if cfg.task == "reconstruction" else (0.0, 1.0)
     size = int(data[0][0].shape[-1])
     model = build_model(cfg, getattr(data, "in_channels", 3), size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    net = data_parallel(model)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss() if cfg.task == "classification" else torch.nn.MSELoss()
+    # this rank's share of each epoch, store chunks shuffled then their samples; one read per batch
+    loader = stemdl_loader(data, cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed, remainder=cfg.remainder)
     if log:
         log.event("seed", cfg.seed)
-        log.event("global_batch_size", cfg.batch_size)
+        log.event("global_batch_size", cfg.batch_size * loader.dataset.spec.world_size)
         log.event("train_samples", len(data))
         log.event("opt_name", "adamw")
         log.event("opt_base_learning_rate", cfg.learning_rate)
         log.event("opt_weight_decay", cfg.weight_decay)
     result = TrainResult(model_path=outdir / f"model-{cfg.task}.pt")
-    loader = _loader(data, cfg, shuffle=True)
     calibration = _loader(data, cfg, shuffle=False)
     selection = None
-    if cfg.select_split:
+    if cfg.select_split and main:
         eval_kwargs = {"mode": "projections" if cfg.input_mode == "random_projection" else "stack"} \
             if cfg.task == "classification" else {}
         selection = from_catalog(cfg.task, cfg.select_split, root, cfg.entry, **eval_kwargs)
-    best: tuple[float, dict | None, int] = (float("inf"), None, 0)
+    best: dict = {"loss": float("inf"), "state": {}, "epoch": 0}
     progress_ = TrainingProgress()
+    checkpoints = Checkpoints(outdir, net, opt, loader, progress_, cfg.checkpoint_every, extra=lambda: {"best": best})
+    first_epoch = 0
+    if resume:
+        first_epoch, extra = checkpoints.resume()
+        best = extra["best"]
 
     def loss_of_batch(batch):
         x, y = batch
-        out = model(x)
+        out = net(x)
         loss = loss_fn(out, y) if cfg.task == "classification" else loss_fn(out, (y - stats[0]) / stats[1])
         return loss, len(x)
 
     t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        if hasattr(data, "set_epoch"):
-            data.set_epoch(epoch)
+    for epoch in range(first_epoch, cfg.epochs):
+        loader.set_epoch(epoch)
         if log:
             log.start("epoch_start", metadata={"epoch_num": epoch + 1, "task": cfg.task})
-        stopped = run_epoch(model, loader, opt, loss_of_batch, progress_, max_steps=cfg.max_steps,
-                            desc=f"train {cfg.task} {epoch + 1}/{cfg.epochs}", show=progress)
+        stopped = run_epoch(net, loader, opt, loss_of_batch, progress_, max_steps=cfg.max_steps,
+                            desc=f"train {cfg.task} {epoch + 1}/{cfg.epochs}", show=progress and main,
+                            after_step=checkpoints.after_step)
         meta = {"epoch_num": epoch + 1, "loss": progress_.last_loss}
+        cut_short = stopped and not loader.finished
+        if cut_short:
+            checkpoints.save()  # mid-epoch: resume from the weights before the selection below
         if selection is not None:
             recalibrate_batchnorm(model, calibration)
             meta[f"{cfg.select_split}_loss"] = selection_loss(model, selection, loss_fn, stats)
-            if meta[f"{cfg.select_split}_loss"] < best[0]:
-                best = (meta[f"{cfg.select_split}_loss"], copy.deepcopy(model.state_dict()), epoch + 1)
+            if meta[f"{cfg.select_split}_loss"] < best["loss"]:
+                best = {"loss": meta[f"{cfg.select_split}_loss"], "state": copy.deepcopy(model.state_dict()),
+                        "epoch": epoch + 1}
+        if not cut_short:
+            checkpoints.save()
         if log:
             log.end("epoch_stop", metadata=meta)
         if stopped:
             break
     result.losses, result.samples = progress_.losses, progress_.samples
-    if best[1] is not None:
-        model.load_state_dict(best[1])  # its BatchNorm statistics were recalibrated when it was chosen
-        result.selected_epoch = best[2]
-    else:
+    if best["state"]:
+        model.load_state_dict(best["state"])  # its BatchNorm statistics were recalibrated when it was chosen
+        result.selected_epoch = best["epoch"]
+    elif main:
         recalibrate_batchnorm(model, calibration)
     result.seconds = time.perf_counter() - t0
-    torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "target_stats": stats,
-                "in_channels": getattr(data, "in_channels", 3), "size": size}, result.model_path)
+    if main:
+        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "target_stats": stats,
+                    "in_channels": getattr(data, "in_channels", 3), "size": size}, result.model_path)
     return result
 
 

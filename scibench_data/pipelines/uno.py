@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from loaders.uno import UnoArrays, UnoBatchSampler, UnoDataset, UnoSource, load_arrays, numpy_batches
+from loaders.uno import UnoArrays, UnoDataset, UnoSource, load_arrays, numpy_batches, uno_loader
+from reference_models.training import Checkpoints, TrainingProgress, data_parallel, init_distributed, is_main_process
 from reference_models.uno import UnoModel, UnoModelConfig, n_parameters
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.regression import regression_scores
@@ -42,11 +43,16 @@ class UnoTrainConfig:
     num_workers: int = 0
     threads: int | None = None
     progress: bool = True
+    checkpoint_every: int = 0  # steps between checkpoints (0: at the end of each epoch only)
+    remainder: str = "pad"  # several ranks: pad the epoch to a multiple of them by repetition, or "drop"
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1 or self.num_workers < 0:
             raise ValueError(f"bad training options: lr={self.lr}, batch_size={self.batch_size}, "
                              f"max_epochs={self.max_epochs}, patience={self.patience}, num_workers={self.num_workers}")
+        if self.checkpoint_every < 0 or self.remainder not in ("pad", "drop"):
+            raise ValueError(f"checkpoint_every must be >= 0 and remainder 'pad' or 'drop', got "
+                             f"{self.checkpoint_every}, {self.remainder!r}")
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,16 @@ def predict(model: UnoModel, arrays: UnoArrays, split: str, batch_size: int = 10
 
 
 def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrainConfig(),
-          log: BenchmarkLog | None = None) -> TrainResult:
-    """Train on ``train``, early-stop on ``val`` MSE; the best weights go to ``out_dir/uno_model.pt``."""
+          log: BenchmarkLog | None = None, resume: bool = False) -> TrainResult:
+    """Train on ``train``, early-stop on ``val`` MSE; the best weights go to ``out_dir/uno_model.pt``.
+
+    Under ``torchrun`` each rank trains on its share of every epoch (DistributedDataParallel);
+    rank 0 alone logs and writes ``checkpoint.pt`` (each epoch, and every ``checkpoint_every``
+    steps), ``uno_model.pt`` and the history. ``resume`` continues from ``out_dir/checkpoint.pt``."""
     t0 = time.perf_counter()
+    init_distributed()
+    main = is_main_process()
+    log = log if main else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -88,50 +101,64 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
     model = UnoModel(mc)
     with torch.no_grad():  # start at the mean response instead of 0 (AUC is ~0.75): fewer epochs wasted
         model.out.bias.fill_(float(arrays.auc[arrays.rows("train")].mean()))
-    opt = torch.optim.Adamax(model.parameters(), lr=cfg.lr)
-    sampler = UnoBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=cfg.num_workers,
-                                         persistent_workers=cfg.num_workers > 0,
-                                         multiprocessing_context=WORKER_CONTEXT if cfg.num_workers else None)
+    net = data_parallel(model)
+    opt = torch.optim.Adamax(net.parameters(), lr=cfg.lr)
+    loader = uno_loader(dataset, cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed, remainder=cfg.remainder)
     if log:
-        log.event("global_batch_size", cfg.batch_size)
+        log.event("global_batch_size", cfg.batch_size * loader.dataset.spec.world_size)
         log.event("opt_name", "adamax")
         log.event("opt_base_learning_rate", cfg.lr)
         log.event("train_samples", len(dataset))
         log.event("eval_samples", int(len(arrays.rows("val"))))
         log.event("model_parameters", n_parameters(model))
     ckpt = out / "uno_model.pt"
-    best, best_epoch, history, waited = float("inf"), -1, [], 0
-    for epoch in range(cfg.max_epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        total, n = 0.0, 0
-        bar = tqdm(loader, desc=f"uno epoch {epoch + 1}/{cfg.max_epochs}", unit="batch", disable=not cfg.progress,
-                   leave=False, dynamic_ncols=True)
+    # early stopping and the running epoch totals: saved with every checkpoint
+    state = {"best": float("inf"), "best_epoch": -1, "history": [], "waited": 0, "total": 0.0, "n": 0,
+             "done": False}
+    progress = TrainingProgress()
+    checkpoints = Checkpoints(out, net, opt, loader, progress, cfg.checkpoint_every, extra=lambda: dict(state))
+    first_epoch = 0
+    if resume:
+        first_epoch, extra = checkpoints.resume()
+        state.update(extra)
+    for epoch in range(first_epoch, cfg.max_epochs):
+        if state["done"]:
+            break
+        loader.set_epoch(epoch)
+        net.train()
+        bar = tqdm(loader, desc=f"uno epoch {epoch + 1}/{cfg.max_epochs}", unit="batch",
+                   disable=not (cfg.progress and main), leave=False, dynamic_ncols=True)
         for batch in bar:
             opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(batch["cell"], batch["drug"]), batch["auc"])
+            loss = torch.nn.functional.mse_loss(net(batch["cell"], batch["drug"]), batch["auc"])
             loss.backward()
             opt.step()
-            total += loss.item() * len(batch["auc"])
-            n += len(batch["auc"])
+            state["total"] += loss.item() * len(batch["auc"])
+            state["n"] += len(batch["auc"])
+            progress.steps += 1
+            checkpoints.after_step()
         y, p = predict(model, arrays, "val")
         val = regression_scores(y, p)
-        history.append({"epoch": epoch + 1, "train_mse": total / max(n, 1), **{f"val_{k}": v for k, v in val.items()}})
+        train_mse = state["total"] / max(state["n"], 1)
+        state["total"], state["n"] = 0.0, 0
+        state["history"].append({"epoch": epoch + 1, "train_mse": train_mse, **{f"val_{k}": v for k, v in val.items()}})
         if log:
             log.event("eval_accuracy", val["r2"], metadata={"epoch_num": epoch + 1, "val_mse": val["mse"]})
-        if cfg.progress:
-            tqdm.write(f"epoch {epoch + 1}: train mse {total / max(n, 1):.5f}  val mse {val['mse']:.5f}  "
+        if cfg.progress and main:
+            tqdm.write(f"epoch {epoch + 1}: train mse {train_mse:.5f}  val mse {val['mse']:.5f}  "
                        f"val r2 {val['r2']:.4f}")
-        if val["mse"] < best:
-            best, best_epoch, waited = val["mse"], epoch + 1, 0
-            torch.save({"config": mc.as_dict(), "state_dict": model.state_dict(), "epoch": epoch + 1}, ckpt)
+        if val["mse"] < state["best"]:
+            state["best"], state["best_epoch"], state["waited"] = val["mse"], epoch + 1, 0
+            if main:
+                torch.save({"config": mc.as_dict(), "state_dict": model.state_dict(), "epoch": epoch + 1}, ckpt)
         else:
-            waited += 1
-            if waited >= cfg.patience:
-                break
-    (out / "train_history.json").write_text(json.dumps(history, indent=2) + "\n")
-    return TrainResult(ckpt, len(history), best_epoch, best, history, time.perf_counter() - t0)
+            state["waited"] += 1
+            state["done"] = state["waited"] >= cfg.patience
+        checkpoints.save()
+    history = state["history"]
+    if main:
+        (out / "train_history.json").write_text(json.dumps(history, indent=2) + "\n")
+    return TrainResult(ckpt, len(history), state["best_epoch"], state["best"], history, time.perf_counter() - t0)
 
 
 def load_model(checkpoint: str | Path) -> UnoModel:
