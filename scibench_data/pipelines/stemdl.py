@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from loaders.stemdl import DEFAULT_ENTRY, from_catalog
+from loaders.workers import worker_context
 from reference_models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from reference_models.resnet import build as build_resnet
 from reference_models.training import TrainingProgress, run_epoch
@@ -78,7 +79,7 @@ class TrainResult:
 
 
 def _loader(data, cfg: TrainConfig, shuffle: bool) -> DataLoader:
-    kwargs = {"multiprocessing_context": "forkserver"} if cfg.num_workers else {}
+    kwargs = {"multiprocessing_context": worker_context()} if cfg.num_workers else {}
     return DataLoader(data, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
                       generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from loaders.workers import worker_context
 from loaders.uno import UnoArrays, UnoBatchSampler, UnoDataset, UnoSource, load_arrays, numpy_batches
 from reference_models.uno import UnoModel, UnoModelConfig, n_parameters
 from scibench_data.scoring.mllog import BenchmarkLog
@@ -24,9 +25,6 @@ from scibench_data.scoring.report import format_table, write_scores
 BENCHMARK = "candle_uno"
 #: MLCommons reference (formats.md): val R2 0.7486, val MSE 0.0054.
 TARGET = {"r2": 0.7486, "mse": 0.0054}
-#: DataLoader workers start from a fresh interpreter: a forked child inherits zarr's and dask's I/O threads
-#: dead and hangs on its first read (seen here), whatever the pid check reopens.
-WORKER_CONTEXT = "forkserver"
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
     sampler = UnoBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed)
     loader = torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=cfg.num_workers,
                                          persistent_workers=cfg.num_workers > 0,
-                                         multiprocessing_context=WORKER_CONTEXT if cfg.num_workers else None)
+                                         multiprocessing_context=worker_context() if cfg.num_workers else None)
     if log:
         log.event("global_batch_size", cfg.batch_size)
         log.event("opt_name", "adamax")
