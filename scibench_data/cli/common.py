@@ -60,3 +60,65 @@ def write_json(path: str | Path, obj: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------- the benchmark verbs, one shape
+
+
+def require_store(root: str | None, entry: str) -> None:
+    """Open ``entry`` through the catalog before a command writes anything: a missing store is then
+    one line naming the entry and the command that creates it, and no output folder is left behind."""
+    from scibench_data.catalog import open_catalog
+
+    getattr(open_catalog(root=root), entry).to_dask()
+
+
+def add_training_options(p: argparse.ArgumentParser, benchmark: str, *, epochs: int, batch_size: int, lr: float,
+                         seed: int, max_steps: int | None = None, out: bool = True) -> None:
+    """What ``train`` and ``run`` take for every benchmark (each keeps its own defaults; ``run`` always
+    writes a fresh run folder: no ``--out``)."""
+    add_root(p)
+    p.add_argument("--epochs", type=int, default=epochs, help=f"maximum epochs (default {epochs})")
+    p.add_argument("--max-steps", type=int, default=max_steps,
+                   help="stop after this many optimiser steps, across epochs" +
+                        (f" (default {max_steps})" if max_steps else " (default: no cap)"))
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
+    p.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr:g})")
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    if out:
+        p.add_argument("--out", default=None, help=f"output folder (default ROOT/outputs/{benchmark}/run-TIME)")
+    add_progress(p)
+
+
+def add_model_options(p: argparse.ArgumentParser, what: str, out_help: str) -> None:
+    """What ``evaluate`` and ``predict`` take for every benchmark."""
+    add_root(p)
+    p.add_argument("--model", required=True, help=f"{what} written by train or run")
+    p.add_argument("--out", default=None, help=out_help)
+    add_progress(p)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """What only ``run`` adds."""
+    p.add_argument("--fresh", action="store_true", help="regenerate and reconvert even if a store exists")
+
+
+def train_out(args: argparse.Namespace, benchmark: str) -> Path:
+    """``--out`` or a fresh ``ROOT/outputs/{benchmark}/run-TIME`` (not created)."""
+    from scibench_data.pipelines import run_dir
+
+    return Path(args.out) if args.out else run_dir(args.root, benchmark)
+
+
+def model_out(args: argparse.Namespace) -> Path:
+    """``--out`` or the model's own folder: evaluation and predictions go next to the model."""
+    return Path(args.out) if args.out else Path(args.model).parent
+
+
+def show_out(args: argparse.Namespace, benchmark: str, name: str) -> Path:
+    """``--out`` or ``ROOT/outputs/{benchmark}/pictures/{name}.png``."""
+    from scibench_data.catalog import default_root
+
+    return Path(args.out) if args.out else Path(args.root or default_root()) / "outputs" / benchmark / "pictures" / \
+        f"{name}.png"
