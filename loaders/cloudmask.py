@@ -8,7 +8,6 @@ because fsspec's event loop does not survive ``fork``.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from loaders.common import numpy_batches  # noqa: F401 - re-exported
 from loaders.patches import Window, fixed_windows, random_windows
 from loaders.sharding import ResumableLoader, ShardedBatches, ShardSpec, distributed_rank
 from scibench_data.storage.integrity import ChunkIntegrityError
+from loaders.workers import worker_context  # noqa: F401 - re-exported: the one start-method choice
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.records import require_complete
 from scibench_data.storage.retries import RemoteReadError
@@ -376,33 +376,6 @@ class _PatchBatches:
         return self.patches[int(indices[0])] if self.single else self.patches.batch(indices)
 
 
-def worker_context() -> multiprocessing.context.BaseContext:
-    """``forkserver`` with the main script, torch, zarr, s3fs and this module preloaded in the
-    server, so each DataLoader worker starts as a fork of a warm process instead of importing
-    torch (and the script) again.
-
-    Not ``fork``: zarr's event-loop thread does not survive it (the first read hangs)."""
-    from multiprocessing import spawn
-
-    from loaders import _worker_server
-
-    ctx = multiprocessing.get_context("forkserver")
-    # the main script, imported once in the server (as __mp_main__: its `if __name__ == "__main__"`
-    # block does not run) instead of in every worker (~1 s for a script importing xarray and dask):
-    # loaders/_worker_server.py. The server starts with this process's environment at that moment.
-    main = spawn.get_preparation_data("scibench-worker")
-    for var in (_worker_server.MAIN_NAME, _worker_server.MAIN_PATH):
-        os.environ.pop(var, None)  # this process's own main, not one inherited from a parent process
-    if "init_main_from_name" in main:
-        os.environ[_worker_server.MAIN_NAME] = main["init_main_from_name"]
-    elif "init_main_from_path" in main:
-        os.environ[_worker_server.MAIN_PATH] = main["init_main_from_path"]
-    # s3fs too: importing it (and aiobotocore) costs a worker ~0.25 s before its first S3 read
-    ctx.set_forkserver_preload(["loaders._worker_server", "torch", "numcodecs.blosc", "zarr", "s3fs",
-                                "loaders.cloudmask"])
-    return ctx
-
-
 def start_worker_server(wait: bool = False) -> threading.Thread:
     """Start :func:`worker_context`'s server now, in the background, so that its one-off start-up
     (a new interpreter importing torch and zarr, about a second) overlaps with opening the
@@ -412,6 +385,8 @@ def start_worker_server(wait: bool = False) -> threading.Thread:
     set after it started do not reach DataLoader workers (they fork from the server): put
     credentials and endpoints in storage options, or set them before."""
     def probe() -> None:
+        if worker_context().get_start_method() != "forkserver":
+            return  # fork or spawn: no server to start
         p = worker_context().Process(target=int)  # the first fork waits for the server's preloads
         p.start()
         p.join()

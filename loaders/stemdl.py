@@ -173,7 +173,7 @@ def stemdl_loader(data: STEMDLClassification | STEMDLReconstruction, batch_size:
     chunks of samples shuffled, then the samples inside them (or inside ``mix`` chunks), from
     ``(seed, epoch)``; each batch read in one concurrent round by a worker. Call ``set_epoch``
     on it each epoch; ``state_dict()`` / ``load_state_dict()`` resume mid-epoch."""
-    from loaders.cloudmask import worker_context
+    from loaders.workers import worker_context
 
     rank, world_size = distributed_rank(rank, world_size)
     if num_workers:

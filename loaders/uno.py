@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from loaders.cloudmask import worker_context
+from loaders.workers import worker_context
 from loaders.sharding import ResumableLoader, ShardedBatches, ShardSpec, distributed_rank
 from scibench_data.formats.uno import SPLITS
 

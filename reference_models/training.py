@@ -51,7 +51,13 @@ def run_epoch(
     """
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(loader, desc=desc, unit="batch", disable=not show, dynamic_ncols=True)
+    try:  # the bar's total: the batches this pass will really run (the step cap included)
+        total = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    if max_steps and total is not None:
+        total = max(0, min(total, max_steps - progress.steps))
+    bar = tqdm(loader, total=total, desc=desc, unit="batch", disable=None if show else True, dynamic_ncols=True)
     stopped = False
     for batch in bar:
         optimizer.zero_grad()

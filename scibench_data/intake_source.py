@@ -7,6 +7,8 @@ intake 2.0.9 hands a v1-style entry to intake-xarray's adapter, which has no ``m
 ``to_dask()``/``read()`` follow the loaders' integrity rules and return the store with text
 decoded (:func:`open_path`):
 
+* a store that does not exist is :class:`~scibench_data.catalog_source.MissingStoreError`, one
+  line naming the entry and the command that creates it;
 * an unfinished store is refused with :func:`~scibench_data.storage.records.require_complete`'s
   message (its status and the command that finishes it);
 * the store is read through :class:`~scibench_data.storage.checked.CheckedStore`, so a chunk that
@@ -20,6 +22,7 @@ import numpy as np
 import xarray as xr
 from intake_xarray.xzarr import ZarrSource
 
+from scibench_data.catalog_source import missing_store
 from scibench_data.storage.checked import CheckedStore
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.records import require_complete
@@ -59,7 +62,10 @@ class ScibenchZarrSource(ZarrSource):
     def _open(self, chunks: dict | None) -> xr.Dataset:
         data = self.reader.data
         location = StoreLocation(str(data.url), dict(data.storage_options or {}))
-        require_complete(location)
+        try:
+            require_complete(location)
+        except FileNotFoundError:
+            raise missing_store(getattr(self, "name", None) or "?", location.url) from None
         kwargs = {k: v for k, v in self.reader.kwargs.items() if k not in ("args", "chunks", "engine", "backend_kwargs")}
         return open_path(xr.open_zarr(CheckedStore(location.zarr_store(read_only=True)), chunks=chunks, **kwargs))
 

@@ -183,7 +183,7 @@ def run_tasks(
     if len(items) != len(keys):
         raise ValueError(f"{len(items)} items but {len(keys)} keys")
     results: list[TaskResult] = []
-    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=None if progress else True, dynamic_ncols=True)
     t0, n_bytes = time.perf_counter(), 0
 
     def done(r: TaskResult) -> None:

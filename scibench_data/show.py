@@ -71,6 +71,19 @@ def _prediction_for(path: str | Path, benchmark: str, ids: dict[str, str]) -> np
 
 def show_cloudmask(scene: int, out: str | Path, root: str | None = None, prediction: str | Path | None = None) -> Path:
     """PNG of scene ``scene`` (index along the store's scene dimension)."""
+    return _save(cloudmask_figure(scene, root, prediction), out)
+
+
+#: The label's two classes: (value, name, colour); unlabelled pixels stay blank.
+LABEL_CLASSES = ((0, "clear", "#2b6cb0"), (1, "cloud", "#f7fafc"))
+
+
+def cloudmask_figure(scene: int, root: str | None = None, prediction: str | Path | None = None) -> Any:
+    """The figure of :func:`show_cloudmask`: continuous panels get a colour bar, the binary label two
+    named colours and a legend."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
     b = get("cloudmask")
     ds = open_entry(b, root)
     _check_index(scene, ds.sizes["scene"], "scene")
@@ -82,7 +95,8 @@ def show_cloudmask(scene: int, out: str | Path, root: str | None = None, predict
     rgb = np.stack([stretch(image[channels.index(c)]) for c in ("S3", "S2", "S1")], axis=-1)
     bt = image[channels.index("S8")]
     panels = [("false colour (S3, S2, S1)", rgb, {}), ("brightness temperature S8 (K)", bt, {"cmap": "inferno"}),
-              ("label: Bayesian cloud mask", label, {"cmap": "Blues", "vmin": 0, "vmax": 1})]
+              ("label: Bayesian cloud mask", label, {"cmap": ListedColormap([c for _, _, c in LABEL_CLASSES]),
+                                                     "vmin": -0.5, "vmax": 1.5, "interpolation": "nearest"})]
     if prediction is not None:
         prob = _prediction_for(prediction, "cloudmask", {"source_name": name})
         if prob.shape != label.shape:
@@ -94,11 +108,14 @@ def show_cloudmask(scene: int, out: str | Path, root: str | None = None, predict
         im = ax.imshow(data, **kw)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
-        if data.ndim == 2:
+        if title.startswith("label"):
+            ax.legend(handles=[Patch(facecolor=c, edgecolor="grey", label=n) for _, n, c in LABEL_CLASSES],
+                      loc="lower right", fontsize=7, framealpha=0.8)
+        elif data.ndim == 2:
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(f"CloudMask scene {scene} ({str(ds['split'].values[scene])}): {name[:40]}", fontsize=9)
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
 
 
 def show_stemdl(sample: int, out: str | Path, root: str | None = None, prediction: str | Path | None = None,
@@ -114,9 +131,15 @@ def show_stemdl(sample: int, out: str | Path, root: str | None = None, predictio
     label = int(ds["label"].values[sample])
     ids = {k: str(ds[k].values[sample]) for k in ("source_file", "source_key")}
     panels = [(f"projection {i}", cbed[i], {"cmap": "magma"}) for i in range(cbed.shape[0])]
-    if "potential" in ds:
-        panels.append(("projected potential", ds["potential"][sample].values, {"cmap": "viridis"}))
-    title = f"STEMDL sample {sample} ({ids['source_key']}, split {ds['split'].values[sample]}): space group {label}"
+    if task == "reconstruction":
+        if "potential" not in ds:
+            raise ValueError(f"the {bname} store has no 'potential' variable (the reconstruction target): "
+                             "convert raw files that carry one, without --preprocess")
+        panels.append(("target: projected potential", ds["potential"][sample].values, {"cmap": "viridis"}))
+        title = f"STEMDL reconstruction, sample {sample} ({ids['source_key']}, split {ds['split'].values[sample]})"
+    else:
+        title = (f"STEMDL classification, sample {sample} ({ids['source_key']}, split {ds['split'].values[sample]}): "
+                 f"space group {label}")
     if prediction is not None:
         pred = _prediction_for(prediction, bname, ids)
         if task == "classification":

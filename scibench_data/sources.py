@@ -164,7 +164,7 @@ def fetch_raw(name: str, dest: str | os.PathLike, endpoint_url: str | None = Non
          f"{len(plan.files) - len(todo)} already here, {sum(f.size for f in todo) / 1e9:.3f} GB to fetch into {dest}")
     done = 0
     with tqdm(total=sum(f.size for f in todo), unit="B", unit_scale=True, desc=f"fetch {name}",
-              disable=not progress) as bar:
+              disable=None if progress else True) as bar:
         for f in todo:
             fs, path = fsspec.core.url_to_fs(f.url, **so)
             target = dest / f.relpath

@@ -158,13 +158,16 @@ def test_leaderboard_ranks_submissions_and_renders_pages_and_plots(tmp_path, cap
     cloud = [ln for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith("| rank")]
     assert [c.split("|")[2].strip() for c in cloud] == ["acme", "MLCommons", "reference", "zeta"]  # 0.91 > 0.9 > 0.896 > 0.85
     assert cloud[0].startswith("| 1 | acme") and cloud[3].startswith("| 2 | zeta")
-    assert "| 1 | uno-lab | a100 | d1 | 0.7000 |" in md and "| ref | MLCommons | target | target r2 | 0.7486 |" in md
+    assert "| 1 | uno-lab | a100 | [d1](../subs/uno-lab/candle_uno/a100/d1/) | 0.7000 |" in md
+    assert "| ref | MLCommons | target | target r2 | 0.7486 |" in md
     assert "result lacks the primary metric 'pixel_accuracy'" in md and str(broken.name) in md
     page = (out / "index.html").read_text()
     assert page.count("<table>") == 4 and '<img src="cloudmask.png"' in page and "<td>acme</td>" in page
-    for name in ("cloudmask", "stemdl", "stemdl_reconstruction", "candle_uno"):
+    for name in ("cloudmask", "candle_uno"):
         shape, var = image_stats(out / f"{name}.png")
         assert shape[:2] == (420, 640) and var > 1e-3, name
+    for name in ("stemdl", "stemdl_reconstruction"):  # no submission: one line, no empty plot
+        assert not (out / f"{name}.png").exists() and f'<img src="{name}.png"' not in page
 
 
 def test_show_cloudmask_png_with_prediction(root, predictions, tmp_path, capsys):

@@ -153,7 +153,7 @@ def test_a_damaged_chunk_names_the_store_and_the_scene(cloudmask_stores, tmp_pat
 def test_patch_loader_with_two_workers_yields_the_epoch(cloudmask_stores, mode):
     from loaders.cloudmask import ScenePatchStream, patch_loader, start_worker_server
 
-    assert not start_worker_server(wait=True).is_alive()  # the server the workers fork from, started early
+    assert not start_worker_server(wait=True).is_alive()  # the server (forkserver fallback only), started early
     data = CloudMaskPatches(str(cloudmask_stores["hdf"]), spec=PatchSpec(mode, 32, 5, seed=2))
     source = ScenePatchStream(data, seed=4) if mode == "fixed" else data
     loader = patch_loader(source, batch_size=4, num_workers=2, shuffle=False)
@@ -170,7 +170,8 @@ def test_patch_loader_with_two_workers_yields_the_epoch(cloudmask_stores, mode):
 
 @pytest.mark.slow
 def test_workers_fork_from_a_server_that_imported_the_script_once(cloudmask_stores, tmp_path):
-    """The training script is imported once in the worker server, not again in every worker."""
+    """The forkserver fallback: the training script is imported once in the worker server, not again
+    in every worker."""
     import subprocess
     import sys
     from pathlib import Path
@@ -189,7 +190,8 @@ if __name__ == "__main__":
 """)
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=repo,
-                         env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+                         env={**__import__("os").environ, "PYTHONPATH": str(repo),
+                                  "SCIBENCH_WORKER_START": "forkserver"})
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert [line for line in lines if line.startswith("epoch")] == ["epoch 0 12", "epoch 1 12"]

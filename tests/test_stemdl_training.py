@@ -111,9 +111,9 @@ def test_reconstruction_beats_the_mean_image(root, tmp_path):
 
 def test_cli_train_and_evaluate(root, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main(["train", "stemdl", "--root", root, "--model", "resnet-small", "--input-mode", "random_projection",
+    assert main(["train", "stemdl", "--root", root, "--arch", "resnet-small", "--input-mode", "random_projection",
                  "--epochs", "1", "--batch-size", "16", "--out", str(out), "--no-progress"]) == 0
-    assert main(["evaluate", "stemdl", str(out / "model-classification.pt"), "--root", root, "--split", "dev",
+    assert main(["evaluate", "stemdl", "--model", str(out / "model-classification.pt"), "--root", root, "--split", "dev",
                  "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "top1" in printed and "macro_f1" in printed

@@ -14,7 +14,8 @@ import torch
 from loaders.uno import UnoBatchSampler, UnoDataset, UnoSource, gather
 from reference_models.uno import UnoModel, UnoModelConfig, n_parameters
 from scibench_data.convert.uno import UnoConversion, convert_uno
-from scibench_data.pipelines.uno import WORKER_CONTEXT, UnoTrainConfig, evaluate, train
+from loaders.workers import worker_context
+from scibench_data.pipelines.uno import UnoTrainConfig, evaluate, train
 from scibench_data.scoring.regression import regression_scores
 from scibench_data.synthetic.uno import SyntheticUno, generate
 
@@ -52,7 +53,7 @@ def test_dataloader_two_workers_yields_the_joined_rows(root: str) -> None:
     ds = UnoDataset(UnoSource(root=root), "train")
     sampler = UnoBatchSampler(len(ds), 64, seed=5)
     loader = torch.utils.data.DataLoader(ds, sampler=sampler, batch_size=None, num_workers=2,
-                                         multiprocessing_context=WORKER_CONTEXT)
+                                         multiprocessing_context=worker_context())
     batches = list(loader)
     expected = [gather(ds.arrays, ds.rows()[pos]) for pos in sampler]
     assert len(batches) == len(expected) == len(sampler)

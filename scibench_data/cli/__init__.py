@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 #: Modules with a ``register(cli: Commands)`` function.
@@ -27,26 +30,49 @@ VERB_HELP = {
     "convert": "convert raw files into one Zarr store (resumable)",
     "train": "train the reference model on a catalog entry",
     "evaluate": "score a trained model on a catalog entry",
-    "run": "the whole benchmark on the embedded default: generate, convert, open via the catalog, train, evaluate",
+    "predict": "write a trained model's predictions of the test split in the benchmark's prediction format",
+    "run": "the whole benchmark on the embedded default: generate, convert, open via the catalog, train, evaluate, "
+           "predict",
+    "show": "draw a sample (and a prediction) as a PNG picture",
     "append": "append new raw products to a complete store, time-ordered (resumable)",
     "scaffold": "create a store with a data set's full-scale shape as metadata, filling only some regions",
     "subset": "select scenes, times, channels and a window lazily; --dry-run says what would be read",
 }
 
 
+def add_global_options(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """``-q`` and ``--debug``, accepted before the command and after it (``scibench-data -q run cloudmask``
+    or ``scibench-data run cloudmask -q``)."""
+    default = {} if top else {"default": argparse.SUPPRESS}  # a subcommand must not reset the top's value
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars; warnings and errors only", **default)
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error, and INFO logs", **default)
+
+
+class _Subparsers:
+    """An ``add_subparsers`` action whose every parser takes the global options."""
+
+    def __init__(self, action: argparse._SubParsersAction) -> None:
+        self._action = action
+
+    def add_parser(self, *args, **kwargs) -> argparse.ArgumentParser:  # noqa: ANN002,ANN003
+        p = self._action.add_parser(*args, **kwargs)
+        add_global_options(p)
+        return p
+
+
 class Commands:
     """Registry handed to each module's ``register``."""
 
     def __init__(self, parser: argparse.ArgumentParser) -> None:
-        self._sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-        self._verbs: dict[str, argparse._SubParsersAction] = {}
+        self._sub = _Subparsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+        self._verbs: dict[str, _Subparsers] = {}
 
     def dataset(self, verb: str, dataset: str, func: Callable[[argparse.Namespace], int | None],
                 help: str) -> argparse.ArgumentParser:  # noqa: A002
         """Add ``scibench-data VERB DATASET``."""
         if verb not in self._verbs:
             p = self._sub.add_parser(verb, help=VERB_HELP.get(verb, verb), description=VERB_HELP.get(verb))
-            self._verbs[verb] = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+            self._verbs[verb] = _Subparsers(p.add_subparsers(dest="dataset", required=True, metavar="DATASET"))
         p = self._verbs[verb].add_parser(dataset, help=help, description=help)
         p.set_defaults(func=func)
         return p
@@ -57,10 +83,10 @@ class Commands:
         p.set_defaults(func=func)
         return p
 
-    def group(self, name: str, help: str) -> argparse._SubParsersAction:  # noqa: A002
+    def group(self, name: str, help: str) -> _Subparsers:  # noqa: A002
         """Add ``scibench-data NAME SUBCOMMAND`` (e.g. ``submission validate``)."""
         p = self._sub.add_parser(name, help=help, description=help)
-        return p.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+        return _Subparsers(p.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     from scibench_data import __version__
 
     parser.add_argument("--version", action="version", version=f"scibench-data {__version__}")
+    add_global_options(parser, top=True)
     cli = Commands(parser)
     for name in MODULES:
         importlib.import_module(name).register(cli)
@@ -88,7 +115,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from scibench_data.storage.regions import MisalignedRegionError
 
     return (SourceFormatError, StoreStateError, StoreLockedError, MisalignedRegionError, FileNotFoundError,
-            PermissionError, ValueError, KeyError)
+            FileExistsError, PermissionError, ValueError, KeyError)
 
 
 def storage_errors() -> tuple[type[BaseException], ...]:
@@ -110,18 +137,38 @@ def message(err: BaseException) -> str:
     return str(err.args[0]) if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
 
 
+def configure(args: argparse.Namespace) -> None:
+    """Apply ``-q`` (progress bars off through tqdm's own ``TQDM_DISABLE``; warnings only) and
+    ``--debug`` (INFO logs of our modules on stderr)."""
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+        if hasattr(args, "progress"):
+            args.progress = False
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    level = logging.INFO if args.debug else logging.ERROR if args.quiet else logging.WARNING
+    for name in ("scibench_data", "loaders", "reference_models"):
+        logging.getLogger(name).setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure(args)
     try:
         return int(args.func(args) or 0)
     except user_errors() as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"scibench-data: error: {message(err)}", file=sys.stderr)
         return 2
     except storage_errors() as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"scibench-data: storage error ({type(err).__name__}): {message(err)}; rerun the same "
               "command once the storage is reachable (finished work is kept)", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
         print("scibench-data: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
 

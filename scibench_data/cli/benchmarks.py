@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from scibench_data.cli.common import add_root
+from scibench_data.cli.common import add_root, show_out
 
 
 def _benchmarks(args: argparse.Namespace) -> int:
@@ -71,14 +71,10 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _from_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from scibench_data.submission import from_run
 
-    from scibench_data.submission import from_cloudmask_run, predict_cloudmask_run
-
-    pred = None
-    if args.predict:
-        pred = predict_cloudmask_run(args.run_dir, Path(args.run_dir) / "predictions.npz", root=args.root)
-    dest = from_cloudmask_run(args.run_dir, args.out, args.system, args.descriptor, args.org, pred, args.root)
+    dest = from_run(args.run_dir, args.out, args.system, args.descriptor, args.org, data_root=args.root,
+                    force=args.force, predict=args.predict)
     print(f"submission written to {dest}")
     return 0
 
@@ -86,7 +82,7 @@ def _from_run(args: argparse.Namespace) -> int:
 def _leaderboard(args: argparse.Namespace) -> int:
     from scibench_data.leaderboard import render
 
-    written = render(args.submissions, args.out)
+    written = render(args.submissions, args.out, include_synthetic=args.include_synthetic)
     print(f"leaderboard: {written['html']} and {written['markdown']} (+ {len(written) - 2} plots)")
     return 0
 
@@ -94,21 +90,24 @@ def _leaderboard(args: argparse.Namespace) -> int:
 def _show_cloudmask(args: argparse.Namespace) -> int:
     from scibench_data.show import show_cloudmask
 
-    print(f"wrote {show_cloudmask(args.scene, args.out, args.root, args.prediction)}")
+    out = show_out(args, "cloudmask", f"scene-{args.scene}")
+    print(f"wrote {show_cloudmask(args.scene, out, args.root, args.prediction)}")
     return 0
 
 
 def _show_stemdl(args: argparse.Namespace) -> int:
     from scibench_data.show import show_stemdl
 
-    print(f"wrote {show_stemdl(args.sample, args.out, args.root, args.prediction, args.task)}")
+    out = show_out(args, "stemdl", f"sample-{args.sample}-{args.task}")
+    print(f"wrote {show_stemdl(args.sample, out, args.root, args.prediction, args.task)}")
     return 0
 
 
 def _show_uno(args: argparse.Namespace) -> int:
     from scibench_data.show import show_uno
 
-    print(f"wrote {show_uno(args.prediction, args.out, args.root)}")
+    out = show_out(args, "candle_uno", "test-predictions")
+    print(f"wrote {show_uno(args.prediction, out, args.root)}")
     return 0
 
 
@@ -149,34 +148,40 @@ def register(cli) -> None:  # noqa: ANN001
     add_root(p)
     p.set_defaults(func=_create)
 
-    p = sub.add_parser("from-run", help="a submission from a 'scibench-data run cloudmask' output folder")
-    p.add_argument("run_dir")
+    p = sub.add_parser("from-run", help="a submission from a 'scibench-data run {cloudmask,stemdl,uno}' output folder")
+    p.add_argument("run_dir", help="ROOT/outputs/BENCHMARK/run-TIME (the benchmark is its log's)")
     p.add_argument("--out", required=True, help="submissions root")
     p.add_argument("--system", required=True)
     p.add_argument("--descriptor", required=True)
     p.add_argument("--org", default=None, help="default: the log's submission_org")
     p.add_argument("--predict", action="store_true",
-                   help="also predict the test split with the run's model.pt and save predictions-0.npz")
+                   help="predict the test split with the run's model (default: the run's predictions-BENCHMARK.npz)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing submission folder of the same benchmark (never another benchmark's)")
     add_root(p)
     p.set_defaults(func=_from_run)
 
     p = cli.command("leaderboard", _leaderboard, "render a leaderboard (Markdown + HTML with plots) from submissions")
     p.add_argument("submissions", help="folder of {organization}/{benchmark}/{system}/{descriptor} submissions")
     p.add_argument("--out", default="leaderboard", help="output folder (default ./leaderboard)")
+    p.add_argument("--include-synthetic", action="store_true",
+                   help="rank submissions on synthetic data with the others (default: listed apart, unranked)")
 
     p = cli.dataset("show", "cloudmask", _show_cloudmask, "PNG of a scene: false colour, brightness temperature, "
                     "label, prediction")
     p.add_argument("--scene", type=int, required=True, help="scene index in the store")
     p.add_argument("--prediction", default=None, help="prediction file (cloudmask format)")
-    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--out", default=None, help="PNG file (default ROOT/outputs/cloudmask/pictures/scene-N.png)")
     add_root(p)
     p = cli.dataset("show", "stemdl", _show_stemdl, "PNG of a sample's CBED stack (and potential, prediction)")
     p.add_argument("--sample", type=int, required=True, help="sample index in the store")
     p.add_argument("--task", choices=("classification", "reconstruction"), default="classification")
     p.add_argument("--prediction", default=None, help="prediction file (stemdl or stemdl_reconstruction format)")
-    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--out", default=None,
+                   help="PNG file (default ROOT/outputs/stemdl/pictures/sample-N-TASK.png)")
     add_root(p)
     p = cli.dataset("show", "uno", _show_uno, "PNG scatter of predicted vs true AUC on the test split")
-    p.add_argument("--prediction", required=True, help="prediction file (candle_uno format)")
-    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--prediction", required=True,
+                   help="prediction file (candle_uno format: predict uno, or a run's predictions-candle_uno.npz)")
+    p.add_argument("--out", default=None, help="PNG file (default ROOT/outputs/candle_uno/pictures/test-predictions.png)")
     add_root(p)

@@ -1,12 +1,12 @@
-"""``scibench-data {generate,convert,train,evaluate,run} cloudmask``."""
+"""``scibench-data {generate,convert,train,evaluate,predict,run} cloudmask``."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from scibench_data.cli.common import (
-    add_conversion_options, add_progress, add_resume_options, add_root, run_conversion,
+    add_conversion_options, add_model_options, add_resume_options, add_run_options, add_training_options,
+    model_out, require_store, run_conversion, train_out,
 )
 
 
@@ -38,12 +38,15 @@ def _train_config(args: argparse.Namespace):
 
 def _train(args: argparse.Namespace) -> int:
     from scibench_data.pipelines import training_log
-    from scibench_data.pipelines.cloudmask import train
+    from scibench_data.pipelines.cloudmask import BENCHMARK, train
 
-    with training_log(Path(args.out) / "train-mllog.txt", "cloudmask", args.resume) as log:
+    cfg = _train_config(args)
+    require_store(args.root, cfg.entry)
+    out = train_out(args, BENCHMARK)
+    with training_log(out / "train-mllog.txt", BENCHMARK, args.resume) as log:
         if log:
             log.start("run_start")
-        result = train(args.root, _train_config(args), args.out, log=log, progress=args.progress, resume=args.resume)
+        result = train(args.root, cfg, out, log=log, progress=args.progress, resume=args.resume)
         if log:
             log.end("run_stop", metadata={"status": "success"})
     print(f"trained on {len(result.splits['train'])} scenes, {result.samples} patches in {result.seconds:.0f} s; "
@@ -52,38 +55,47 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from scibench_data.pipelines.cloudmask import evaluate, print_scores
-
+    from scibench_data.pipelines.cloudmask import BENCHMARK, evaluate, print_scores
     from scibench_data.scoring.mllog import BenchmarkLog
 
-    with BenchmarkLog(Path(args.out) / "eval-mllog.txt", "cloudmask") as log:
-        result = evaluate(args.root, args.model, args.entry, args.split, args.out, log=log, progress=args.progress)
+    require_store(args.root, args.entry)
+    out = model_out(args)
+    with BenchmarkLog(out / "eval-mllog.txt", BENCHMARK) as log:
+        result = evaluate(args.root, args.model, args.entry, args.split, out, log=log, progress=args.progress)
     print_scores(result)
-    print(f"scores: {args.out}/scores.json\nmllog:  {log.path}")
+    print(f"scores: {out / 'scores.json'}\nmllog:  {log.path}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from scibench_data.pipelines.cloudmask import predict_test
+
+    require_store(args.root, "cloudmask_ds1")
+    path = predict_test(args.root, args.model, args.out, progress=args.progress)
+    print(f"predictions: {path}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from scibench_data.pipelines.cloudmask import RunConfig, run
 
+    train = dataclasses.replace(RunConfig.train, epochs=args.epochs, max_steps=args.max_steps,
+                                batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                                num_workers=args.num_workers)
     cfg = RunConfig(train_products=args.products, test_products=args.test_products, grid=(args.height, args.width),
-                    layout=args.layout)
+                    layout=args.layout, train=train)
     run(args.root, cfg, progress=args.progress, fresh=args.fresh)
     return 0
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entry", default="cloudmask_ds1", help="catalog entry (default cloudmask_ds1)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--patch", type=int, default=256)
     p.add_argument("--mode", choices=("fixed", "random"), default="fixed",
                    help="the reference's 20 fixed patches per scene, or seeded random patches")
     p.add_argument("--patches-per-scene", type=int, default=20, help="random mode only")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all (resumes count)")
     p.add_argument("--mix-scenes", type=int, default=1,
                    help="scenes whose patches are shuffled together (default 1: best read locality)")
 
@@ -107,27 +119,25 @@ def register(cli) -> None:  # noqa: ANN001
     add_conversion_options(p, unit="product")
 
     p = cli.dataset("train", "cloudmask", _train, "train the reference U-Net on a catalog entry")
-    add_root(p)
+    add_training_options(p, "cloudmask", epochs=1, batch_size=32, lr=1e-3, seed=1234)
     _add_train_options(p)
-    p.add_argument("--out", default="outputs/cloudmask", help="folder for model.pt and train-mllog.txt")
     add_resume_options(p)
-    add_progress(p)
 
     p = cli.dataset("evaluate", "cloudmask", _evaluate, "score a trained U-Net (accuracy, F1, IoU, log loss per scene)")
-    add_root(p)
+    add_model_options(p, "model.pt", "folder for scores.json and eval-mllog.txt (default: the model's folder)")
     p.add_argument("--entry", default="cloudmask_ds1")
-    p.add_argument("--model", required=True, help="model.pt written by train")
     p.add_argument("--split", choices=("train", "validation", "test"), default="test")
-    p.add_argument("--out", default="outputs/cloudmask", help="folder for scores.json and eval-mllog.txt")
-    add_progress(p)
 
-    p = cli.dataset("run", "cloudmask", _run,
-                    "generate small synthetic products, convert, open via the catalog, train briefly, evaluate")
-    add_root(p)
+    p = cli.dataset("predict", "cloudmask", _predict, "cloud probabilities of the test scenes (cloudmask prediction format)")
+    add_model_options(p, "model.pt", "prediction file (default: predictions-cloudmask.npz next to the model)")
+
+    p = cli.dataset("run", "cloudmask", _run, "generate small synthetic products, convert, open via the catalog, "
+                    "train briefly, evaluate, predict")
+    # the defaults of pipelines.cloudmask.RunConfig.train (not imported here: --help stays fast)
+    add_training_options(p, "cloudmask", epochs=10, batch_size=16, lr=1e-3, seed=1234, max_steps=60, out=False)
+    add_run_options(p)
     p.add_argument("--products", type=int, default=8, help="training products (default 8)")
     p.add_argument("--test-products", type=int, default=2, help="inference (test) products (default 2)")
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--layout", choices=("hdf", "sen3"), default="hdf")
-    p.add_argument("--fresh", action="store_true", help="regenerate and reconvert even if a store exists")
-    add_progress(p)

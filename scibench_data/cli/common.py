@@ -65,6 +65,79 @@ def write_json(path: str | Path, obj: dict) -> Path:
 def add_resume_options(p: argparse.ArgumentParser) -> None:
     """``train``: continue from the last checkpoint in the output folder; how often to write one."""
     p.add_argument("--resume", action="store_true",
-                   help="continue from checkpoint.pt in the output folder, mid-epoch where it stopped")
+                   help="continue from checkpoint.pt in --out (default: the newest run folder of this benchmark "
+                        "that has one), mid-epoch where it stopped")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="steps between checkpoints (default 0: at the end of each epoch only)")
+
+
+# --------------------------------------------------------------------------- the benchmark verbs, one shape
+
+
+def require_store(root: str | None, entry: str) -> None:
+    """Open ``entry`` through the catalog before a command writes anything: a missing store is then
+    one line naming the entry and the command that creates it, and no output folder is left behind."""
+    from scibench_data.catalog import open_catalog
+
+    getattr(open_catalog(root=root), entry).to_dask()
+
+
+def add_training_options(p: argparse.ArgumentParser, benchmark: str, *, epochs: int, batch_size: int, lr: float,
+                         seed: int, max_steps: int | None = None, out: bool = True) -> None:
+    """What ``train`` and ``run`` take for every benchmark (each keeps its own defaults; ``run`` always
+    writes a fresh run folder: no ``--out``)."""
+    add_root(p)
+    p.add_argument("--epochs", type=int, default=epochs, help=f"maximum epochs (default {epochs})")
+    p.add_argument("--max-steps", type=int, default=max_steps,
+                   help="stop after this many optimiser steps, across epochs" +
+                        (f" (default {max_steps})" if max_steps else " (default: no cap)"))
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
+    p.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr:g})")
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    if out:
+        p.add_argument("--out", default=None, help=f"output folder (default ROOT/outputs/{benchmark}/run-TIME)")
+    add_progress(p)
+
+
+def add_model_options(p: argparse.ArgumentParser, what: str, out_help: str) -> None:
+    """What ``evaluate`` and ``predict`` take for every benchmark."""
+    add_root(p)
+    p.add_argument("--model", required=True, help=f"{what} written by train or run")
+    p.add_argument("--out", default=None, help=out_help)
+    add_progress(p)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """What only ``run`` adds."""
+    p.add_argument("--fresh", action="store_true", help="regenerate and reconvert even if a store exists")
+
+
+def train_out(args: argparse.Namespace, benchmark: str) -> Path:
+    """``--out``; else with ``--resume`` the newest ``ROOT/outputs/{benchmark}/run-*`` holding a
+    ``checkpoint.pt``; else a fresh ``ROOT/outputs/{benchmark}/run-TIME`` (not created)."""
+    from scibench_data.catalog import default_root
+    from scibench_data.pipelines import run_dir
+
+    if args.out:
+        return Path(args.out)
+    if getattr(args, "resume", False):
+        base = Path(args.root or default_root()) / "outputs" / benchmark
+        runs = sorted((p.parent for p in base.glob("run-*/checkpoint.pt")), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise ValueError(f"--resume: no run folder with a checkpoint.pt under {base}; pass --out RUN_FOLDER")
+        return runs[-1]
+    return run_dir(args.root, benchmark)
+
+
+def model_out(args: argparse.Namespace) -> Path:
+    """``--out`` or the model's own folder: evaluation and predictions go next to the model."""
+    return Path(args.out) if args.out else Path(args.model).parent
+
+
+def show_out(args: argparse.Namespace, benchmark: str, name: str) -> Path:
+    """``--out`` or ``ROOT/outputs/{benchmark}/pictures/{name}.png``."""
+    from scibench_data.catalog import default_root
+
+    return Path(args.out) if args.out else Path(args.root or default_root()) / "outputs" / benchmark / "pictures" / \
+        f"{name}.png"

@@ -1,13 +1,14 @@
-"""``scibench-data {generate,convert,train,evaluate,run} stemdl``."""
+"""``scibench-data {generate,convert,train,evaluate,predict,run} stemdl``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
+from pathlib import Path
 
 from scibench_data.cli.common import (
-    add_conversion_options, add_progress, add_resume_options, add_root, run_conversion,
+    add_conversion_options, add_model_options, add_progress, add_resume_options, add_run_options,
+    add_training_options, model_out, require_store, run_conversion, train_out,
 )
 
 
@@ -34,33 +35,62 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from scibench_data.pipelines.stemdl import TrainConfig, train
+    from scibench_data.pipelines import training_log
+    from scibench_data.pipelines.stemdl import BENCHMARK, TrainConfig, train
 
     _quiet_intake()
-    cfg = TrainConfig(task=args.task, entry=args.entry, model=args.model, input_mode=args.input_mode,
+    cfg = TrainConfig(task=args.task, entry=args.entry, model=args.arch, input_mode=args.input_mode,
                       epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                       weight_decay=args.weight_decay, seed=args.seed, num_workers=args.num_workers,
-                      max_steps=args.max_steps, checkpoint_every=args.checkpoint_every)
-    result = train(args.root, cfg, args.out, progress=args.progress, resume=args.resume)
+                      max_steps=args.max_steps or 0, checkpoint_every=args.checkpoint_every)
+    require_store(args.root, cfg.entry_name)
+    out = train_out(args, BENCHMARK)
+    with training_log(out / "train-mllog.txt", BENCHMARK, args.resume) as log:
+        if log:
+            log.start("run_start")
+        result = train(args.root, cfg, out, log=log, progress=args.progress, resume=args.resume)
+        if log:
+            log.end("run_stop", metadata={"status": "success"})
     print(f"trained {cfg.task} on {result.samples} samples in {result.seconds:.0f} s; model: {result.model_path}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from scibench_data.pipelines.stemdl import evaluate, print_scores
+    from scibench_data.pipelines.stemdl import BENCHMARK, evaluate, print_scores
+    from scibench_data.scoring.mllog import BenchmarkLog
 
     _quiet_intake()
-    result = evaluate(args.root, args.model, args.split, args.out, progress=args.progress)
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"{args.model}: no such model file (written by train stemdl or run stemdl)")
+    out = model_out(args)
+    with BenchmarkLog(out / "eval-mllog.txt", BENCHMARK) as log:
+        result = evaluate(args.root, args.model, args.split, out, log=log, progress=args.progress)
     print_scores(result)
-    print(json.dumps(result["scores"], indent=2))
+    print(f"scores: {out / ('scores-' + result['task'] + '.json')}\nmllog:  {log.path}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from scibench_data.pipelines.stemdl import predict_test
+
+    _quiet_intake()
+    path = predict_test(args.root, args.model, args.out, progress=args.progress)
+    print(f"predictions: {path}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from scibench_data.pipelines.stemdl import run
+    import dataclasses
+
+    from scibench_data.pipelines.stemdl import RunConfig, run
 
     _quiet_intake()
-    run(args.root, progress=args.progress, fresh=args.fresh)
+    over = {"seed": args.seed, "num_workers": args.num_workers, "max_steps": args.max_steps or 0}
+    over |= {k: v for k, v in (("batch_size", args.batch_size), ("learning_rate", args.lr)) if v is not None}
+    cfg = RunConfig(classification=dataclasses.replace(RunConfig.classification, epochs=args.epochs, **over),
+                    reconstruction=dataclasses.replace(RunConfig.reconstruction,
+                                                       epochs=min(args.epochs, RunConfig.reconstruction.epochs), **over))
+    run(args.root, cfg, progress=args.progress, fresh=args.fresh)
     return 0
 
 
@@ -88,30 +118,26 @@ def register(cli) -> None:  # noqa: ANN001
     add_conversion_options(p)
 
     p = cli.dataset("train", "stemdl", _train, "train the reference model of one STEMDL task on a catalog entry")
-    add_root(p)
+    add_training_options(p, "stemdl", epochs=10, batch_size=32, lr=1e-3, seed=1234)
     p.add_argument("--task", choices=("classification", "reconstruction"), default="classification")
     p.add_argument("--entry", default=None, help="catalog entry (default stemdl / stemdl_reconstruction)")
-    p.add_argument("--model", choices=("resnet50", "resnet-small"), default="resnet50")
+    p.add_argument("--arch", choices=("resnet50", "resnet-small"), default="resnet50",
+                   help="classification network (default resnet50)")
     p.add_argument("--input-mode", choices=("stack", "random_projection"), default="stack")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=5e-5)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=0)
-    p.add_argument("--out", default="outputs/stemdl", help="folder for the model (default outputs/stemdl)")
     add_resume_options(p)
-    add_progress(p)
 
     p = cli.dataset("evaluate", "stemdl", _evaluate, "score a trained STEMDL model on a split of its catalog entry")
-    add_root(p)
-    p.add_argument("model", help="model file written by train stemdl")
+    add_model_options(p, "model-{task}.pt", "folder for scores-{task}.json and eval-mllog.txt (default: the model's "
+                                           "folder)")
     p.add_argument("--split", default="test")
-    p.add_argument("--out", default="outputs/stemdl", help="folder for scores-{task}.json")
-    add_progress(p)
 
-    p = cli.dataset("run", "stemdl", _run, "STEMDL end to end on synthetic data: generate, convert, train, evaluate")
-    add_root(p)
-    p.add_argument("--fresh", action="store_true", help="regenerate and reconvert from scratch")
-    add_progress(p)
+    p = cli.dataset("predict", "stemdl", _predict, "a trained model's test predictions (stemdl class scores or "
+                    "stemdl_reconstruction potentials)")
+    add_model_options(p, "model-{task}.pt", "prediction file (default: predictions-{benchmark}.npz next to the model)")
+
+    p = cli.dataset("run", "stemdl", _run, "STEMDL end to end on synthetic data: generate, convert, train, evaluate "
+                    "and predict both tasks")
+    add_training_options(p, "stemdl", epochs=10, batch_size=32, lr=1e-3, seed=1234, out=False)
+    p.set_defaults(batch_size=None, lr=None)  # each task keeps its own unless given (32 / 16, 1e-3 / 3e-3)
+    add_run_options(p)

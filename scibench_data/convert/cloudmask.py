@@ -49,7 +49,6 @@ from typing import Any
 
 import dask.array as da
 import fsspec
-import h5py
 import numpy as np
 import xarray as xr
 

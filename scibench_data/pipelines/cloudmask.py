@@ -7,6 +7,7 @@ parameter); patches stream from the entry's Zarr store.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,12 +23,15 @@ from reference_models.training import (
 )
 from reference_models.unet import UNet, n_parameters
 from scibench_data.catalog import entry_location, open_catalog
-from scibench_data.pipelines import new_run
+from scibench_data.pipelines import (
+    epoch_desc, epochs_to_run, is_synthetic, mark_synthetic, new_run, predictions_path, raw_dir,
+)
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.report import format_table, write_scores
 from scibench_data.scoring.segmentation import average_scores, fit_single_channel_threshold, scene_scores
 
 BENCHMARK = "cloudmask"
+log_ = logging.getLogger(__name__)
 TARGET = {"pixel_accuracy": 0.9}
 
 
@@ -82,7 +86,9 @@ def _open(root: str | None, entry: str):
     if entry not in cat:
         raise KeyError(f"catalog has no entry {entry!r}")
     ds = getattr(cat, entry).to_dask()
-    return ds, entry_location(cat, entry)
+    location = entry_location(cat, entry)
+    log_.info("opened catalog entry %s: %s, store %s", entry, dict(ds.sizes), location.url)
+    return ds, location
 
 
 def masked_bce(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -114,9 +120,9 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
     torch.manual_seed(cfg.seed)
     if cfg.num_workers:
         start_worker_server()  # its start-up overlaps with opening the store
+    ds, location = _open(root, cfg.entry)  # before any output is written: a missing store writes nothing
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    ds, location = _open(root, cfg.entry)
     splits = split_scenes(ds["split"].values, cfg.val_fraction, cfg.split_seed)
     if not splits["train"]:
         raise ValueError(f"{cfg.entry} has no training scenes")
@@ -143,12 +149,17 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
         image, mask = batch
         return masked_bce(net(image), mask), len(image)
 
-    for epoch in range(first_epoch, cfg.epochs):
+    try:
+        steps_per_epoch = len(loader)
+    except TypeError:
+        steps_per_epoch = None
+    n_epochs = epochs_to_run(cfg.epochs, steps_per_epoch, cfg.max_steps)
+    for epoch in range(first_epoch, n_epochs):
         loader.set_epoch(epoch)
         if log:
             log.start("epoch_start", metadata={"epoch_num": epoch + 1})
         stopped = run_epoch(net, loader, opt, loss_of_batch, progress_, max_steps=cfg.max_steps,
-                            desc=f"train epoch {epoch + 1}/{cfg.epochs}", show=progress and main,
+                            desc=epoch_desc("train epoch", epoch, n_epochs, cfg.max_steps), show=progress and main,
                             after_step=checkpoints.after_step)
         checkpoints.save()
         if log:
@@ -201,7 +212,7 @@ def evaluate(root: str | None, model_path: str | Path, entry: str = "cloudmask_d
         log.start("eval_start", metadata={"split": split})
         log.event("eval_samples", len(scenes))
     per_scene, probs = [], {}
-    for s in tqdm(scenes, desc=f"evaluate {split}", unit="scene", disable=not progress):
+    for s in tqdm(scenes, desc=f"evaluate {split}", unit="scene", disable=None if progress else True):
         image, mask = read_scene(location, s)
         prob = predict_scene(model, image)
         probs[s] = prob
@@ -234,6 +245,23 @@ def _pixels(location, scenes: list[int], max_pixels: int = 400_000) -> tuple[np.
     shape = min(i.shape[1] for i in images), min(i.shape[2] for i in images)
     return (np.stack([i[:, :shape[0], :shape[1]] for i in images]),
             np.stack([m[:shape[0], :shape[1]] for m in masks]))
+
+
+def predict_test(root: str | None, model_path: str | Path, out: str | Path | None = None,
+                 progress: bool = True) -> Path:
+    """The test split's cloud probabilities of a trained model, saved in the ``cloudmask`` prediction
+    format (default: ``predictions-cloudmask.npz`` next to the model)."""
+    from scibench_data.benchmarks import get
+    from scibench_data.scoring.predictions import load_truth, save_predictions
+
+    b = get(BENCHMARK)
+    ds, location = _open(root, b.entry)
+    model, _ = load_model(model_path)
+    truth = load_truth(b, ds)
+    probs = np.stack([predict_scene(model, read_scene(location, int(s))[0])
+                      for s in tqdm(truth.indices, desc="predict test", unit="scene", disable=None if progress else True)])
+    out = Path(out) if out else predictions_path(Path(model_path).parent, BENCHMARK)
+    return save_predictions(out, b, probs.astype(np.float32), **truth.ids)
 
 
 def print_scores(result: dict) -> None:
@@ -276,10 +304,10 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
     from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
 
     root = root or default_root()
-    raw = Path(root) / "raw" / "cloudmask"
+    raw = raw_dir(root, BENCHMARK)
     store = store_url(cfg.train.entry, root)
     t0 = time.perf_counter()
-    outdir, log = new_run(root, BENCHMARK)
+    outdir, log = new_run(root, BENCHMARK, synthetic=True)
     with log.interval("staging", metadata={"store": store}):
         if fresh:
             shutil.rmtree(raw, ignore_errors=True)
@@ -297,21 +325,26 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
             print("\n".join(report.lines()))
             if not report.ok:
                 raise RuntimeError(f"conversion did not complete: {report.failed or report.rejected}")
+            mark_synthetic(store, "scibench_data.synthetic.cloudmask")
     t_open = time.perf_counter()
     ds = getattr(open_catalog(root=root), cfg.train.entry).to_dask()
     print(f"opened {cfg.train.entry} through the catalog in {time.perf_counter() - t_open:.2f} s: "
-          f"{dict(ds.sizes)}, image {ds['image'].dtype}, lazy={ds['image'].chunks is not None}")
+          f"{dict(ds.sizes)}, image {ds['image'].dtype}, lazy={ds['image'].chunks is not None}"
+          f"{', synthetic data' if is_synthetic(ds) else ''}")
     result = train(root, cfg.train, outdir, log=log, progress=progress)
     print(f"trained {result.samples} patches in {result.seconds:.0f} s (final loss {result.losses[-1]:.4f})")
     scores = evaluate(root, result.model_path, cfg.train.entry, "test", outdir, log=log, progress=progress)
     log.end("run_stop", metadata={"status": "success"})
     log.close()
     elapsed = time.perf_counter() - t0
+    predictions = predict_test(root, result.model_path, predictions_path(outdir, BENCHMARK), progress=progress)
     print_scores(scores)
     summary = {"root": root, "raw": str(raw), "store": store, "outputs": str(outdir), "model": str(result.model_path),
+               "predictions": str(predictions), "synthetic": True,
                "scores_json": str(outdir / "scores.json"), "mllog": str(log.path), "seconds": round(elapsed, 1),
                "scores": scores["scores"], "baseline_single_channel": scores.get("baseline_single_channel")}
     save_json(outdir / "run.json", summary)
     print(f"\nraw products: {raw}\nZarr store:   {store}\nmodel:        {result.model_path}\n"
-          f"scores:       {outdir / 'scores.json'}\nmllog:        {log.path}\ntotal time:   {elapsed:.0f} s")
+          f"scores:       {outdir / 'scores.json'}\npredictions:  {predictions}\nmllog:        {log.path}\n"
+          f"total time:   {elapsed:.0f} s (synthetic data)")
     return summary

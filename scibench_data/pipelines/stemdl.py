@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from loaders.stemdl import DEFAULT_ENTRY, from_catalog, stemdl_loader
+from loaders.workers import worker_context
 from reference_models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from reference_models.resnet import build as build_resnet
 from reference_models.training import (
@@ -28,12 +30,17 @@ from reference_models.training import (
 )
 from scibench_data.formats.stemdl import N_CLASSES
 from scibench_data.scoring.classification import classification_scores
-from scibench_data.pipelines import new_run
+from scibench_data.pipelines import (
+    epoch_desc, epochs_to_run, mark_synthetic, new_run, predictions_path, raw_dir,
+)
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.reconstruction import mse, reconstruction_scores
 from scibench_data.scoring.report import format_table, write_scores
 
 BENCHMARK = "stemdl"
+#: The benchmark (prediction format) of each task.
+TASK_BENCHMARK = {"classification": "stemdl", "reconstruction": "stemdl_reconstruction"}
+log_ = logging.getLogger(__name__)
 TASKS = ("classification", "reconstruction")
 #: Reference baseline of the classification task (formats.md).
 TARGET = {"top1": 0.57, "macro_f1": 0.43}
@@ -85,7 +92,7 @@ class TrainResult:
 
 
 def _loader(data, cfg: TrainConfig, shuffle: bool) -> DataLoader:
-    kwargs = {"multiprocessing_context": "forkserver"} if cfg.num_workers else {}
+    kwargs = {"multiprocessing_context": worker_context()} if cfg.num_workers else {}
     return DataLoader(data, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
                       generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
 
@@ -117,10 +124,11 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
     main = is_main_process()
     log = log if main else None
     torch.manual_seed(cfg.seed)
+    kwargs = {"mode": cfg.input_mode, "seed": cfg.seed} if cfg.task == "classification" else {}
+    data = from_catalog(cfg.task, "train", root, cfg.entry, **kwargs)  # before any output: a missing store writes nothing
+    log_.info("training %s on %d samples of %s", cfg.task, len(data), cfg.entry_name)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    kwargs = {"mode": cfg.input_mode, "seed": cfg.seed} if cfg.task == "classification" else {}
-    data = from_catalog(cfg.task, "train", root, cfg.entry, **kwargs)
     stats = target_stats(data) if cfg.task == "reconstruction" else (0.0, 1.0)
     size = int(data[0][0].shape[-1])
     model = build_model(cfg, getattr(data, "in_channels", 3), size)
@@ -158,13 +166,14 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
         return loss, len(x)
 
     t0 = time.perf_counter()
-    for epoch in range(first_epoch, cfg.epochs):
+    n_epochs = epochs_to_run(cfg.epochs, len(loader), cfg.max_steps)
+    for epoch in range(first_epoch, n_epochs):
         loader.set_epoch(epoch)
         if log:
             log.start("epoch_start", metadata={"epoch_num": epoch + 1, "task": cfg.task})
         stopped = run_epoch(net, loader, opt, loss_of_batch, progress_, max_steps=cfg.max_steps,
-                            desc=f"train {cfg.task} {epoch + 1}/{cfg.epochs}", show=progress and main,
-                            after_step=checkpoints.after_step)
+                            desc=epoch_desc(f"train {cfg.task}", epoch, n_epochs, cfg.max_steps),
+                            show=progress and main, after_step=checkpoints.after_step)
         meta = {"epoch_num": epoch + 1, "loss": progress_.last_loss}
         cut_short = stopped and not loader.finished
         if cut_short:
@@ -247,7 +256,7 @@ def predict(model: torch.nn.Module, data, batch_size: int = 64, progress: bool =
             desc: str = "evaluate") -> tuple[np.ndarray, np.ndarray]:
     """Model outputs and targets over a dataset; ``(B, 3, 1, H, W)`` inputs get their logits averaged."""
     outs, targets = [], []
-    for x, y in tqdm(DataLoader(data, batch_size=batch_size), desc=desc, unit="batch", disable=not progress):
+    for x, y in tqdm(DataLoader(data, batch_size=batch_size), desc=desc, unit="batch", disable=None if progress else True):
         if x.ndim == 5:
             b, k = x.shape[:2]
             out = model(x.flatten(0, 1)).view(b, k, -1).mean(dim=1)
@@ -292,6 +301,33 @@ def evaluate(root: str | None, model_path: str | Path, split: str = "test", outd
     return result
 
 
+def predict_test(root: str | None, model_path: str | Path, out: str | Path | None = None,
+                 progress: bool = True) -> Path:
+    """A trained model's predictions of the test split, saved in its task's prediction format
+    (``stemdl``: class scores; ``stemdl_reconstruction``: potentials); default
+    ``predictions-{benchmark}.npz`` next to the model."""
+    from scibench_data.benchmarks import get
+    from scibench_data.catalog import open_catalog
+    from scibench_data.scoring.predictions import load_truth, save_predictions
+
+    model, cfg, ckpt = load_model(model_path)
+    b = get(TASK_BENCHMARK[cfg.task])
+    truth = load_truth(b, getattr(open_catalog(root=root), cfg.entry_name).to_dask())
+    if cfg.task == "classification":
+        mode = "projections" if cfg.input_mode == "random_projection" else "stack"
+        data = from_catalog("classification", "test", root, cfg.entry, mode=mode)
+        values, _ = predict(model, data, progress=progress, desc="predict test")
+        if values.shape[1] < truth.sample_shape[0]:  # the model's classes first, the store's others never predicted
+            values = np.pad(values, ((0, 0), (0, truth.sample_shape[0] - values.shape[1])), constant_values=-1e9)
+    else:
+        data = from_catalog("reconstruction", "test", root, cfg.entry)
+        mean, std = ckpt["target_stats"]
+        values, _ = predict(model, data, progress=progress, desc="predict test")
+        values = (values * std + mean).reshape(len(values), *truth.sample_shape)
+    out = Path(out) if out else predictions_path(Path(model_path).parent, b.name)
+    return save_predictions(out, b, values.astype(np.float32), **truth.ids)
+
+
 def mean_image(root: str | None, entry: str | None = None) -> np.ndarray:
     """The mean training target ``(1, H, W)``: the trivial reconstruction baseline."""
     data = from_catalog("reconstruction", "train", root, entry, as_torch=False)
@@ -327,10 +363,10 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
     from scibench_data.synthetic.stemdl import SyntheticSTEMDL, generate
 
     root = root or default_root()
-    raw = Path(root) / "raw" / "stemdl"
+    raw = raw_dir(root, BENCHMARK)
     stores = {"stemdl": store_url("stemdl", root), "stemdl_reconstruction": store_url("stemdl_reconstruction", root)}
     t0 = time.perf_counter()
-    outdir, log = new_run(root, BENCHMARK)
+    outdir, log = new_run(root, BENCHMARK, synthetic=True)
     with log.interval("staging", metadata={"stores": list(stores.values())}):
         if fresh:
             shutil.rmtree(raw, ignore_errors=True)
@@ -349,26 +385,31 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
             print("\n".join(report.lines()))
             if not report.ok:
                 raise RuntimeError(f"conversion into {stores[entry]} did not complete: {report.failed or report.rejected}")
-    results = {}
+            mark_synthetic(stores[entry], "scibench_data.synthetic.stemdl")
+    results, predictions = {}, {}
     for tcfg in (cfg.classification, cfg.reconstruction):
         trained = train(root, tcfg, outdir, log=log, progress=progress)
         print(f"trained {tcfg.task}: {trained.samples} samples in {trained.seconds:.0f} s "
               f"(final loss {trained.losses[-1]:.4f}; kept epoch {trained.selected_epoch or tcfg.epochs}, "
               f"the lowest {tcfg.select_split} loss)")
         results[tcfg.task] = evaluate(root, trained.model_path, "test", outdir, log=log, progress=progress)
+        predictions[TASK_BENCHMARK[tcfg.task]] = trained.model_path
+    log.event("result", results["classification"]["scores"], metadata={"benchmark": BENCHMARK})
     log.end("run_stop", metadata={"status": "success"})
     log.close()
     elapsed = time.perf_counter() - t0
+    predictions = {b: str(predict_test(root, m, predictions_path(outdir, b), progress=progress))
+                   for b, m in predictions.items()}
     for r in results.values():
         print_scores(r)
     rec = results["reconstruction"]
     print(f"reconstruction baseline (mean training image) MSE: {rec['baseline_mean_image_mse']:.4f}; "
           f"classification chance top-1: {results['classification']['chance_top1']:.3f}")
     summary = {"root": root, "raw": str(raw), "stores": stores, "outputs": str(outdir), "mllog": str(log.path),
-               "seconds": round(elapsed, 1), "results": results}
+               "seconds": round(elapsed, 1), "results": results, "predictions": predictions, "synthetic": True}
     (outdir / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(json.dumps({t: r["scores"] for t, r in results.items()}, indent=2))
     print(f"\nraw files:   {raw}\nZarr stores: {stores['stemdl']}\n             {stores['stemdl_reconstruction']}\n"
-          f"outputs:     {outdir} (models, scores-*.json, run.json)\nmllog:       {log.path}\n"
-          f"total time:  {elapsed:.0f} s")
+          f"outputs:     {outdir} (models, scores-*.json, predictions-*.npz, run.json)\nmllog:       {log.path}\n"
+          f"total time:  {elapsed:.0f} s (synthetic data)")
     return summary

@@ -7,6 +7,7 @@ catalog-level ``root``). Each step is a plain function; the CLI is a thin shell.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from loaders.uno import UnoArrays, UnoDataset, UnoSource, load_arrays, numpy_batches, uno_loader
 from reference_models.training import Checkpoints, TrainingProgress, data_parallel, init_distributed, is_main_process
 from reference_models.uno import UnoModel, UnoModelConfig, n_parameters
+from scibench_data.pipelines import epoch_desc, epochs_to_run, mark_synthetic, new_run, predictions_path, raw_dir
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.regression import regression_scores
 from scibench_data.scoring.report import format_table, write_scores
@@ -25,9 +27,7 @@ from scibench_data.scoring.report import format_table, write_scores
 BENCHMARK = "candle_uno"
 #: MLCommons reference (formats.md): val R2 0.7486, val MSE 0.0054.
 TARGET = {"r2": 0.7486, "mse": 0.0054}
-#: DataLoader workers start from a fresh interpreter: a forked child inherits zarr's and dask's I/O threads
-#: dead and hangs on its first read (seen here), whatever the pid check reopens.
-WORKER_CONTEXT = "forkserver"
+log_ = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,11 @@ class UnoTrainConfig:
     progress: bool = True
     checkpoint_every: int = 0  # steps between checkpoints (0: at the end of each epoch only)
     remainder: str = "pad"  # several ranks: pad the epoch to a multiple of them by repetition, or "drop"
+    max_steps: int = 0  # optimiser steps across epochs (resumes included); 0: no cap
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1 or self.num_workers < 0:
+        if self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1 or self.num_workers < 0 \
+                or self.max_steps < 0:
             raise ValueError(f"bad training options: lr={self.lr}, batch_size={self.batch_size}, "
                              f"max_epochs={self.max_epochs}, patience={self.patience}, num_workers={self.num_workers}")
         if self.checkpoint_every < 0 or self.remainder not in ("pad", "drop"):
@@ -89,13 +91,14 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
     init_distributed()
     main = is_main_process()
     log = log if main else None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     dataset = UnoDataset(source, "train")
-    arrays = dataset.arrays
+    arrays = dataset.arrays  # before any output: a missing store writes nothing
+    log_.info("training UNO on %d responses", len(dataset))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     mc = UnoModelConfig(**{**asdict(cfg.model), "n_genes": arrays.rnaseq.shape[1],
                            "n_descriptors": arrays.descriptors.shape[1]})
     model = UnoModel(mc)
@@ -121,14 +124,19 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
     if resume:
         first_epoch, extra = checkpoints.resume()
         state.update(extra)
-    for epoch in range(first_epoch, cfg.max_epochs):
-        if state["done"]:
+    n_epochs = epochs_to_run(cfg.max_epochs, len(loader), cfg.max_steps)
+    for epoch in range(first_epoch, n_epochs):
+        if state["done"] or (cfg.max_steps and progress.steps >= cfg.max_steps):
             break
         loader.set_epoch(epoch)
         net.train()
-        bar = tqdm(loader, desc=f"uno epoch {epoch + 1}/{cfg.max_epochs}", unit="batch",
-                   disable=not (cfg.progress and main), leave=False, dynamic_ncols=True)
+        left = len(loader) if not cfg.max_steps else min(len(loader), cfg.max_steps - progress.steps)
+        bar = tqdm(loader, total=left, desc=epoch_desc("uno epoch", epoch, n_epochs, cfg.max_steps)
+                   + (" (early stopping)" if cfg.patience < n_epochs else ""), unit="batch",
+                   disable=None if (cfg.progress and main) else True, dynamic_ncols=True)
         for batch in bar:
+            if cfg.max_steps and progress.steps >= cfg.max_steps:
+                break
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(net(batch["cell"], batch["drug"]), batch["auc"])
             loss.backward()
@@ -144,6 +152,7 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
         state["history"].append({"epoch": epoch + 1, "train_mse": train_mse, **{f"val_{k}": v for k, v in val.items()}})
         if log:
             log.event("eval_accuracy", val["r2"], metadata={"epoch_num": epoch + 1, "val_mse": val["mse"]})
+        bar.close()
         if cfg.progress and main:
             tqdm.write(f"epoch {epoch + 1}: train mse {train_mse:.5f}  val mse {val['mse']:.5f}  "
                        f"val r2 {val['r2']:.4f}")
@@ -185,3 +194,70 @@ def report(scores: dict[str, dict], out_dir: Path, **context: object) -> tuple[s
     table = format_table(flat, "CANDLE-UNO scores", {f"val_{k}": v for k, v in TARGET.items()})
     path = write_scores(out_dir / "scores.json", BENCHMARK, flat, **context)
     return table, path
+
+
+def predict_test(source: UnoSource, checkpoint: str | Path, out: str | Path | None = None) -> Path:
+    """A checkpoint's AUC predictions of the test split, saved in the ``candle_uno`` prediction format
+    (default: ``predictions-candle_uno.npz`` next to the checkpoint)."""
+    from scibench_data.benchmarks import get
+    from scibench_data.scoring.predictions import load_truth, save_predictions
+
+    ds = source.open()
+    truth = load_truth(get(BENCHMARK), ds)
+    _, p = predict(load_model(checkpoint), load_arrays(ds), "test")
+    out = Path(out) if out else predictions_path(Path(checkpoint).parent, BENCHMARK)
+    return save_predictions(out, BENCHMARK, p.astype(np.float32), **truth.ids)
+
+
+#: ``run uno``: small enough for seconds on 2 CPU cores, full feature dimensions.
+DEMO_DATA = {"n_cells": 60, "n_drugs": 40, "n_responses": 3000}
+
+
+def run(root: str | None, cfg: UnoTrainConfig, fresh: bool = False, seed: int = 0,
+        data: dict | None = None) -> dict:
+    """Generate (synthetic raw TSVs in ``ROOT/raw/candle_uno``) -> convert -> open through the catalog ->
+    train -> evaluate -> predict, into ``ROOT/outputs/candle_uno/run-{time}/``; returns a summary."""
+    import shutil
+
+    from scibench_data.catalog import default_root, store_url
+    from scibench_data.convert.uno import UnoConversion, convert_uno
+    from scibench_data.synthetic.uno import SyntheticUno, generate
+
+    t0 = time.perf_counter()
+    root = root or default_root()
+    raw, store = raw_dir(root, BENCHMARK), store_url(BENCHMARK, root)
+    outdir, log = new_run(root, BENCHMARK, synthetic=True)
+    with log.interval("staging", metadata={"store": store}):
+        if fresh:
+            shutil.rmtree(raw, ignore_errors=True)
+            shutil.rmtree(store, ignore_errors=True)
+        if not (raw / "combined_single_response_agg").exists():
+            synth = SyntheticUno(**(data or DEMO_DATA), seed=seed)
+            print(f"generating synthetic CANDLE-UNO raw data ({synth.n_cells} cells, {synth.n_drugs} drugs, "
+                  f"{synth.n_responses} responses) in {raw}")
+            generate(raw, "raw", synth)
+        conv = convert_uno(raw, store, UnoConversion(progress=cfg.progress))
+        print("\n".join(conv.lines()))
+        if not conv.ok:
+            raise RuntimeError(f"conversion did not complete: {conv.failed or conv.rejected}")
+        mark_synthetic(store, "scibench_data.synthetic.uno")
+    source = UnoSource(root=root)
+    result = train(source, outdir, cfg, log)
+    with log.interval("eval"):
+        scores = evaluate(source, result.checkpoint)
+    log.event("eval_accuracy", scores["val"]["r2"], metadata={"metric": "val_r2", **scores["val"]})
+    log.event("result", scores["test"])
+    log.end("run_stop", metadata={"status": "success"})
+    log.close()
+    predictions = predict_test(source, result.checkpoint, predictions_path(outdir, BENCHMARK))
+    elapsed = time.perf_counter() - t0
+    table, path = report(scores, outdir, source=str(raw), store=store, epochs=result.epochs,
+                         best_epoch=result.best_epoch, elapsed_s=elapsed, synthetic=True)
+    summary = {"root": root, "raw": str(raw), "store": store, "outputs": str(outdir), "model": str(result.checkpoint),
+               "scores_json": str(path), "predictions": str(predictions), "mllog": str(log.path),
+               "seconds": round(elapsed, 1), "scores": scores, "synthetic": True}
+    (outdir / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(table)
+    print(f"\nraw data:    {raw}\nZarr store:  {store}\nmodel:       {result.checkpoint}\nscores:      {path}\n"
+          f"predictions: {predictions}\nmllog:       {log.path}\ntotal time:  {elapsed:.0f} s (synthetic data)")
+    return summary

@@ -92,3 +92,37 @@ def read_events(path: str | Path) -> list[dict]:
             raise ValueError(f"{path}:{n}: event lacks {sorted(missing)}")
         events.append(ev)
     return events
+
+
+#: mlperf_logging compliance-checker configs: ``common.yaml`` and one ``{benchmark}.yaml`` per benchmark.
+COMPLIANCE_DIR = Path(__file__).resolve().parents[1] / "data" / "mllog"
+#: The mllog parser's rule set our lines follow.
+COMPLIANCE_RULESET = "4.1.0"
+
+
+def check_compliance(path: str | Path, benchmark: str | None = None) -> list[str]:
+    """Problems ``mlperf_logging``'s compliance checker finds in an mllog file, with our configs
+    (``scibench_data/data/mllog/common.yaml``, then ``{benchmark}.yaml``); empty when it complies.
+    Each problem is one line."""
+    from mlperf_logging.compliance_checker import mlp_compliance, mlp_parser
+
+    checker = mlp_compliance.make_checker("hpc", "3.0.0", quiet=True, werror=False)
+    lines, errors = mlp_parser.parse_file(str(path), ruleset=COMPLIANCE_RULESET)
+    problems = [f"line {line!s:.60}: {err}" for line, err in errors]
+    configs = [COMPLIANCE_DIR / "common.yaml"]
+    if benchmark is not None:
+        config = COMPLIANCE_DIR / f"{benchmark}.yaml"
+        if not config.is_file():
+            raise ValueError(f"no compliance config for benchmark {benchmark!r} in {COMPLIANCE_DIR}")
+        configs.append(config)
+    for config in configs:
+        checker.configured_checks(lines, str(config))
+    messages = [*checker.overwritable.values(), *checker.not_overwritable]
+    return problems + [_one_line(m) for m in messages]
+
+
+def _one_line(message: str) -> str:
+    """A compliance-checker message on one line: what failed and which test, without the log line and state."""
+    lines = message.splitlines()
+    test = next((ln.strip() for ln in lines if ln.startswith("failed test:")), "")
+    return f"mlperf compliance: {lines[0].rstrip(':')}" + (f" ({test})" if test else "")

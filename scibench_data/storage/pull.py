@@ -357,7 +357,7 @@ def pull(catalog_url: str, dataset: str, to: str | os.PathLike, subset: Subset =
     todo = [k for k in body if not _local_ok(Path(confine(str(dest), k, what="manifest key")), expected[k].size,
                                              expected[k].sha256)]
     total = sum(expected[k].size for k in keys)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {dataset}", disable=not progress) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {dataset}", disable=None if progress else True) as bar:
         bar.update(total - sum(expected[k].size for k in todo) - len(root_bytes))
         nbytes = download(pub.location, dest, manifest, todo, workers, bar)
         _write_atomic(dest.joinpath(*PULL_KEY), json.dumps({**info, "complete": True}, indent=1).encode())

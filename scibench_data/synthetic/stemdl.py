@@ -284,7 +284,7 @@ def generate(dest: str | Path, layout: str, config: SyntheticSTEMDL = SyntheticS
     paths: list[Path] = []
     pending: dict[str, list] = {s: [] for s in SPLIT_ORDER}
     counts = dict.fromkeys(SPLIT_ORDER, 0)
-    bar = tqdm(total=config.n_samples, desc=f"generate stemdl {layout}", unit="sample", disable=not progress)
+    bar = tqdm(total=config.n_samples, desc=f"generate stemdl {layout}", unit="sample", disable=None if progress else True)
     for i, (split, mat, s) in enumerate(_samples(config)):
         (dest / split).mkdir(parents=True, exist_ok=True)
         stack, potential = draw_sample(mat, s, config.pattern, config.seed)
