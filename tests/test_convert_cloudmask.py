@@ -231,3 +231,17 @@ def test_concurrent_writer_is_refused(cloudmask_raw, tmp_path):
     # the holder is gone: its lock is stale and the conversion proceeds
     report = convert_cloudmask(str(cloudmask_raw["hdf"]), str(dest), CloudMaskConversion(layout="hdf", progress=False))
     assert report.ok
+
+
+def test_a_synthetic_demo_store_is_marked_at_conversion_and_still_verifies(cloudmask_raw, tmp_path):
+    """`run` marked its stores synthetic by rewriting the finished root, which no longer matched the
+    manifest written at finalize: `verify --store` on the demo store reported zarr.json corrupted."""
+    dest = tmp_path / "demo.zarr"
+    report = convert_cloudmask(str(cloudmask_raw["hdf"]), str(dest),
+                               CloudMaskConversion(layout="hdf", progress=False, synthetic="a-generator"))
+    assert report.ok
+    assert xr.open_zarr(dest).attrs["scibench_synthetic"] == "a-generator"
+    done = subprocess.run([sys.executable, "-m", "scibench_data.cli", "verify", "--store", str(dest)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all match the manifest" in done.stdout

@@ -75,3 +75,16 @@ def test_readme_and_docs_python_blocks_run_verbatim_as_scripts(page, index, code
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path,
                          timeout=300)
     assert out.returncode == 0, f"{page} block {index} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_the_demo_store_run_wrote_is_marked_synthetic_and_verifies(embedded_default):
+    """`run cloudmask` used to mark its store synthetic after it was finished, so its root no longer
+    matched the manifest and `verify --store` failed on the README's own demo store."""
+    import xarray as xr
+
+    store = Path(embedded_default["SCIBENCH_DATA_ROOT"]) / "cloudmask_ds1.zarr"
+    assert xr.open_zarr(store).attrs["scibench_synthetic"] == "scibench_data.synthetic.cloudmask"
+    done = subprocess.run([sys.executable, "-m", "scibench_data.cli", "verify", "--store", str(store)],
+                          capture_output=True, text=True, env=embedded_default, timeout=300)
+    assert done.returncode == 0 and "all match the manifest" in done.stdout, done.stdout + done.stderr

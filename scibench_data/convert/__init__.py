@@ -7,18 +7,28 @@ from dataclasses import asdict, dataclass, field
 
 from scibench_data.storage.encoding import DEFAULT_CODEC, CodecChoice
 
+#: Root attribute naming the generator of a store's synthetic sources (absent for real data).
+SYNTHETIC_ATTR = "scibench_synthetic"
+
 
 @dataclass(frozen=True, kw_only=True)
 class ConversionRun:
     """How any conversion runs (every data set's options extend this): output codec, scheduler
     (``"threads"``, ``"sync"``, ``"local-cluster"`` or a dask scheduler address), workers,
-    retries of a failing task, progress bars. Keyword-only, after each data set's own fields."""
+    retries of a failing task, progress bars, and whether the sources are synthetic (the generator's
+    name, recorded in the finished store's root as :data:`SYNTHETIC_ATTR`, part of its manifest).
+    Keyword-only, after each data set's own fields."""
 
     codec: CodecChoice = DEFAULT_CODEC
     scheduler: str = "threads"
     n_workers: int | None = None
     retries: int = 1
     progress: bool = True
+    synthetic: str | None = None
+
+    def store_attrs(self) -> dict[str, str]:
+        """Root attributes every finished store of this run gets."""
+        return {SYNTHETIC_ATTR: self.synthetic} if self.synthetic else {}
 
 
 def plan_layout(codec: CodecChoice, encoding: Mapping[str, dict]) -> dict:

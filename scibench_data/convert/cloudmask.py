@@ -324,7 +324,7 @@ def _run_and_finalize(store: RecordStore, src: str, todo: list, grid: tuple[int,
     ok, failed = _run(store, src, todo, grid, options, desc)
     if not failed:
         store.finalize({"source_sha256": _sha256_array(store, total)},
-                       {"scibench_layout": options.layout, "scibench_n_scenes": total})
+                       {"scibench_layout": options.layout, "scibench_n_scenes": total, **options.store_attrs()})
     return ConversionReport(
         dest=store.location.url, total=total, converted=tuple(r.value["key"] for r in ok),
         already_done=len(done), failed=failed, rejected=rejected_rows, complete=not failed,
@@ -524,7 +524,7 @@ def scaffold_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCo
                 "scibench_layout": options.layout, "scibench_n_scenes": n_scenes, FILLED_ATTR: slots,
                 "scibench_scaffold": f"full DS2 shape, {len(slots)} of {n_scenes} scenes written "
                                      f"(listed in {FILLED_ATTR}); the others are planned names and "
-                                     "interpolated times whose data reads as fill values"})
+                                     "interpolated times whose data reads as fill values", **options.store_attrs()})
     return ConversionReport(
         dest=location.url, total=n_scenes, converted=tuple(r.value["key"] for r in ok),
         already_done=len(done), failed=failed, rejected=rejected_rows, complete=False,

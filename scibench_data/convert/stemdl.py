@@ -293,7 +293,8 @@ def convert_stemdl(src: str, dest: str | StoreLocation, options: STEMDLConversio
             coords = encode_coords(coords, {k: ds.sizes[nchar_dim(k)] for k in TEXT_COORDS})
             store.finalize(coords, {"scibench_layout": listing.layout, "scibench_n_samples": n,
                                     "scibench_split_counts": splits,
-                                    "scibench_source_sha256": combined_digest((m["key"], m["sha256"]) for m in ordered)})
+                                    "scibench_source_sha256": combined_digest((m["key"], m["sha256"]) for m in ordered),
+                                    **options.store_attrs()})
             complete = True
     return ConversionReport(
         dest=location.url, total=len(blocks), converted=tuple(r.value["key"] for r in ok),

@@ -422,7 +422,8 @@ def convert_uno(src: str | Path, dest: str | StoreLocation, options: UnoConversi
         if not failed:
             store.finalize({}, {"scibench_n_responses": plan.n, "scibench_n_cells": len(plan.cells),
                                 "scibench_n_drugs": len(plan.drugs),
-                                "scibench_source_files": [Path(f).name for f in plan.source_files]})
+                                "scibench_source_files": [Path(f).name for f in plan.source_files],
+                                **options.store_attrs()})
             complete = True
     return ConversionReport(
         dest=location.url, total=len(keys), converted=tuple(r.key for r in results if r.ok),

@@ -14,10 +14,8 @@ import math
 import time
 from pathlib import Path
 
+from scibench_data.convert import SYNTHETIC_ATTR
 from scibench_data.scoring.mllog import BenchmarkLog
-
-#: Store attribute set on stores converted from synthetic data (and the generator that made it).
-SYNTHETIC_ATTR = "scibench_synthetic"
 
 
 def run_dir(root: str | None, benchmark: str) -> Path:
@@ -84,18 +82,6 @@ def epochs_to_run(epochs: int, steps_per_epoch: int | None, max_steps: int | Non
 def epoch_desc(what: str, epoch: int, n_epochs: int, max_steps: int | None) -> str:
     """A progress bar's label: ``train epoch 2/3 (60-step cap)``."""
     return f"{what} {epoch + 1}/{n_epochs}" + (f" ({max_steps}-step cap)" if max_steps else "")
-
-
-def mark_synthetic(store: str, generator: str) -> None:
-    """Record in a complete store's attributes that its data is synthetic (``scibench_synthetic``), so that
-    everything downstream (mllog, submissions, leaderboard) can say so."""
-    import zarr
-
-    group = zarr.open_group(store, mode="r+", use_consolidated=False)
-    if group.attrs.get(SYNTHETIC_ATTR) == generator:
-        return
-    group.attrs.update({SYNTHETIC_ATTR: generator})
-    zarr.consolidate_metadata(store)
 
 
 def is_synthetic(ds) -> bool:  # noqa: ANN001

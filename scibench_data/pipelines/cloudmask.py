@@ -24,13 +24,15 @@ from reference_models.training import (
 from reference_models.unet import UNet, n_parameters
 from scibench_data.catalog import entry_location, open_catalog
 from scibench_data.pipelines import (
-    epoch_desc, epochs_to_run, is_synthetic, mark_synthetic, new_run, predictions_path, raw_dir,
+    epoch_desc, epochs_to_run, is_synthetic, new_run, predictions_path, raw_dir,
 )
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.report import format_table, write_scores
 from scibench_data.scoring.segmentation import average_scores, fit_single_channel_threshold, scene_scores
 
 BENCHMARK = "cloudmask"
+#: What the demo data of ``run`` is, recorded in its stores (``scibench_synthetic``).
+SYNTHETIC = "scibench_data.synthetic.cloudmask"
 log_ = logging.getLogger(__name__)
 TARGET = {"pixel_accuracy": 0.9}
 
@@ -321,11 +323,11 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
                     continue
                 print(f"generating {n} synthetic {cfg.layout} products ({cfg.grid[0]}x{cfg.grid[1]}) in {folder}")
                 generate(folder, cfg.layout, SyntheticCloudMask(n_products=n, grid=cfg.grid, seed=seed))
-            report = convert_cloudmask(str(raw), store, CloudMaskConversion(layout=cfg.layout, progress=progress))
+            report = convert_cloudmask(str(raw), store, CloudMaskConversion(layout=cfg.layout, progress=progress,
+                                                                            synthetic=SYNTHETIC))
             print("\n".join(report.lines()))
             if not report.ok:
                 raise RuntimeError(f"conversion did not complete: {report.failed or report.rejected}")
-            mark_synthetic(store, "scibench_data.synthetic.cloudmask")
     t_open = time.perf_counter()
     ds = getattr(open_catalog(root=root), cfg.train.entry).to_dask()
     print(f"opened {cfg.train.entry} through the catalog in {time.perf_counter() - t_open:.2f} s: "

@@ -31,13 +31,15 @@ from reference_models.training import (
 from scibench_data.formats.stemdl import N_CLASSES
 from scibench_data.scoring.classification import classification_scores
 from scibench_data.pipelines import (
-    epoch_desc, epochs_to_run, mark_synthetic, new_run, predictions_path, raw_dir,
+    epoch_desc, epochs_to_run, new_run, predictions_path, raw_dir,
 )
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.reconstruction import mse, reconstruction_scores
 from scibench_data.scoring.report import format_table, write_scores
 
 BENCHMARK = "stemdl"
+#: What the demo data of ``run`` is, recorded in its stores (``scibench_synthetic``).
+SYNTHETIC = "scibench_data.synthetic.stemdl"
 #: The benchmark (prediction format) of each task.
 TASK_BENCHMARK = {"classification": "stemdl", "reconstruction": "stemdl_reconstruction"}
 log_ = logging.getLogger(__name__)
@@ -380,12 +382,11 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
         # Both demo stores are preprocessed to ``size`` to fit a few CPU minutes; a real
         # stemdl_reconstruction store keeps the raw 512 x 512 intensities (no --preprocess).
         for entry in stores:
-            opts = STEMDLConversion(preprocess=True, size=cfg.size, progress=progress)
+            opts = STEMDLConversion(preprocess=True, size=cfg.size, progress=progress, synthetic=SYNTHETIC)
             report = convert_stemdl(str(raw), stores[entry], opts)
             print("\n".join(report.lines()))
             if not report.ok:
                 raise RuntimeError(f"conversion into {stores[entry]} did not complete: {report.failed or report.rejected}")
-            mark_synthetic(stores[entry], "scibench_data.synthetic.stemdl")
     results, predictions = {}, {}
     for tcfg in (cfg.classification, cfg.reconstruction):
         trained = train(root, tcfg, outdir, log=log, progress=progress)

@@ -19,12 +19,14 @@ from tqdm.auto import tqdm
 from loaders.uno import UnoArrays, UnoDataset, UnoSource, load_arrays, numpy_batches, uno_loader
 from reference_models.training import Checkpoints, TrainingProgress, data_parallel, init_distributed, is_main_process
 from reference_models.uno import UnoModel, UnoModelConfig, n_parameters
-from scibench_data.pipelines import epoch_desc, epochs_to_run, mark_synthetic, new_run, predictions_path, raw_dir
+from scibench_data.pipelines import epoch_desc, epochs_to_run, new_run, predictions_path, raw_dir
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.regression import regression_scores
 from scibench_data.scoring.report import format_table, write_scores
 
 BENCHMARK = "candle_uno"
+#: What the demo data of ``run`` is, recorded in its stores (``scibench_synthetic``).
+SYNTHETIC = "scibench_data.synthetic.uno"
 #: MLCommons reference (formats.md): val R2 0.7486, val MSE 0.0054.
 TARGET = {"r2": 0.7486, "mse": 0.0054}
 log_ = logging.getLogger(__name__)
@@ -236,11 +238,10 @@ def run(root: str | None, cfg: UnoTrainConfig, fresh: bool = False, seed: int = 
             print(f"generating synthetic CANDLE-UNO raw data ({synth.n_cells} cells, {synth.n_drugs} drugs, "
                   f"{synth.n_responses} responses) in {raw}")
             generate(raw, "raw", synth)
-        conv = convert_uno(raw, store, UnoConversion(progress=cfg.progress))
+        conv = convert_uno(raw, store, UnoConversion(progress=cfg.progress, synthetic=SYNTHETIC))
         print("\n".join(conv.lines()))
         if not conv.ok:
             raise RuntimeError(f"conversion did not complete: {conv.failed or conv.rejected}")
-        mark_synthetic(store, "scibench_data.synthetic.uno")
     source = UnoSource(root=root)
     result = train(source, outdir, cfg, log)
     with log.interval("eval"):
