@@ -345,10 +345,10 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def _race(path: str, barrier, holders, most, errors) -> None:
+def _race(path: str, barrier, holders, most, errors, options: dict | None = None) -> None:
     from scibench_data.storage.lock import StoreLockedError, WriterLock
 
-    lock = WriterLock(StoreLocation(path), operation="race")
+    lock = WriterLock(StoreLocation(path, dict(options or {})), operation="race")
     barrier.wait()
     try:
         lock.acquire()
@@ -383,6 +383,29 @@ def test_stale_lock_taken_over_by_three_racing_processes_has_one_holder(tmp_path
             p.start()
         for p in procs:
             p.join(30)
+        assert [p.exitcode for p in procs] == [0, 0, 0], trial
+        assert errors.empty(), (trial, errors.get())
+        assert most.value == 1, f"trial {trial}: {most.value} holders at once"
+
+
+def test_stale_s3_lock_taken_over_by_three_racing_processes_has_one_holder(s3_storage_options):
+    import socket
+
+    from tests._s3_helpers import bucket_client
+
+    fs = bucket_client(s3_storage_options, "integrity-race")
+    ctx = multiprocessing.get_context("fork")
+    dead = _dead_pid()
+    for trial in range(10):
+        fs.pipe_file(f"integrity-race/s{trial}/_scibench/lock.json", json.dumps(
+            {"pid": dead, "host": socket.gethostname(), "operation": "killed", "since": "then"}).encode())
+        barrier, holders, most, errors = ctx.Barrier(3), ctx.Value("i", 0), ctx.Value("i", 0), ctx.Queue()
+        procs = [ctx.Process(target=_race, args=(f"s3://integrity-race/s{trial}", barrier, holders, most, errors,
+                                                 s3_storage_options)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
         assert [p.exitcode for p in procs] == [0, 0, 0], trial
         assert errors.empty(), (trial, errors.get())
         assert most.value == 1, f"trial {trial}: {most.value} holders at once"
