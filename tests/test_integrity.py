@@ -528,3 +528,32 @@ def test_chunk_deleted_from_a_published_version_raises_in_the_loader(cache_publi
             _all_patches(StoreLocation(url, dict(s3_storage_options)))
     finally:
         fs.pipe_file(f"{url}/{IMAGE_CHUNK}", good)
+
+
+# --------------------------------------------------------------------------- 4: manifests after an append
+
+
+def test_append_rewrites_the_manifest_hashing_only_what_changed(tmp_path):
+    """An append ends with a manifest that equals one hashed from scratch (unchanged objects keep their
+    digests without being read again; written ones are hashed)."""
+    from scibench_data.convert.cloudmask import CloudMaskConversion, append_cloudmask, convert_cloudmask
+    from scibench_data.formats.cloudmask import ProductName
+    from scibench_data.storage.manifest import Manifest, build_manifest
+    from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
+
+    generate(tmp_path / "all", "hdf", SyntheticCloudMask(n_products=3, grid=(32, 48), seed=9))
+    products = sorted((tmp_path / "all").iterdir(), key=lambda p: ProductName.parse(p.name).start)
+    (tmp_path / "first2").mkdir()
+    for p in products[:2]:
+        shutil.copy(p, tmp_path / "first2" / p.name)
+    dest = tmp_path / "s.zarr"
+    opts = CloudMaskConversion(layout="hdf", progress=False, scheduler="sync")
+    assert convert_cloudmask(str(tmp_path / "first2"), str(dest), opts).ok
+    before = Manifest.from_bytes((dest / "_scibench" / "manifest.json").read_bytes())
+    assert append_cloudmask(str(tmp_path / "all"), str(dest), opts).ok
+    after = Manifest.from_bytes((dest / "_scibench" / "manifest.json").read_bytes())
+    assert not (dest / "_scibench" / "manifest.previous.json").exists()
+    assert after.entries == build_manifest(StoreLocation(str(dest))).entries
+    assert "image/c/2/0/0/0" in after.by_key and "image/c/2/0/0/0" not in before.by_key
+    assert after.by_key["image/c/0/0/0/0"] == before.by_key["image/c/0/0/0/0"]
+    assert _cli("verify", "--store", str(dest)).returncode == 0
