@@ -557,3 +557,30 @@ def test_append_rewrites_the_manifest_hashing_only_what_changed(tmp_path):
     assert "image/c/2/0/0/0" in after.by_key and "image/c/2/0/0/0" not in before.by_key
     assert after.by_key["image/c/0/0/0/0"] == before.by_key["image/c/0/0/0/0"]
     assert _cli("verify", "--store", str(dest)).returncode == 0
+
+
+def test_flipped_byte_in_a_published_chunk_raises_through_the_catalog_and_the_loader(cache_published,
+                                                                                    s3_storage_options, s3_endpoint,
+                                                                                    monkeypatch):
+    """A flipped byte on the server used to read as wrong values through the published catalog and the loader."""
+    import intake
+
+    from scibench_data.storage.integrity import ChunkChecksumError
+    from tests._s3_helpers import bucket_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    url, good = cache_published
+    fs = bucket_client(s3_storage_options, "integrity-cache")
+    bad = bytearray(good)
+    bad[len(bad) // 3] ^= 0x40
+    fs.pipe_file(f"{url}/{IMAGE_CHUNK}", bytes(bad))
+    try:
+        with pytest.raises(ChunkChecksumError, match=f"{url}: array 'image', chunk {IMAGE_CHUNK}.*scene 1"):
+            _all_patches(StoreLocation(url, dict(s3_storage_options)))
+        cat = intake.open_catalog("s3://integrity-cache/p/catalog.yaml", storage_options=dict(s3_storage_options))
+        with pytest.raises(Exception, match="checksum"):
+            cat.cloudmask_ds1.to_dask()["image"].isel(scene=1).values
+    finally:
+        fs.pipe_file(f"{url}/{IMAGE_CHUNK}", good)
