@@ -345,10 +345,10 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def _race(path: str, barrier, holders, most, errors) -> None:
+def _race(path: str, barrier, holders, most, errors, options: dict | None = None) -> None:
     from scibench_data.storage.lock import StoreLockedError, WriterLock
 
-    lock = WriterLock(StoreLocation(path), operation="race")
+    lock = WriterLock(StoreLocation(path, dict(options or {})), operation="race")
     barrier.wait()
     try:
         lock.acquire()
@@ -383,6 +383,29 @@ def test_stale_lock_taken_over_by_three_racing_processes_has_one_holder(tmp_path
             p.start()
         for p in procs:
             p.join(30)
+        assert [p.exitcode for p in procs] == [0, 0, 0], trial
+        assert errors.empty(), (trial, errors.get())
+        assert most.value == 1, f"trial {trial}: {most.value} holders at once"
+
+
+def test_stale_s3_lock_taken_over_by_three_racing_processes_has_one_holder(s3_storage_options):
+    import socket
+
+    from tests._s3_helpers import bucket_client
+
+    fs = bucket_client(s3_storage_options, "integrity-race")
+    ctx = multiprocessing.get_context("fork")
+    dead = _dead_pid()
+    for trial in range(10):
+        fs.pipe_file(f"integrity-race/s{trial}/_scibench/lock.json", json.dumps(
+            {"pid": dead, "host": socket.gethostname(), "operation": "killed", "since": "then"}).encode())
+        barrier, holders, most, errors = ctx.Barrier(3), ctx.Value("i", 0), ctx.Value("i", 0), ctx.Queue()
+        procs = [ctx.Process(target=_race, args=(f"s3://integrity-race/s{trial}", barrier, holders, most, errors,
+                                                 s3_storage_options)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
         assert [p.exitcode for p in procs] == [0, 0, 0], trial
         assert errors.empty(), (trial, errors.get())
         assert most.value == 1, f"trial {trial}: {most.value} holders at once"
@@ -503,5 +526,61 @@ def test_chunk_deleted_from_a_published_version_raises_in_the_loader(cache_publi
     try:
         with pytest.raises(MissingChunkError, match=f"{IMAGE_CHUNK}.*scene 1"):
             _all_patches(StoreLocation(url, dict(s3_storage_options)))
+    finally:
+        fs.pipe_file(f"{url}/{IMAGE_CHUNK}", good)
+
+
+# --------------------------------------------------------------------------- 4: manifests after an append
+
+
+def test_append_rewrites_the_manifest_hashing_only_what_changed(tmp_path):
+    """An append ends with a manifest that equals one hashed from scratch (unchanged objects keep their
+    digests without being read again; written ones are hashed)."""
+    from scibench_data.convert.cloudmask import CloudMaskConversion, append_cloudmask, convert_cloudmask
+    from scibench_data.formats.cloudmask import ProductName
+    from scibench_data.storage.manifest import Manifest, build_manifest
+    from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
+
+    generate(tmp_path / "all", "hdf", SyntheticCloudMask(n_products=3, grid=(32, 48), seed=9))
+    products = sorted((tmp_path / "all").iterdir(), key=lambda p: ProductName.parse(p.name).start)
+    (tmp_path / "first2").mkdir()
+    for p in products[:2]:
+        shutil.copy(p, tmp_path / "first2" / p.name)
+    dest = tmp_path / "s.zarr"
+    opts = CloudMaskConversion(layout="hdf", progress=False, scheduler="sync")
+    assert convert_cloudmask(str(tmp_path / "first2"), str(dest), opts).ok
+    before = Manifest.from_bytes((dest / "_scibench" / "manifest.json").read_bytes())
+    assert append_cloudmask(str(tmp_path / "all"), str(dest), opts).ok
+    after = Manifest.from_bytes((dest / "_scibench" / "manifest.json").read_bytes())
+    assert not (dest / "_scibench" / "manifest.previous.json").exists()
+    assert after.entries == build_manifest(StoreLocation(str(dest))).entries
+    assert "image/c/2/0/0/0" in after.by_key and "image/c/2/0/0/0" not in before.by_key
+    assert after.by_key["image/c/0/0/0/0"] == before.by_key["image/c/0/0/0/0"]
+    assert _cli("verify", "--store", str(dest)).returncode == 0
+
+
+def test_flipped_byte_in_a_published_chunk_raises_through_the_catalog_and_the_loader(cache_published,
+                                                                                    s3_storage_options, s3_endpoint,
+                                                                                    monkeypatch):
+    """A flipped byte on the server used to read as wrong values through the published catalog and the loader."""
+    import intake
+
+    from scibench_data.storage.integrity import ChunkChecksumError
+    from tests._s3_helpers import bucket_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    url, good = cache_published
+    fs = bucket_client(s3_storage_options, "integrity-cache")
+    bad = bytearray(good)
+    bad[len(bad) // 3] ^= 0x40
+    fs.pipe_file(f"{url}/{IMAGE_CHUNK}", bytes(bad))
+    try:
+        with pytest.raises(ChunkChecksumError, match=f"{url}: array 'image', chunk {IMAGE_CHUNK}.*scene 1"):
+            _all_patches(StoreLocation(url, dict(s3_storage_options)))
+        cat = intake.open_catalog("s3://integrity-cache/p/catalog.yaml", storage_options=dict(s3_storage_options))
+        with pytest.raises(Exception, match="checksum"):
+            cat.cloudmask_ds1.to_dask()["image"].isel(scene=1).values
     finally:
         fs.pipe_file(f"{url}/{IMAGE_CHUNK}", good)

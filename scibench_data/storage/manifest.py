@@ -188,6 +188,11 @@ def is_state_key(key: str) -> bool:
 def list_objects(location: StoreLocation) -> dict[str, int]:
     """Object key (relative to the store root) -> size, excluding ``_scibench/`` and the temporaries
     of killed writes (:func:`is_temporary`). One listing."""
+    return {key: info[0] for key, info in list_objects_detail(location).items()}
+
+
+def list_objects_detail(location: StoreLocation) -> dict[str, tuple[int, float | None]]:
+    """:func:`list_objects` with each object's modification time where the listing gives one (local)."""
     fs, root = location.fs, location.root
     fs.invalidate_cache(root)  # always the server's current state, never a cached listing
     try:
@@ -200,7 +205,8 @@ def list_objects(location: StoreLocation) -> dict[str, int]:
             continue
         key = posixpath.relpath(path, root) if location.is_local else path[len(root):].lstrip("/")
         if key and not is_state_key(key) and not is_temporary(key):
-            out[key] = int(info["size"])
+            mtime = info.get("mtime") if location.is_local else None
+            out[key] = (int(info["size"]), float(mtime) if mtime is not None else None)
     return out
 
 
@@ -267,13 +273,23 @@ def copy_verified(src: StoreLocation, keys: Iterable[str], manifest: "Manifest",
 
 
 def build_manifest(location: StoreLocation, dataset: str = "", version: int | None = None,
-                   workers: int = 8) -> Manifest:
-    """List and hash every object of a store (``_scibench/`` excluded)."""
-    sizes = list_objects(location)
-    if not sizes:
+                   workers: int = 8, reuse: Manifest | None = None, unchanged_before: float | None = None) -> Manifest:
+    """List and hash every object of a store (``_scibench/`` excluded).
+
+    With ``reuse`` (an earlier manifest of the same local store) and ``unchanged_before`` (a time
+    before any write since it), an object of the same size not modified since keeps its earlier
+    digest instead of being read again: an append hashes what it wrote, not the whole store."""
+    listing = list_objects_detail(location)
+    if not listing:
         raise FileNotFoundError(f"{location.url} holds no objects")
-    digests = hash_objects(location, sizes, workers=workers)
-    return Manifest(tuple(ManifestEntry(k, sizes[k], digests[k]) for k in sorted(digests)),
+    known = reuse.by_key if reuse is not None and unchanged_before is not None else {}
+    digests = {}
+    for key, (size, mtime) in listing.items():
+        old = known.get(key)
+        if old is not None and old.size == size and mtime is not None and mtime < unchanged_before:
+            digests[key] = old.sha256
+    digests.update(hash_objects(location, [k for k in listing if k not in digests], workers=workers))
+    return Manifest(tuple(ManifestEntry(k, listing[k][0], digests[k]) for k in sorted(digests)),
                     dataset=dataset, version=version)
 
 

@@ -62,6 +62,7 @@ from scibench_data.storage.regions import Region, check_region_aligned
 STATUS_ATTR = "scibench_status"
 STATE_DIR = "_scibench"
 PLAN_KEY = (STATE_DIR, "plan.json")
+PREVIOUS_MANIFEST_KEY = (STATE_DIR, "manifest.previous.json")
 DONE_DIR = (STATE_DIR, "done")
 
 
@@ -381,6 +382,11 @@ class RecordStore:
                 write_atomic(self.location, store_manifest(self.location, root).to_bytes(), *MANIFEST_KEY)
             what = "the root zarr.json"
             write_atomic(self.location, root, "zarr.json")
+            if with_manifest and self.location.is_local:
+                try:
+                    os.unlink(self.location.path(*PREVIOUS_MANIFEST_KEY))
+                except FileNotFoundError:
+                    pass
         except OSError as err:
             raise full_disk_error(self.location, err, what) or err
         self._group = None
@@ -397,8 +403,15 @@ class RecordStore:
         root["attributes"][STATUS_ATTR] = "incomplete"
         root.pop("consolidated_metadata", None)
         self.location.write_json(root, "zarr.json")
-        try:  # describes the finished store: finalize writes the next one
-            self.location.fs.rm_file(self.location.path(*MANIFEST_KEY))
+        # The manifest described the finished store; finalize writes the next one. Kept locally as
+        # the previous manifest (a rename keeps its mtime: when the store was last finalized), so
+        # finalize re-hashes only objects written since.
+        current, previous = self.location.path(*MANIFEST_KEY), self.location.path(*PREVIOUS_MANIFEST_KEY)
+        try:
+            if self.location.is_local:
+                os.replace(current, previous)
+            else:
+                self.location.fs.rm_file(current)
         except FileNotFoundError:
             pass
         self._group = None
@@ -446,8 +459,19 @@ class RecordStore:
 
 def store_manifest(location: StoreLocation, root: bytes) -> Manifest:
     """The manifest of a store about to be finalized: every object as it is now, with root
-    ``zarr.json`` as ``root`` (the bytes about to replace it)."""
-    entries = [e for e in build_manifest(location).entries if e.key != "zarr.json"]
+    ``zarr.json`` as ``root`` (the bytes about to replace it). After an update (``begin_update``)
+    of a local store, objects unchanged since keep their previous digests."""
+    reuse, since = None, None
+    previous = location.path(*PREVIOUS_MANIFEST_KEY)
+    if location.is_local and os.path.exists(previous):
+        try:
+            with open(previous, "rb") as f:
+                reuse = Manifest.from_bytes(f.read(), where=previous)
+            since = os.stat(previous).st_mtime - 2.0  # coarse file-system clocks: re-hash near misses
+        except (OSError, ValueError):
+            reuse, since = None, None
+    entries = [e for e in build_manifest(location, reuse=reuse, unchanged_before=since).entries
+               if e.key != "zarr.json"]
     entries.append(ManifestEntry("zarr.json", len(root), sha256_bytes(root)))
     return Manifest(tuple(sorted(entries, key=lambda e: e.key)))
 
