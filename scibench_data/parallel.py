@@ -21,6 +21,8 @@ from typing import Any
 import dask
 from tqdm.auto import tqdm
 
+from scibench_data.storage.records import StoreFullError, is_full_disk
+
 LOCAL_SCHEDULERS = ("sync", "threads")
 
 #: Environment of every worker process we start: one thread per library, and glibc malloc told
@@ -110,6 +112,7 @@ class TaskResult:
     value: Any = None
     error: str = ""
     attempts: int = 1
+    full_disk: bool = False  # the item failed writing to a full disk (not retried)
 
 
 def attempt(fn: Callable[[Any], Any], item: Any, key: str, retries: int) -> TaskResult:
@@ -120,6 +123,11 @@ def attempt(fn: Callable[[Any], Any], item: Any, key: str, retries: int) -> Task
             return TaskResult(key=key, ok=True, value=fn(item), attempts=n)
         except Exception as err:  # noqa: BLE001 - reported per item, by name
             last = f"{type(err).__name__}: {err}"
+            if isinstance(err, StoreFullError) or is_full_disk(err):
+                said = str(err) if isinstance(err, StoreFullError) else (
+                    f"out of space ({last}); the store stays incomplete: free space and rerun the same command "
+                    "to finish it")
+                return TaskResult(key=key, ok=False, error=said, attempts=n, full_disk=True)
             if _is_permanent(err):
                 return TaskResult(key=key, ok=False, error=last, attempts=n)
     return TaskResult(key=key, ok=False, error=last, attempts=retries + 1)
@@ -171,7 +179,10 @@ def run_tasks(
     bytes_of: Callable[[Any], int] | None = None,
 ) -> list[TaskResult]:
     """Run ``fn`` on every item, in parallel, and return one :class:`TaskResult` per item
-    (in completion order). A failing item is retried, then reported; the rest go on.
+    (in completion order). A failing item is retried, then reported; the rest go on. An item
+    that failed on a full disk is not retried, and once all are done the run raises one
+    :class:`~scibench_data.storage.records.StoreFullError` line instead (the items written stay
+    written; the same command resumes once there is space).
 
     ``scheduler``: ``"sync"``, ``"threads"``, ``"local-cluster"`` or a scheduler address
     such as ``"tcp://10.0.0.5:8786"``. The progress bar shows items done, rate and ETA,
@@ -231,4 +242,7 @@ def run_tasks(
                         f.release()
     finally:
         bar.close()
+    full = [r for r in results if r.full_disk]
+    if full:
+        raise StoreFullError(f"{len(full)} {unit}(s) not written: {full[0].error}")
     return results

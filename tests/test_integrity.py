@@ -336,6 +336,27 @@ def test_disk_full_at_the_final_root_write_is_one_line_and_the_same_command_fini
     assert _files(dest) == _files(clean)
 
 
+DISK_FULL_AT_SCENE_WRITES = DISK_FULL_AT_FINALIZE.replace("RecordStore.finalize", "RecordStore.write_record")
+
+
+def test_disk_full_during_scene_writes_is_one_line_and_the_same_command_finishes(raw, clean, tmp_path):
+    """A full disk while scenes were written was reported per product, as bad input, among the
+    conversion report's lines (and retried), not as one line saying what to do."""
+    dest = tmp_path / "cloudmask_ds1.zarr"
+    args = ["convert", "cloudmask", str(raw), str(dest), "--layout", "hdf", "--scheduler", "sync", "--no-progress"]
+    res = subprocess.run([sys.executable, "-c", DISK_FULL_AT_SCENE_WRITES, "1500", *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    err_lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(err_lines) == 1 and "out of space" in err_lines[0] and "rerun" in err_lines[0], res.stderr
+    state = store_state(StoreLocation(str(dest)))
+    assert not state.complete and state.status == "incomplete", state
+    res = _cli(*args)  # space freed: the same command finishes it
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _files(dest) == _files(clean)
+
+
 # --------------------------------------------------------------------------- 8: locks
 
 

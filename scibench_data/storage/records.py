@@ -82,9 +82,14 @@ class StoreFullError(StoreStateError):
 _FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+def is_full_disk(err: BaseException) -> bool:
+    """Whether ``err`` is a full disk or file-size limit (ENOSPC, EFBIG, EDQUOT)."""
+    return isinstance(err, OSError) and err.errno in _FULL
+
+
 def full_disk_error(location: StoreLocation, err: BaseException, what: str) -> StoreFullError | None:
     """A one-line :class:`StoreFullError` when ``err`` is a full disk (ENOSPC, EFBIG, EDQUOT), else None."""
-    if not isinstance(err, OSError) or err.errno not in _FULL:
+    if not is_full_disk(err):
         return None
     return StoreFullError(f"{location.url}: out of space writing {what} ({os.strerror(err.errno)}); the store stays "
                           "incomplete: free space and rerun the same command to finish it")
