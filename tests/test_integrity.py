@@ -551,6 +551,24 @@ def test_chunk_deleted_from_a_published_version_raises_in_the_loader(cache_publi
         fs.pipe_file(f"{url}/{IMAGE_CHUNK}", good)
 
 
+def test_chunk_deleted_from_a_published_version_raises_through_the_published_catalog(cache_published,
+                                                                                     s3_storage_options):
+    """Through the published catalog (plain `driver: zarr` before) a deleted chunk read as fill values."""
+    from scibench_data.catalog import open_catalog
+    from scibench_data.storage.integrity import MissingChunkError
+    from tests._s3_helpers import bucket_client
+
+    url, good = cache_published
+    fs = bucket_client(s3_storage_options, "integrity-cache")
+    cat = open_catalog("s3://integrity-cache/p/catalog.yaml", storage_options=s3_storage_options)
+    fs.rm_file(f"{url}/{IMAGE_CHUNK}")
+    try:
+        with pytest.raises(MissingChunkError, match=IMAGE_CHUNK):
+            cat.cloudmask_ds1.to_dask()["image"].values
+    finally:
+        fs.pipe_file(f"{url}/{IMAGE_CHUNK}", good)
+
+
 # --------------------------------------------------------------------------- 4: manifests after an append
 
 
