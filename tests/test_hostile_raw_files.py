@@ -101,6 +101,28 @@ def test_hdf5_external_storage_naming_a_local_file_is_refused_naming_file_and_da
     assert not _holds_planted(dest)
 
 
+def test_checking_a_file_for_indirection_leaves_no_cycle_for_another_thread_to_free(tmp_path):
+    """The check's recursive closures formed a reference cycle holding h5py objects; the cyclic
+    garbage collector then freed them in fsspec's IO thread while a converting thread held h5py's
+    lock waiting on that thread: a conversion from S3 hung (seen in the full suite)."""
+    import gc
+
+    from scibench_data.formats.hdf5_safety import refuse_indirection
+
+    path = tmp_path / "nested.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("a/b/c", data=np.arange(4))
+        f["a/soft"] = h5py.SoftLink("/a/b")
+    gc.collect()
+    gc.disable()
+    try:
+        with h5py.File(path, "r") as f:
+            refuse_indirection(f, str(path))
+        assert gc.collect() == 0, "refuse_indirection left objects only the cyclic collector can free"
+    finally:
+        gc.enable()
+
+
 def test_hdf5_virtual_dataset_is_refused_naming_file_and_dataset(tmp_path):
     src = tmp_path / "raw"
     products = _products(src, "hdf")
