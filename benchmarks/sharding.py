@@ -86,16 +86,28 @@ def _rank(rank: int, world: int, location: StoreLocation, mode: str, results) ->
         return await original(self, coords)
 
     ChunkReader.fetch = counting
+    calls: list[str] = []  # every S3 API call (GET, and the HEAD s3fs sends before a GET)
+    import s3fs
+
+    call_s3 = s3fs.S3FileSystem._call_s3
+
+    async def counting_s3(self, method, *a, **k):
+        calls.append(getattr(method, "__name__", str(method)))
+        return await call_s3(self, method, *a, **k)
+
+    s3fs.S3FileSystem._call_s3 = counting_s3
     data = CloudMaskPatches(location, spec=PatchSpec(mode, 256, 20, seed=1))
     loader = patch_loader(data, BATCH, seed=3, rank=rank, world_size=world)
     loader.set_epoch(0)
     data.handle["image"], data.handle["cloud_mask"]  # opened before the clock starts
+    calls.clear()
     t0 = time.perf_counter()
     patches = sum(len(image) for image, _ in loader)
     seconds = time.perf_counter() - t0
     needed = chunk_keys(data, np.concatenate(loader.dataset.batches()))
     got = {(name, c) for name, c in fetched}
-    results[rank] = {"seconds": seconds, "patches": patches, "gets": len(fetched),
+    results[rank] = {"seconds": seconds, "patches": patches, "gets": len(fetched), "s3_calls": len(calls),
+                     "s3_calls_by_method": {m: calls.count(m) for m in sorted(set(calls))},
                      "distinct_chunks": len(got), "chunks_needed": len(needed), "foreign_chunks": len(got - needed)}
 
 
@@ -109,7 +121,8 @@ def throughput(location: StoreLocation, mode: str, world: int) -> dict:
         ranks = [dict(results[r]) for r in range(world)]
     total = sum(r["patches"] for r in ranks)
     return {"ranks": ranks, "patches": total, "patches_per_s": total / max(r["seconds"] for r in ranks),
-            "gets_per_patch_per_rank": [r["gets"] / r["patches"] for r in ranks]}
+            "gets_per_patch_per_rank": [r["gets"] / r["patches"] for r in ranks],
+            "s3_calls_per_patch_per_rank": [r["s3_calls"] / r["patches"] for r in ranks]}
 
 
 def main() -> None:
@@ -117,6 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=8)
     ap.add_argument("--out", default="benchmarks/results/sharding.json")
+    ap.add_argument("--stores", default="local,s3", help="which stores to time (default local,s3)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="scibench-shard-"))
     generate(tmp / "raw", "hdf", SyntheticCloudMask(n_products=args.scenes, seed=21))
@@ -135,12 +149,15 @@ def main() -> None:
         fs.put(str(store) + "/", "bench/cloudmask_ds1.zarr/", recursive=True)
         remote = StoreLocation("s3://bench/cloudmask_ds1.zarr", so)
         for where, location in (("local", local), ("s3", remote)):
+            if where not in args.stores.split(","):
+                continue
             for mode in ("fixed", "random"):
                 for world in (1, 2):
                     run = throughput(location, mode, world)
                     results["runs"].append({"store": where, "mode": mode, "ranks": world, **run})
                     print(f"{where:>5} {mode:>6} {world} rank(s): {run['patches_per_s']:6.1f} patches/s, "
-                          f"GETs/patch per rank {[round(g, 2) for g in run['gets_per_patch_per_rank']]}, "
+                          f"chunk GETs/patch per rank {[round(g, 2) for g in run['gets_per_patch_per_rank']]}, "
+                          f"S3 calls/patch per rank {[round(g, 2) for g in run['s3_calls_per_patch_per_rank']]}, "
                           f"foreign chunks {[r['foreign_chunks'] for r in run['ranks']]}", flush=True)
     for mode, rows in results["locality"].items():
         for name, r in rows.items():

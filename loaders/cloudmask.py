@@ -193,12 +193,12 @@ class CloudMaskPatches:
     ``DataLoader(data, batch_size=B)`` also reads each batch in one round
     (``__getitems__``) but stacks the patches once more.
 
-    In the fixed regime the 20 patches of a scene overlap chunk boundaries (the
-    reference crop starts at 88, 110), so each process reads the chunk-aligned
-    region around the crop once per scene and cuts patches from it: every chunk
-    is decoded once per scene instead of up to four times. Patches of one scene
-    are adjacent in ``items``; keep the order (``shuffle=False``) or shuffle
-    scenes, not patches (:class:`ScenePatchStream`), to benefit.
+    Patches of a scene share chunks (the fixed crop starts at 88, 110, so each
+    patch touches four), and a batch decodes each chunk once: batches drawn from
+    few scenes (:class:`ScenePatchStream`, :func:`patch_loader`: scenes shuffled,
+    then their patches) decode far fewer chunks than batches of patches shuffled
+    over all scenes. A single fixed patch ``data[i]`` is cut from its scene's
+    chunk-aligned crop, read once per scene and process.
     """
 
     def __init__(self, location: StoreLocation | str, scenes: Sequence[int] | None = None,
