@@ -178,6 +178,22 @@ def test_stemdl_raw_file_with_hdf5_external_storage_is_refused(tmp_path, local_s
             read(fs, str(path))
 
 
+def test_stemdl_giant_declared_cbed_shape_is_refused_before_anything_is_read(tmp_path):
+    from scibench_data.formats import SourceFormatError
+    from scibench_data.formats.stemdl import read_raw_file, scan_raw_file
+    import fsspec
+
+    path = tmp_path / "train.h5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("sample_0")
+        g.attrs["space_group"] = 12
+        g.create_dataset("cbed_stack", (3, 10**6, 10**6), "<f4", chunks=(1, 64, 64))  # declared, never written
+    fs = fsspec.filesystem("file")
+    for read in (scan_raw_file, lambda fs, p: read_raw_file(fs, p, with_potential=False)):
+        with pytest.raises(SourceFormatError, match=r"train\.h5: .*1000000.*nothing read"):
+            read(fs, str(path))
+
+
 def test_uno_hdfstore_with_hdf5_external_storage_is_refused(tmp_path, local_secret):
     from scibench_data.formats import SourceFormatError
     from scibench_data.formats.uno import ExportReader
