@@ -291,6 +291,13 @@ def test_physically_impossible_bounds_are_documented_defaults_and_can_be_changed
     assert report.complete and not report.failed, report.lines()
     with pytest.raises(ValueError, match="bounds"):
         PhysicalBounds(brightness_temperature=(350.0, 150.0))
+    image = np.full((9, 10, 100), 280.0, np.float32)
+    image[:6] = 0.3
+    image[6, 0, :1] = 900.0  # one pixel in a thousand: tolerated (0.1%)
+    PhysicalBounds().check("p.hdf", "hdf", image)
+    image[6, 0, :2] = 900.0
+    with pytest.raises(ValueError, match=r"p\.hdf: S7 brightness temperature from 280 to 900 K \(bts\)"):
+        PhysicalBounds().check("p.hdf", "hdf", image)
 
 
 def test_uppercase_HDF_and_names_with_trailing_characters_are_listed_as_skipped(tmp_path):
