@@ -344,3 +344,25 @@ def test_symlinked_file_inside_a_sen3_product_pointing_outside_is_refused(tmp_pa
     assert list(skipped) == [str(victim)], report.lines()
     assert "S9_BT_in.nc" in skipped[str(victim)] and "outside the source folder" in skipped[str(victim)]
     assert report.converted == (products[1].name[:-5],)
+
+
+def test_header_walk_leaves_no_h5py_objects_to_the_garbage_collector(tmp_path):
+    """h5py objects freed by the garbage collector take h5py's lock in whatever thread collects
+    (fsspec's IO thread): with a thread holding that lock while it reads from S3 through fsspec,
+    a conversion from S3 deadlocked in the full suite. The header walk must leave no cycles."""
+    import gc
+
+    from scibench_data.formats.hdf5_safety import refuse_indirection
+
+    path = _products(tmp_path, "hdf", n=1)[0]
+    with h5py.File(path, "r+") as f:
+        f["g/back"] = f["refs"]  # a second hard link and a nested group
+        f["soft"] = h5py.SoftLink("/g/back")
+    gc.collect()
+    gc.disable()
+    try:
+        with h5py.File(path) as f:
+            refuse_indirection(f, str(path))
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
