@@ -109,9 +109,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    loader: Any, progress: TrainingProgress, extra: dict | None = None) -> Path | None:
+                    loader: Any, progress: TrainingProgress, extra: dict | None = None,
+                    epoch_done: bool = False) -> Path | None:
     """Write ``outdir/checkpoint.pt`` (model, optimiser, loader state, progress, torch's RNG state)
-    atomically, on rank 0 only.
+    atomically, on rank 0 only. ``epoch_done``: the epoch's own end (evaluation, early stopping,
+    history) is done too, so a resume starts the next epoch; otherwise it re-enters this one, even
+    when the loader has delivered all of its batches.
 
     Every rank's loader is at the same batch of the same epoch, so rank 0's loader state
     resumes every rank. Returns the path written, None on other ranks."""
@@ -121,7 +124,7 @@ def save_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: to
     tmp = path.with_suffix(".tmp")
     torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "loader": loader.state_dict(), "progress": asdict(progress), "rng": torch.get_rng_state(),
-                "extra": extra or {}}, tmp)
+                "extra": extra or {}, "epoch_done": bool(epoch_done)}, tmp)
     os.replace(tmp, path)  # a kill while writing leaves the previous checkpoint intact
     return path
 
@@ -143,8 +146,10 @@ def load_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: to
         setattr(progress, key, value)
     torch.set_rng_state(ckpt["rng"])
     state = ckpt["loader"]
-    epoch = int(state["epoch"]) + (1 if state["batches_yielded"] >= state["batches_in_epoch"] else 0)
-    return epoch, ckpt["extra"]
+    # a checkpoint of the epoch's last step, saved before the epoch's end ran, re-enters the epoch:
+    # its loader yields nothing more and the end (evaluation, history) runs once
+    done = ckpt.get("epoch_done", state["batches_yielded"] >= state["batches_in_epoch"])
+    return int(state["epoch"]) + (1 if done else 0), ckpt["extra"]
 
 
 @dataclass
@@ -165,9 +170,11 @@ class Checkpoints:
         if self.every < 0:
             raise ValueError(f"checkpoint interval must be >= 0 steps, got {self.every}")
 
-    def save(self) -> Path | None:
+    def save(self, epoch_done: bool = False) -> Path | None:
+        """Save now; ``epoch_done`` once the epoch's end (evaluation, history...) has run."""
         return save_checkpoint(self.outdir, model=self.model, optimizer=self.optimizer, loader=self.loader,
-                               progress=self.progress, extra=self.extra() if self.extra else None)
+                               progress=self.progress, extra=self.extra() if self.extra else None,
+                               epoch_done=epoch_done)
 
     def after_step(self) -> None:
         """For :func:`run_epoch`'s ``after_step``."""

@@ -34,7 +34,8 @@ def _cli(args: list[str], env: dict) -> None:
 
 @pytest.fixture(scope="module")
 def embedded_default(tmp_path_factory) -> dict:
-    """A root after ``scibench-data run cloudmask`` (small) and the small DS2 store docs/ds2.md describes."""
+    """A root after ``scibench-data run cloudmask`` (small), the small DS2 store docs/ds2.md describes
+    and a small STEMDL store."""
     root = tmp_path_factory.mktemp("embedded") / "scibench-data"
     env = {**os.environ, "SCIBENCH_DATA_ROOT": str(root), "PYTHONPATH": str(REPO)}
     env.pop("TQDM_DISABLE", None)  # the scripts run as a user's would
@@ -43,6 +44,10 @@ def embedded_default(tmp_path_factory) -> dict:
           str(root / "raw" / "cloudmask_ds2")], env)
     _cli(["convert", "cloudmask", "--layout", "sen3", str(root / "raw" / "cloudmask_ds2"),
           str(root / "cloudmask_ds2.zarr"), "-q"], env)
+    # the `stemdl` entry docs/stemdl.md reads (what `run stemdl` converts, smaller)
+    _cli(["generate", "stemdl", "--layout", "raw", "--classes", "3", "--materials-per-class", "3",
+          "--samples-per-material", "2", "--pattern", "64", "-q", str(root / "raw" / "stemdl")], env)
+    _cli(["convert", "stemdl", str(root / "raw" / "stemdl"), str(root / "stemdl.zarr"), "--preprocess", "--size", "32", "-q"], env)
     return env
 
 

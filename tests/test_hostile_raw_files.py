@@ -101,28 +101,6 @@ def test_hdf5_external_storage_naming_a_local_file_is_refused_naming_file_and_da
     assert not _holds_planted(dest)
 
 
-def test_checking_a_file_for_indirection_leaves_no_cycle_for_another_thread_to_free(tmp_path):
-    """The check's recursive closures formed a reference cycle holding h5py objects; the cyclic
-    garbage collector then freed them in fsspec's IO thread while a converting thread held h5py's
-    lock waiting on that thread: a conversion from S3 hung (seen in the full suite)."""
-    import gc
-
-    from scibench_data.formats.hdf5_safety import refuse_indirection
-
-    path = tmp_path / "nested.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("a/b/c", data=np.arange(4))
-        f["a/soft"] = h5py.SoftLink("/a/b")
-    gc.collect()
-    gc.disable()
-    try:
-        with h5py.File(path, "r") as f:
-            refuse_indirection(f, str(path))
-        assert gc.collect() == 0, "refuse_indirection left objects only the cyclic collector can free"
-    finally:
-        gc.enable()
-
-
 def test_hdf5_virtual_dataset_is_refused_naming_file_and_dataset(tmp_path):
     src = tmp_path / "raw"
     products = _products(src, "hdf")
@@ -197,6 +175,22 @@ def test_stemdl_raw_file_with_hdf5_external_storage_is_refused(tmp_path, local_s
     fs = fsspec.filesystem("file")
     for read in (scan_raw_file, lambda fs, p: read_raw_file(fs, p, with_potential=False)):
         with pytest.raises(SourceFormatError, match=r"train\.h5: .*'/sample_0/cbed_stack'.*external storage"):
+            read(fs, str(path))
+
+
+def test_stemdl_giant_declared_cbed_shape_is_refused_before_anything_is_read(tmp_path):
+    from scibench_data.formats import SourceFormatError
+    from scibench_data.formats.stemdl import read_raw_file, scan_raw_file
+    import fsspec
+
+    path = tmp_path / "train.h5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("sample_0")
+        g.attrs["space_group"] = 12
+        g.create_dataset("cbed_stack", (3, 10**6, 10**6), "<f4", chunks=(1, 64, 64))  # declared, never written
+    fs = fsspec.filesystem("file")
+    for read in (scan_raw_file, lambda fs, p: read_raw_file(fs, p, with_potential=False)):
+        with pytest.raises(SourceFormatError, match=r"train\.h5: .*1000000.*nothing read"):
             read(fs, str(path))
 
 
@@ -297,6 +291,13 @@ def test_physically_impossible_bounds_are_documented_defaults_and_can_be_changed
     assert report.complete and not report.failed, report.lines()
     with pytest.raises(ValueError, match="bounds"):
         PhysicalBounds(brightness_temperature=(350.0, 150.0))
+    image = np.full((9, 10, 100), 280.0, np.float32)
+    image[:6] = 0.3
+    image[6, 0, :1] = 900.0  # one pixel in a thousand: tolerated (0.1%)
+    PhysicalBounds().check("p.hdf", "hdf", image)
+    image[6, 0, :2] = 900.0
+    with pytest.raises(ValueError, match=r"p\.hdf: S7 brightness temperature from 280 to 900 K \(bts\)"):
+        PhysicalBounds().check("p.hdf", "hdf", image)
 
 
 def test_uppercase_HDF_and_names_with_trailing_characters_are_listed_as_skipped(tmp_path):
@@ -343,3 +344,25 @@ def test_symlinked_file_inside_a_sen3_product_pointing_outside_is_refused(tmp_pa
     assert list(skipped) == [str(victim)], report.lines()
     assert "S9_BT_in.nc" in skipped[str(victim)] and "outside the source folder" in skipped[str(victim)]
     assert report.converted == (products[1].name[:-5],)
+
+
+def test_header_walk_leaves_no_h5py_objects_to_the_garbage_collector(tmp_path):
+    """h5py objects freed by the garbage collector take h5py's lock in whatever thread collects
+    (fsspec's IO thread): with a thread holding that lock while it reads from S3 through fsspec,
+    a conversion from S3 deadlocked in the full suite. The header walk must leave no cycles."""
+    import gc
+
+    from scibench_data.formats.hdf5_safety import refuse_indirection
+
+    path = _products(tmp_path, "hdf", n=1)[0]
+    with h5py.File(path, "r+") as f:
+        f["g/back"] = f["refs"]  # a second hard link and a nested group
+        f["soft"] = h5py.SoftLink("/g/back")
+    gc.collect()
+    gc.disable()
+    try:
+        with h5py.File(path) as f:
+            refuse_indirection(f, str(path))
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -56,7 +56,7 @@ def test_cloudmask_resume_after_a_stop_mid_epoch_trains_the_same_model(cloudmask
 
 @pytest.mark.slow
 def test_stemdl_resume_after_a_stop_mid_epoch_trains_the_same_model(root, tmp_path):
-    args = ["train", "stemdl", "--root", root, "--model", "resnet-small", "--epochs", "2", "--batch-size", "4",
+    args = ["train", "stemdl", "--root", root, "--arch", "resnet-small", "--epochs", "2", "--batch-size", "4",
             "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     n = len(sd.dataset("stemdl", {"stemdl": str(Path(root) / "stemdl.zarr")}))
@@ -122,12 +122,36 @@ def test_torchrun_trains_uno_on_two_gloo_ranks_and_rank_zero_writes(root, tmp_pa
            "-m", "scibench_data.cli", "train", "uno", "--root", root, "--epochs", "2", "--out", str(out), *UNO]
     run = subprocess.run(cmd, env={**_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    events = [json.loads(line.split(":::MLLOG ", 1)[1]) for line in (out / "mllog.txt").read_text().splitlines()
+    events = [json.loads(line.split(":::MLLOG ", 1)[1]) for line in (out / "train-mllog.txt").read_text().splitlines()
               if ":::MLLOG" in line]
     assert [e["key"] for e in events].count("eval_accuracy") == 2  # one rank logged the two epochs
     assert next(e["value"] for e in events if e["key"] == "global_batch_size") == 32  # 2 ranks x 16
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     n = len(sd.dataset("uno", {"uno_root": root}))
     assert state["loader"]["world_size"] == 2 and state["loader"]["batches_in_epoch"] == -(-(-(-n // 2)) // 16)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "mllog.txt", "train_history.json",
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "train-mllog.txt", "train_history.json",
                                                       "uno_model.pt"]
+
+
+class _FinishedEpochLoader:
+    """A loader state after the last batch of epoch 4 (what ResumableLoader.state_dict() says then)."""
+
+    def state_dict(self) -> dict:
+        return {"epoch": 4, "batches_yielded": 7, "batches_in_epoch": 7}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded = state
+
+
+def test_a_checkpoint_of_an_epochs_last_step_resumes_into_that_epochs_end(tmp_path):
+    """A kill between the last step's checkpoint and the epoch's end (validation, history, early
+    stopping) resumed at the next epoch: that epoch's history entry was lost (UNO, 2 of 4 runs)."""
+    from reference_models.training import Checkpoints, TrainingProgress
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpoints = Checkpoints(tmp_path, model, opt, _FinishedEpochLoader(), TrainingProgress(), every=1)
+    checkpoints.after_step()  # the last step's checkpoint: the epoch's end has not run yet
+    assert checkpoints.resume()[0] == 4
+    checkpoints.save(epoch_done=True)
+    assert checkpoints.resume()[0] == 5

@@ -58,13 +58,18 @@ class PhysicalBounds:
     (its file named) instead of stored. Brightness temperature in kelvin (S7-S9, both layouts);
     reflectance (S1-S6) of layout ``sen3``, where we compute it, and of layout ``hdf`` only when
     ``hdf_refs_are_reflectance`` (DS1's ``refs`` may hold radiances). Pass a wider instance to
-    ``CloudMaskConversion(bounds=...)`` to change them; ``None`` turns a check off."""
+    ``CloudMaskConversion(bounds=...)`` to change them; ``None`` turns a check off. A channel fails
+    when more than ``tolerance`` of its finite pixels lie outside (default 0.1%: a few twilight
+    pixels, where mu0 is tiny, may exceed the reflectance bound; a wrong packing moves them all)."""
 
     brightness_temperature: tuple[float, float] | None = (150.0, 350.0)
     reflectance: tuple[float, float] | None = (-0.5, 3.0)
     hdf_refs_are_reflectance: bool = False
+    tolerance: float = 0.001
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ValueError(f"tolerance must be a fraction in [0, 1), got {self.tolerance!r}")
         for name in ("brightness_temperature", "reflectance"):
             b = getattr(self, name)
             if b is not None and (len(b) != 2 or not all(np.isfinite(b)) or b[0] >= b[1]):
@@ -85,7 +90,8 @@ class PhysicalBounds:
             if values.size == 0:
                 continue
             lo, hi = float(values.min()), float(values.max())
-            if lo < bounds[0] or hi > bounds[1]:
+            if (lo < bounds[0] or hi > bounds[1]) and \
+                    np.count_nonzero((values < bounds[0]) | (values > bounds[1])) > self.tolerance * values.size:
                 where = f"{source}.nc" if layout == "sen3" else ("bts" if what.startswith("b") else "refs")
                 raise SourceFormatError(
                     path, f"{CHANNELS[i]} {what} from {lo:.6g} to {hi:.6g}{' ' + unit if unit else ''} ({where}) is "

@@ -33,55 +33,57 @@ def check_dataset(d: h5py.Dataset, path: str, name: str | None = None) -> h5py.D
     return d
 
 
-def refuse_indirection(group: h5py.Group, path: str) -> None:
-    """Walk every link under ``group`` without following external ones; refuse external links,
-    external storage and virtual datasets anywhere in the file. Soft links are resolved only
-    inside the file; each object is visited once (hard-link cycles end).
-
-    Plain functions, no closures: a recursive closure is a reference cycle, and h5py objects
-    held by one are freed by the cyclic garbage collector in whatever thread it runs, such as
-    fsspec's IO thread while another thread holds h5py's lock reading through that IO thread
-    (a deadlock seen with sources on S3)."""
-    _walk(group, group.name.rstrip("/"), path, set())
-
-
-def _refuse_external(name: str, link: object, path: str) -> None:
+def _refuse_external(path: str, name: str, link: object) -> None:
     if isinstance(link, h5py.ExternalLink):
         raise SourceFormatError(path, f"dataset {name!r} is an external link to {link.filename}:{link.path}; "
                                       "refusing to open other files")
 
 
-def _check_soft(root: h5py.File, name: str, target: str, path: str, depth: int = 0) -> None:
+def _check_soft(root: h5py.File, path: str, name: str, target: str) -> None:
     """Every link on a soft link's way (itself possibly through soft links) stays in this file."""
-    if depth > 32:
-        raise SourceFormatError(path, f"dataset {name!r}: soft links nest deeper than 32")
-    here = "/"
-    for part in [p for p in target.split("/") if p]:
-        here = posixpath.join(here, part)
-        link = root.get(here, getlink=True)
-        _refuse_external(name, link, path)
-        if isinstance(link, h5py.SoftLink):
-            _check_soft(root, name, posixpath.normpath(posixpath.join(posixpath.dirname(here), link.path)), path,
-                        depth + 1)
-        if link is None:
-            return
+    pending = [(target, 0)]
+    while pending:
+        target, depth = pending.pop()
+        if depth > 32:
+            raise SourceFormatError(path, f"dataset {name!r}: soft links nest deeper than 32")
+        here = "/"
+        for part in [p for p in target.split("/") if p]:
+            here = posixpath.join(here, part)
+            link = root.get(here, getlink=True)
+            _refuse_external(path, name, link)
+            if isinstance(link, h5py.SoftLink):
+                pending.append((posixpath.normpath(posixpath.join(posixpath.dirname(here), link.path)), depth + 1))
+            if link is None:
+                break
 
 
-def _walk(g: h5py.Group, prefix: str, path: str, seen: set) -> None:
-    for key in g:
-        name = f"{prefix}/{key}"
-        link = g.get(key, getlink=True)
-        _refuse_external(name, link, path)
-        if isinstance(link, h5py.SoftLink):
-            _check_soft(g.file, name, posixpath.normpath(posixpath.join(g.name, link.path)), path)
-        obj = g.get(key)
-        if obj is None:  # a dangling soft link: nothing to read
-            continue
-        ident = obj.id
-        if ident in seen:
-            continue
-        seen.add(ident)
-        if isinstance(obj, h5py.Dataset):
-            check_dataset(obj, path, name)
-        elif isinstance(obj, h5py.Group):
-            _walk(obj, name, path, seen)
+def refuse_indirection(group: h5py.Group, path: str) -> None:
+    """Walk every link under ``group`` without following external ones; refuse external links,
+    external storage and virtual datasets anywhere in the file. Soft links are resolved only
+    inside the file; each object is visited once (hard-link cycles end).
+
+    Iterative, with no closures and only integers remembered: h5py objects caught in reference
+    cycles would be freed by the garbage collector in whatever thread runs it (e.g. fsspec's IO
+    thread), which needs h5py's lock and deadlocks against a thread reading through fsspec."""
+    root = group.file
+    seen: set[int] = set()
+    stack = [(group, group.name.rstrip("/"))]
+    while stack:
+        g, prefix = stack.pop()
+        for key in g:
+            name = f"{prefix}/{key}"
+            link = g.get(key, getlink=True)
+            _refuse_external(path, name, link)
+            if isinstance(link, h5py.SoftLink):
+                _check_soft(root, path, name, posixpath.normpath(posixpath.join(g.name, link.path)))
+            obj = g.get(key)
+            if obj is None:  # a dangling soft link: nothing to read
+                continue
+            ident = hash(obj.id)
+            if ident in seen:
+                continue
+            seen.add(ident)
+            if isinstance(obj, h5py.Dataset):
+                check_dataset(obj, path, name)
+            elif isinstance(obj, h5py.Group):
+                stack.append((obj, name))

@@ -246,6 +246,9 @@ def _check_cbed(path: str, name: str, g: h5py.Group) -> h5py.Dataset:
     d = g["cbed_stack"]
     if d.ndim != 3 or d.shape[0] != N_PROJECTIONS or not np.issubdtype(d.dtype, np.number):
         raise SourceFormatError(path, f"group {name!r}: cbed_stack is {d.shape} {d.dtype}, expected (3, H, W) numeric")
+    if d.shape[1] > RAW_PATTERN or d.shape[2] > RAW_PATTERN or d.dtype.kind not in "iuf" or d.dtype.itemsize > 8:
+        raise SourceFormatError(path, f"group {name!r}: cbed_stack declares {d.shape} {d.dtype}, beyond the format's "
+                                      f"(3, {RAW_PATTERN}, {RAW_PATTERN}) real numbers; nothing read")
     return d
 
 

@@ -163,7 +163,7 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
         stopped = run_epoch(net, loader, opt, loss_of_batch, progress_, max_steps=cfg.max_steps,
                             desc=epoch_desc("train epoch", epoch, n_epochs, cfg.max_steps), show=progress and main,
                             after_step=checkpoints.after_step)
-        checkpoints.save()
+        checkpoints.save(epoch_done=not (stopped and not loader.finished))
         if log:
             log.end("epoch_stop", metadata={"epoch_num": epoch + 1, "loss": progress_.last_loss})
         if stopped:

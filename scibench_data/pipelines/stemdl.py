@@ -187,7 +187,7 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
                 best = {"loss": meta[f"{cfg.select_split}_loss"], "state": copy.deepcopy(model.state_dict()),
                         "epoch": epoch + 1}
         if not cut_short:
-            checkpoints.save()
+            checkpoints.save(epoch_done=True)
         if log:
             log.end("epoch_stop", metadata=meta)
         if stopped:

@@ -165,7 +165,7 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
         else:
             state["waited"] += 1
             state["done"] = state["waited"] >= cfg.patience
-        checkpoints.save()
+        checkpoints.save(epoch_done=True)
     history = state["history"]
     if main:
         (out / "train_history.json").write_text(json.dumps(history, indent=2) + "\n")
