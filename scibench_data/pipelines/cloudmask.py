@@ -183,8 +183,8 @@ def evaluate(root: str | None, model_path: str | Path, entry: str = "cloudmask_d
     With ``baseline``, the best single-channel threshold (fitted on the training
     scenes) is scored on the same scenes.
     """
-    model, ckpt = load_model(model_path)
     ds, location = _open(root, entry)
+    model, ckpt = load_model(model_path)
     splits = split_scenes(ds["split"].values, ckpt["config"]["val_fraction"], ckpt["config"]["split_seed"])
     scenes = splits[split]
     if not scenes:

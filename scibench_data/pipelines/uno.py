@@ -112,12 +112,10 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
         model.train()
         total, n = 0.0, 0
         left = len(loader) if not cfg.max_steps else min(len(loader), cfg.max_steps - steps)
-        bar = tqdm(loader, total=left, desc=epoch_desc("uno epoch", epoch, n_epochs, cfg.max_steps)
+        bar = tqdm(total=left, desc=epoch_desc("uno epoch", epoch, n_epochs, cfg.max_steps)
                    + (" (early stopping)" if cfg.patience < n_epochs else ""), unit="batch",
                    disable=None if cfg.progress else True, dynamic_ncols=True)
-        for batch in bar:
-            if cfg.max_steps and steps >= cfg.max_steps:
-                break
+        for batch in loader:
             steps += 1
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(model(batch["cell"], batch["drug"]), batch["auc"])
@@ -125,6 +123,9 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
             opt.step()
             total += loss.item() * len(batch["auc"])
             n += len(batch["auc"])
+            bar.update(1)
+            if cfg.max_steps and steps >= cfg.max_steps:
+                break
         y, p = predict(model, arrays, "val")
         val = regression_scores(y, p)
         history.append({"epoch": epoch + 1, "train_mse": total / max(n, 1), **{f"val_{k}": v for k, v in val.items()}})
