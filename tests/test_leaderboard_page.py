@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from scibench_data.cli import main
-from scibench_data.leaderboard import value_limits
 from scibench_data.scoring.mllog import BenchmarkLog
-from scibench_data.submission import from_run
 
 CLOUD = {"pixel_accuracy": 0.95, "f1": 0.9, "iou": 0.8, "log_loss": 0.2}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,9 +37,10 @@ def _run(path: Path, benchmark: str, scores: dict, synthetic: bool) -> Path:
 def site(tmp_path) -> Path:
     """Submissions: a synthetic demo run scoring above the target, a real one below it; the page."""
     subs = tmp_path / "subs"
-    from_run(_run(tmp_path / "demo", "cloudmask", CLOUD, synthetic=True), subs, "laptop", "demo")
-    from_run(_run(tmp_path / "real", "cloudmask", {**CLOUD, "pixel_accuracy": 0.85}, synthetic=False), subs,
-             "cluster", "real")
+    for run, system in ((_run(tmp_path / "demo", "cloudmask", CLOUD, synthetic=True), "laptop"),
+                        (_run(tmp_path / "real", "cloudmask", {**CLOUD, "pixel_accuracy": 0.85}, False), "cluster")):
+        assert main(["submission", "from-run", str(run), "--out", str(subs), "--system", system,
+                     "--descriptor", "demo" if system == "laptop" else "real"]) == 0
     assert main(["leaderboard", str(subs), "--out", str(tmp_path / "site")]) == 0
     return tmp_path / "site"
 
@@ -65,6 +64,8 @@ def test_synthetic_runs_rank_with_the_others_only_when_asked(site, tmp_path):
 
 
 def test_reference_line_is_inside_the_axes():
+    from scibench_data.leaderboard import value_limits
+
     lo, hi = value_limits([0.896, 0.9, 0.95, 0.85])
     assert lo < 0.85 and hi > 0.95
     lo, hi = value_limits([0.9])  # a lone reference line: not on an edge either
