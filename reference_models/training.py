@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from scibench_data.progress import bar_disable
+
 
 @dataclass
 class TrainingProgress:
@@ -49,7 +51,7 @@ def run_epoch(
         total = None
     if max_steps and total is not None:
         total = max(0, min(total, max_steps - progress.steps))
-    bar = tqdm(total=total, desc=desc, unit="batch", disable=None if show else True, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit="batch", disable=bar_disable(show), dynamic_ncols=True)
     stopped = False
     for batch in loader:
         optimizer.zero_grad()

@@ -21,6 +21,8 @@ from typing import Any
 import dask
 from tqdm.auto import tqdm
 
+from scibench_data.progress import bar_disable
+
 LOCAL_SCHEDULERS = ("sync", "threads")
 
 #: Environment of every worker process we start: one thread per library, and glibc malloc told
@@ -183,7 +185,7 @@ def run_tasks(
     if len(items) != len(keys):
         raise ValueError(f"{len(items)} items but {len(keys)} keys")
     results: list[TaskResult] = []
-    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=None if progress else True, dynamic_ncols=True)
+    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=bar_disable(progress), dynamic_ncols=True)
     t0, n_bytes = time.perf_counter(), 0
 
     def done(r: TaskResult) -> None:

@@ -26,9 +26,9 @@ BENCHMARKS = ("cloudmask", "stemdl", "uno")
 
 
 def _env(**extra: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
-    env.pop("TQDM_DISABLE", None)
-    return env
+    """The environment a user's shell would give (no TQDM_DISABLE from conftest), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    return {**env, "PYTHONPATH": str(REPO), **extra}
 
 
 def _cli(args: list[str], env: dict, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -23,6 +23,7 @@ from scibench_data.pipelines import epoch_desc, epochs_to_run, mark_synthetic, n
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.regression import regression_scores
 from scibench_data.scoring.report import format_table, write_scores
+from scibench_data.progress import bar_disable
 
 BENCHMARK = "candle_uno"
 #: MLCommons reference (formats.md): val R2 0.7486, val MSE 0.0054.
@@ -114,7 +115,7 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
         left = len(loader) if not cfg.max_steps else min(len(loader), cfg.max_steps - steps)
         bar = tqdm(total=left, desc=epoch_desc("uno epoch", epoch, n_epochs, cfg.max_steps)
                    + (" (early stopping)" if cfg.patience < n_epochs else ""), unit="batch",
-                   disable=None if cfg.progress else True, dynamic_ncols=True)
+                   disable=bar_disable(cfg.progress), dynamic_ncols=True)
         for batch in loader:
             steps += 1
             opt.zero_grad()
