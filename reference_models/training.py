@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from scibench_data.progress import bar_disable
+
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -57,9 +59,9 @@ def run_epoch(
         total = None
     if max_steps and total is not None:
         total = max(0, min(total, max_steps - progress.steps))
-    bar = tqdm(loader, total=total, desc=desc, unit="batch", disable=None if show else True, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit="batch", disable=bar_disable(show), dynamic_ncols=True)
     stopped = False
-    for batch in bar:
+    for batch in loader:
         optimizer.zero_grad()
         loss, n = loss_of_batch(batch)
         loss.backward()
@@ -67,7 +69,8 @@ def run_epoch(
         progress.losses.append(loss.item())
         progress.samples += n
         progress.steps += 1
-        bar.set_postfix(loss=f"{progress.losses[-1]:.4f}")
+        bar.set_postfix(loss=f"{progress.losses[-1]:.4f}", refresh=False)
+        bar.update(1)  # counted once the step is done: a step cap ends the bar at its total
         if after_step is not None:
             after_step()
         if max_steps and progress.steps >= max_steps:

@@ -108,6 +108,8 @@ def _time(x: float | None) -> str:
 
 #: Columns holding text (left-aligned, header and cells alike); the others hold numbers (right-aligned).
 TEXT_COLUMNS = (1, 2, 3)
+#: The one row of a benchmark with neither submissions nor published values.
+EMPTY = "no submissions and no published reference values yet"
 #: The rank cell of rows that are not ranked.
 REFERENCE, SYNTHETIC = "ref", "synthetic"
 
@@ -161,6 +163,8 @@ def markdown(rows: list[Row], problems: list[str] = (), plots: dict | None = Non
                 "| " + " | ".join(header) + " |",
                 "|" + "|".join(":---" if i in TEXT_COLUMNS else "---:" for i in range(len(header))) + "|"]
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+        if not body:
+            out.append("| - | " + EMPTY + " |" + " |" * (len(header) - 2))
         if plots is None or b.name in plots:
             out += ["", f"![{b.name}]({b.name}.png)", ""]
         else:
@@ -240,6 +244,8 @@ def html_page(rows: list[Row], problems: list[str] = (), plots: dict | None = No
             if link:
                 cells[3] = f'<a href="{html.escape(link)}">{cells[3]}</a>'
             parts.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        if not body:
+            parts.append(f'<tr class="empty"><td>-</td><td colspan="{len(header) - 1}">{EMPTY}</td></tr>')
         parts.append("</table>")
         if plots is None or b.name in plots:
             parts.append(f'<p><img src="{b.name}.png" alt="{b.name}: {b.primary} vs time to solution"></p>')

@@ -21,6 +21,7 @@ from typing import Any
 import dask
 from tqdm.auto import tqdm
 
+from scibench_data.progress import bar_disable
 from scibench_data.storage.records import StoreFullError, is_full_disk
 
 LOCAL_SCHEDULERS = ("sync", "threads")
@@ -194,7 +195,7 @@ def run_tasks(
     if len(items) != len(keys):
         raise ValueError(f"{len(items)} items but {len(keys)} keys")
     results: list[TaskResult] = []
-    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=None if progress else True, dynamic_ncols=True)
+    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=bar_disable(progress), dynamic_ncols=True)
     t0, n_bytes = time.perf_counter(), 0
 
     def done(r: TaskResult) -> None:

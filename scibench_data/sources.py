@@ -20,6 +20,8 @@ from typing import Any
 import fsspec
 from tqdm.auto import tqdm
 
+from scibench_data.progress import bar_disable
+
 ENDPOINT_ENV = "SCIBENCH_RAW_ENDPOINT_URL"
 STFC_ENDPOINT = "https://s3.echo.stfc.ac.uk"
 
@@ -164,7 +166,7 @@ def fetch_raw(name: str, dest: str | os.PathLike, endpoint_url: str | None = Non
          f"{len(plan.files) - len(todo)} already here, {sum(f.size for f in todo) / 1e9:.3f} GB to fetch into {dest}")
     done = 0
     with tqdm(total=sum(f.size for f in todo), unit="B", unit_scale=True, desc=f"fetch {name}",
-              disable=None if progress else True) as bar:
+              disable=bar_disable(progress)) as bar:
         for f in todo:
             fs, path = fsspec.core.url_to_fs(f.url, **so)
             target = dest / f.relpath

@@ -252,7 +252,10 @@ def from_run(run_dir: str | Path, root: str | Path, system: str, descriptor: str
     never one of another benchmark. Synthetic runs say so in ``config.yaml`` and the README."""
     run_dir = Path(run_dir)
     log, events, benchmark, synthetic = run_benchmark(run_dir)
-    org = organization or next((e["value"] for e in events if e["key"] == "submission_org"), None)
+    logged = next((e["value"] for e in events if e["key"] == "submission_org"), None)
+    if organization and logged and organization != logged:
+        raise ValueError(f"{log}: its submission_org is {logged!r}, not {organization!r} (the log is copied as it is)")
+    org = organization or logged
     if org is None:
         raise ValueError(f"{log}: no submission_org event; pass organization")
     cli = COMMAND_NAME[benchmark]

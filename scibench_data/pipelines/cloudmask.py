@@ -29,6 +29,7 @@ from scibench_data.pipelines import (
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.report import format_table, write_scores
 from scibench_data.scoring.segmentation import average_scores, fit_single_channel_threshold, scene_scores
+from scibench_data.progress import bar_disable
 
 BENCHMARK = "cloudmask"
 #: What the demo data of ``run`` is, recorded in its stores (``scibench_synthetic``).
@@ -204,8 +205,8 @@ def evaluate(root: str | None, model_path: str | Path, entry: str = "cloudmask_d
     With ``baseline``, the best single-channel threshold (fitted on the training
     scenes) is scored on the same scenes.
     """
-    model, ckpt = load_model(model_path)
     ds, location = _open(root, entry)
+    model, ckpt = load_model(model_path)
     splits = split_scenes(ds["split"].values, ckpt["config"]["val_fraction"], ckpt["config"]["split_seed"])
     scenes = splits[split]
     if not scenes:
@@ -214,7 +215,7 @@ def evaluate(root: str | None, model_path: str | Path, entry: str = "cloudmask_d
         log.start("eval_start", metadata={"split": split})
         log.event("eval_samples", len(scenes))
     per_scene, probs = [], {}
-    for s in tqdm(scenes, desc=f"evaluate {split}", unit="scene", disable=None if progress else True):
+    for s in tqdm(scenes, desc=f"evaluate {split}", unit="scene", disable=bar_disable(progress)):
         image, mask = read_scene(location, s)
         prob = predict_scene(model, image)
         probs[s] = prob
@@ -261,7 +262,7 @@ def predict_test(root: str | None, model_path: str | Path, out: str | Path | Non
     model, _ = load_model(model_path)
     truth = load_truth(b, ds)
     probs = np.stack([predict_scene(model, read_scene(location, int(s))[0])
-                      for s in tqdm(truth.indices, desc="predict test", unit="scene", disable=None if progress else True)])
+                      for s in tqdm(truth.indices, desc="predict test", unit="scene", disable=bar_disable(progress))])
     out = Path(out) if out else predictions_path(Path(model_path).parent, BENCHMARK)
     return save_predictions(out, b, probs.astype(np.float32), **truth.ids)
 

@@ -36,6 +36,7 @@ from scibench_data.pipelines import (
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.reconstruction import mse, reconstruction_scores
 from scibench_data.scoring.report import format_table, write_scores
+from scibench_data.progress import bar_disable
 
 BENCHMARK = "stemdl"
 #: What the demo data of ``run`` is, recorded in its stores (``scibench_synthetic``).
@@ -258,7 +259,7 @@ def predict(model: torch.nn.Module, data, batch_size: int = 64, progress: bool =
             desc: str = "evaluate") -> tuple[np.ndarray, np.ndarray]:
     """Model outputs and targets over a dataset; ``(B, 3, 1, H, W)`` inputs get their logits averaged."""
     outs, targets = [], []
-    for x, y in tqdm(DataLoader(data, batch_size=batch_size), desc=desc, unit="batch", disable=None if progress else True):
+    for x, y in tqdm(DataLoader(data, batch_size=batch_size), desc=desc, unit="batch", disable=bar_disable(progress)):
         if x.ndim == 5:
             b, k = x.shape[:2]
             out = model(x.flatten(0, 1)).view(b, k, -1).mean(dim=1)

@@ -23,6 +23,7 @@ from scibench_data.pipelines import epoch_desc, epochs_to_run, new_run, predicti
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.regression import regression_scores
 from scibench_data.scoring.report import format_table, write_scores
+from scibench_data.progress import bar_disable
 
 BENCHMARK = "candle_uno"
 #: What the demo data of ``run`` is, recorded in its stores (``scibench_synthetic``).
@@ -133,12 +134,10 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
         loader.set_epoch(epoch)
         net.train()
         left = len(loader) if not cfg.max_steps else min(len(loader), cfg.max_steps - progress.steps)
-        bar = tqdm(loader, total=left, desc=epoch_desc("uno epoch", epoch, n_epochs, cfg.max_steps)
+        bar = tqdm(total=left, desc=epoch_desc("uno epoch", epoch, n_epochs, cfg.max_steps)
                    + (" (early stopping)" if cfg.patience < n_epochs else ""), unit="batch",
-                   disable=None if (cfg.progress and main) else True, dynamic_ncols=True)
-        for batch in bar:
-            if cfg.max_steps and progress.steps >= cfg.max_steps:
-                break
+                   disable=bar_disable(cfg.progress and main), dynamic_ncols=True)
+        for batch in loader:
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(net(batch["cell"], batch["drug"]), batch["auc"])
             loss.backward()
@@ -146,7 +145,10 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
             state["total"] += loss.item() * len(batch["auc"])
             state["n"] += len(batch["auc"])
             progress.steps += 1
+            bar.update(1)
             checkpoints.after_step()
+            if cfg.max_steps and progress.steps >= cfg.max_steps:
+                break
         y, p = predict(model, arrays, "val")
         val = regression_scores(y, p)
         train_mse = state["total"] / max(state["n"], 1)

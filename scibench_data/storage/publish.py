@@ -41,6 +41,7 @@ from scibench_data.storage.manifest import (
 )
 from scibench_data.storage.hashing import sha256_bytes
 from scibench_data.storage.records import StoreStateError, store_state
+from scibench_data.progress import bar_disable
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ def publish(dataset: str, store: str | StoreLocation, to: str, version: int | No
             todo = [k for k in expected if remote.get(k) != expected[k].size]
             skipped = len(expected) - len(todo)
             with tqdm(total=manifest.total_bytes, unit="B", unit_scale=True, desc=f"publish {dataset} v{v}",
-                      disable=None if opts.progress else True) as bar:
+                      disable=bar_disable(opts.progress)) as bar:
                 bar.update(sum(expected[k].size for k in expected if k not in set(todo)))
                 nbytes = upload_objects(src, dest, manifest, todo, acl, opts.workers, bar)
             uploaded = len(todo)
@@ -369,7 +370,7 @@ def publish(dataset: str, store: str | StoreLocation, to: str, version: int | No
                                         f"re-upload, e.g. {bad[:3]}")
                 log.warning("%s: re-uploading %d object(s) that differ from the manifest", dest.url, len(bad))
                 with tqdm(total=sum(expected[k].size for k in bad), unit="B", unit_scale=True,
-                          desc="re-upload", disable=None if opts.progress else True) as bar:
+                          desc="re-upload", disable=bar_disable(opts.progress)) as bar:
                     nbytes += upload_objects(src, dest, manifest, bad, acl, opts.workers, bar)
                 uploaded += len(bad)
             published = manifest.with_version(dataset, v)

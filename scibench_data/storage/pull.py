@@ -37,6 +37,7 @@ from scibench_data.storage.manifest import (
 )
 from scibench_data.storage.publish import is_truthy
 from scibench_data.storage.records import STATUS_ATTR, incomplete_reason, store_state
+from scibench_data.progress import bar_disable
 
 PULL_KEY = ("_scibench", "pull.json")
 ROOT_KEY = "zarr.json"
@@ -357,7 +358,7 @@ def pull(catalog_url: str, dataset: str, to: str | os.PathLike, subset: Subset =
     todo = [k for k in body if not _local_ok(Path(confine(str(dest), k, what="manifest key")), expected[k].size,
                                              expected[k].sha256)]
     total = sum(expected[k].size for k in keys)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {dataset}", disable=None if progress else True) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {dataset}", disable=bar_disable(progress)) as bar:
         bar.update(total - sum(expected[k].size for k in todo) - len(root_bytes))
         nbytes = download(pub.location, dest, manifest, todo, workers, bar)
         _write_atomic(dest.joinpath(*PULL_KEY), json.dumps({**info, "complete": True}, indent=1).encode())

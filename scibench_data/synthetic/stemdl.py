@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from scibench_data.formats.stemdl import LAYOUTS, N_CLASSES, PREPROCESSED_SIZE, RAW_PATTERN, preprocess_stack
+from scibench_data.progress import bar_disable
 
 SPLIT_ORDER = ("train", "dev", "test")
 #: Pixels per inverse angstrom, as a fraction of the pattern size.
@@ -284,7 +285,7 @@ def generate(dest: str | Path, layout: str, config: SyntheticSTEMDL = SyntheticS
     paths: list[Path] = []
     pending: dict[str, list] = {s: [] for s in SPLIT_ORDER}
     counts = dict.fromkeys(SPLIT_ORDER, 0)
-    bar = tqdm(total=config.n_samples, desc=f"generate stemdl {layout}", unit="sample", disable=None if progress else True)
+    bar = tqdm(total=config.n_samples, desc=f"generate stemdl {layout}", unit="sample", disable=bar_disable(progress))
     for i, (split, mat, s) in enumerate(_samples(config)):
         (dest / split).mkdir(parents=True, exist_ok=True)
         stack, potential = draw_sample(mat, s, config.pattern, config.seed)
