@@ -335,7 +335,7 @@ def main() -> None:
     try:
         raw = tmp / "raw"
         generate(raw, "hdf", SyntheticCloudMask(n_products=args.scenes, seed=21))
-        files = sorted(str(p) for p in raw.iterdir())
+        files = sorted(str(p) for p in raw.glob("*.hdf"))
         store = tmp / "cloudmask_ds1.zarr"
         t0 = time.perf_counter()
         convert_cloudmask(str(raw), str(store), CloudMaskConversion(layout="hdf", progress=False))

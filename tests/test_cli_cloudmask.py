@@ -37,7 +37,7 @@ def test_missing_source_is_a_clear_error(tmp_path, capsys):
 def test_bad_product_fails_by_name_rest_converts_exit_1(cloudmask_raw, tmp_path, capsys, damage, message):
     src = tmp_path / "src"
     shutil.copytree(cloudmask_raw["hdf"], src)
-    victim = sorted(src.iterdir())[-1]
+    victim = sorted(p for p in src.iterdir() if p.suffix == ".hdf")[-1]
     with h5py.File(victim, "a") as f:
         if damage == "nan":
             for k in ("refs", "bts"):

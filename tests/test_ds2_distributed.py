@@ -16,7 +16,8 @@ from scibench_data.storage.records import RecordStore, store_state
 
 
 def _products(folder: Path) -> list[Path]:
-    return sorted(folder.iterdir(), key=lambda p: (ProductName.parse(p.name).start, p.name))
+    return sorted((p for p in folder.iterdir() if p.suffix in (".hdf", ".SEN3")),
+                  key=lambda p: (ProductName.parse(p.name).start, p.name))
 
 
 def test_local_cluster_with_two_processes_equals_threaded_store(cloudmask_raw, cloudmask_stores, tmp_path):

@@ -581,7 +581,7 @@ def test_append_rewrites_the_manifest_hashing_only_what_changed(tmp_path):
     from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
 
     generate(tmp_path / "all", "hdf", SyntheticCloudMask(n_products=3, grid=(32, 48), seed=9))
-    products = sorted((tmp_path / "all").iterdir(), key=lambda p: ProductName.parse(p.name).start)
+    products = sorted((tmp_path / "all").glob("*.hdf"), key=lambda p: ProductName.parse(p.name).start)
     (tmp_path / "first2").mkdir()
     for p in products[:2]:
         shutil.copy(p, tmp_path / "first2" / p.name)

@@ -65,7 +65,7 @@ def test_wrongly_named_product_alone_still_exits_non_zero(bad_sen3, tmp_path, ca
     only_good = tmp_path / "src"
     only_good.mkdir()
     for p in src.iterdir():
-        if p != victim:
+        if p != victim and p.is_dir():
             shutil.copytree(p, only_good / p.name)
     code = main(["convert", "cloudmask", "--layout", "sen3", str(only_good), str(tmp_path / "o.zarr"), "--tile", "16",
                  "--report", str(tmp_path / "R.json"), "--no-progress", "--scheduler", "sync"])

@@ -24,7 +24,7 @@ def raw_on_s3(s3_storage_options, cloudmask_raw) -> list[Path]:
     fs = s3fs.S3FileSystem(**s3_storage_options)
     if not fs.exists("sciml-datasets"):
         fs.mkdir("sciml-datasets", acl="public-read")
-    files = sorted(Path(cloudmask_raw["hdf"]).iterdir())
+    files = sorted(Path(cloudmask_raw["hdf"]).glob("*.hdf"))  # the products, as STFC serves them
     for f in files:
         fs.pipe_file(f"{PREFIX}/{f.name}", f.read_bytes(), ACL="public-read")
     return files

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from scibench_data.storage.encoding import DEFAULT_CODEC, CodecChoice
 
@@ -25,6 +25,11 @@ class ConversionRun:
     retries: int = 1
     progress: bool = True
     synthetic: str | None = None
+
+    def with_synthetic(self, generator: str | None):  # noqa: ANN201 - the same options class
+        """These options, marked synthetic by ``generator`` (a marker found beside the sources) unless
+        they already say what the sources are."""
+        return self if self.synthetic or not generator else replace(self, synthetic=generator)
 
     def store_attrs(self) -> dict[str, str]:
         """Root attributes every finished store of this run gets."""

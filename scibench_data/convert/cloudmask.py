@@ -40,6 +40,7 @@ Three ways to fill a store, one task per product on any Dask scheduler:
 
 from __future__ import annotations
 
+import posixpath
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -55,9 +56,17 @@ import xarray as xr
 from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.cloudmask import (
-    CHANNELS, PhysicalBounds, ProductName, SourceProduct, discover_products, hdf_grid, product_name,
-    read_product, sen3_grid_shape,
+    CHANNELS,
+    PhysicalBounds,
+    ProductName,
+    SourceProduct,
+    discover_products,
+    hdf_grid,
+    product_name,
+    read_product,
+    sen3_grid_shape,
 )
+from scibench_data.formats.synthetic_marker import find_marker
 from scibench_data.parallel import run_tasks
 from scibench_data.storage.encoding import CodecChoice, encoding_for
 from scibench_data.storage.hashing import combined_digest, sha256_file
@@ -343,6 +352,7 @@ def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCon
     fs, products, rejected_rows = _discover(src, options)
     if not products:
         raise FileNotFoundError(f"no {options.layout} CloudMask products found in {src}")
+    options = options.with_synthetic(find_marker(fs, [posixpath.dirname(p.path) for p in products]))
     products = time_order(products)
     grid = common_grid(fs, products)
     names = [p.name.stem for p in products]
@@ -388,6 +398,7 @@ def append_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConv
     location = dest if isinstance(dest, StoreLocation) else StoreLocation(dest)
     store = RecordStore(location, RECORD_DIM)
     fs, products, rejected_rows = _discover(src, options)
+    options = options.with_synthetic(find_marker(fs, [posixpath.dirname(p.path) for p in products]))
     with WriterLock(location, operation="append cloudmask"):
         plan, state = store.plan(), store_state(location)
         if plan is None or not state.ours or plan.get("format") != "cloudmask":

@@ -35,16 +35,35 @@ import xarray as xr
 from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.stemdl import (
-    N_CLASSES, N_PROJECTIONS, PREPROCESSED_SIZE, SPLITS, SourceFile, SourceListing, area_resize, discover_sources,
-    npz_shape, preprocess_stack, read_npz_sample, read_raw_file, scan_raw_file, split_of_material,
+    N_CLASSES,
+    N_PROJECTIONS,
+    PREPROCESSED_SIZE,
+    SPLITS,
+    SourceFile,
+    SourceListing,
+    area_resize,
+    discover_sources,
+    npz_shape,
+    preprocess_stack,
+    read_npz_sample,
+    read_raw_file,
+    scan_raw_file,
+    split_of_material,
 )
+from scibench_data.formats.synthetic_marker import find_marker
 from scibench_data.parallel import run_tasks
 from scibench_data.storage.encoding import CodecChoice, encoding_for
 from scibench_data.storage.hashing import combined_digest, sha256_file
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
 from scibench_data.storage.records import RecordStore
-from scibench_data.strings import flag_attrs, flag_codes, nchar_dim, utf8_attrs, utf8_chars
+from scibench_data.strings import (
+    flag_attrs,
+    flag_codes,
+    nchar_dim,
+    utf8_attrs,
+    utf8_chars,
+)
 
 RECORD_DIM = "sample"
 FORMAT_VERSION = 2  # 2: text as Zarr v3 core types (int8 flag codes, uint8 UTF-8)
@@ -240,6 +259,7 @@ def convert_stemdl(src: str, dest: str | StoreLocation, options: STEMDLConversio
     fs, src_root = fsspec.core.url_to_fs(src, **options.src_storage_options)
     src_root = src_root.rstrip("/")
     listing = discover_sources(fs, src_root)
+    options = options.with_synthetic(find_marker(fs, [src_root, *(posixpath.dirname(f.path) for f in listing.files)]))
     rejected_rows = tuple((r.path, r.reason) for r in listing.rejected)
     if listing.layout == "npz" and options.preprocess:
         raise ValueError(f"{src} holds npz samples, which are preprocessed already; preprocess applies to raw sources")

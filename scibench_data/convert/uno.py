@@ -36,14 +36,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask.array as da
+import fsspec
 import numpy as np
 import xarray as xr
 
 from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
 from scibench_data.formats import SourceFormatError
+from scibench_data.formats.synthetic_marker import find_marker
 from scibench_data.formats.uno import (
-    EXPORT_NAME, FINGERPRINT_KINDS, LAYOUTS, SPLITS, ExportReader, FeatureTable, concat_tables,
-    export_responses, export_splits, find_raw_files, read_feature_tsv, read_fingerprint_tsv, read_response_tsv, split_codes,
+    EXPORT_NAME,
+    FINGERPRINT_KINDS,
+    LAYOUTS,
+    SPLITS,
+    ExportReader,
+    FeatureTable,
+    concat_tables,
+    export_responses,
+    export_splits,
+    find_raw_files,
+    read_feature_tsv,
+    read_fingerprint_tsv,
+    read_response_tsv,
+    split_codes,
 )
 from scibench_data.parallel import run_tasks
 from scibench_data.storage.encoding import CodecChoice, encoding_for
@@ -386,6 +400,8 @@ def convert_uno(src: str | Path, dest: str | StoreLocation, options: UnoConversi
     layout, path = detect_layout(src)
     if layout not in LAYOUTS:
         raise ValueError(layout)
+    options = options.with_synthetic(find_marker(fsspec.filesystem("file"), [str(path if layout == "raw" else
+                                                                              path.parent)]))
     plan = plan_export(path) if layout == "export" else plan_raw(path, options.split_seed)
     if plan.n == 0:
         raise SourceFormatError(str(src), "no response rows to convert (all filtered out or without features)")

@@ -15,8 +15,8 @@ layout ``sen3`` (raw ``*.SEN3`` folders of CF-packed netCDF4 on the 0.5 km and
 from __future__ import annotations
 
 import hashlib
-import zlib
 import posixpath
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,9 +26,14 @@ import numpy as np
 import xarray as xr
 
 from scibench_data.formats.cloudmask import (
-    BT_CHANNELS, FULL_GRID, LAYOUTS, REFLECTANCE_CHANNELS, product_name,
+    BT_CHANNELS,
+    FULL_GRID,
+    LAYOUTS,
+    REFLECTANCE_CHANNELS,
+    product_name,
 )
 from scibench_data.formats.slstr import GridGeometry, reflectance_to_radiance
+from scibench_data.formats.synthetic_marker import write_marker
 from scibench_data.synthetic import smooth_field
 
 #: Nominal SLSTR solar irradiance (W m-2 um-1) of S1-S6, detector 0.
@@ -151,6 +156,7 @@ def generate(dest: str | Path, layout: str, config: SyntheticCloudMask = Synthet
         raise ValueError(f"unknown CloudMask layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    write_marker(dest, __name__)
     paths = []
     for i in range(config.n_products):
         rng = np.random.default_rng([config.seed, i])

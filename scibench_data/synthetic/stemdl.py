@@ -33,7 +33,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from scibench_data.formats.stemdl import LAYOUTS, N_CLASSES, PREPROCESSED_SIZE, RAW_PATTERN, preprocess_stack
+from scibench_data.formats.stemdl import (
+    LAYOUTS,
+    N_CLASSES,
+    PREPROCESSED_SIZE,
+    RAW_PATTERN,
+    preprocess_stack,
+)
+from scibench_data.formats.synthetic_marker import write_marker
 from scibench_data.progress import bar_disable
 
 SPLIT_ORDER = ("train", "dev", "test")
@@ -282,6 +289,8 @@ def generate(dest: str | Path, layout: str, config: SyntheticSTEMDL = SyntheticS
     from tqdm.auto import tqdm
 
     dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_marker(dest, __name__)
     paths: list[Path] = []
     pending: dict[str, list] = {s: [] for s in SPLIT_ORDER}
     counts = dict.fromkeys(SPLIT_ORDER, 0)

@@ -24,9 +24,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scibench_data.formats.synthetic_marker import write_marker
 from scibench_data.formats.uno import (
-    DESCRIPTOR_SUFFIX, EXPORT_NAME, FINGERPRINT_SUFFIX, INPUT_FEATURES, LAYOUTS, N_DESCRIPTORS, N_FINGERPRINT_BITS,
-    N_GENES, RESPONSE_COLUMNS, RESPONSE_FILE, RNASEQ_FILE, SPLITS, split_codes,
+    DESCRIPTOR_SUFFIX,
+    EXPORT_NAME,
+    FINGERPRINT_SUFFIX,
+    INPUT_FEATURES,
+    LAYOUTS,
+    N_DESCRIPTORS,
+    N_FINGERPRINT_BITS,
+    N_GENES,
+    RESPONSE_COLUMNS,
+    RESPONSE_FILE,
+    RNASEQ_FILE,
+    SPLITS,
+    split_codes,
 )
 
 SOURCES = ("CCLE", "CTRP", "GDSC", "gCSI", "NCI60")
@@ -204,6 +216,8 @@ def generate(dest: str | Path, layout: str, cfg: SyntheticUno = SyntheticUno()) 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown UNO layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_marker(dest, __name__)
     truth = draw_truth(cfg)
     if layout == "raw":
         return write_raw(dest, truth)
