@@ -435,7 +435,9 @@ def write_subset(source: Any, dest: Any, sel: Selection, *, scheduler: str = "th
     if not plan.scenes:
         raise SelectionError(f"the selection keeps no scene of {_label(source)}")
     location = dest if isinstance(dest, StoreLocation) else StoreLocation(str(dest))
-    src_ds = decode_strings(xr.open_zarr(_as_store(source), consolidated=True))
+    # text stays in the source's portable encoding (flag codes, UTF-8 bytes): a subset is a store we
+    # write, readable by any Zarr implementation like the source
+    src_ds = xr.open_zarr(_as_store(source), consolidated=True)
     tmpl = _template(src_ds, plan, sel.variables)
     y0, y1, x0, x1 = plan.window
     enc: dict[str, dict] = {}
@@ -448,7 +450,7 @@ def write_subset(source: Any, dest: Any, sel: Selection, *, scheduler: str = "th
         enc[v]["fill_value"] = zarr.open_group(_as_store(source), mode="r", use_consolidated=True)[v].fill_value
     for c in (*SCENE_COORDS, "source_scene"):
         if c in tmpl.coords:
-            enc[c] = {"chunks": (SCENE_COORD_CHUNK,)}
+            enc[c] = {"chunks": (SCENE_COORD_CHUNK, *tmpl[c].shape[1:])}  # UTF-8 text: (scene, nchar)
     if "time" in enc:
         enc["time"].update({"units": "milliseconds since 1970-01-01", "dtype": "int64"})
     keys = [summary.names[s] for s in plan.scenes]
@@ -472,7 +474,8 @@ def write_subset(source: Any, dest: Any, sel: Selection, *, scheduler: str = "th
             attrs = {SUBSET_ATTR: {"source": _label(source), "selection": sel.as_dict(),
                                    "window": list(plan.window)}}
             sha = src_ds["source_sha256"].values[list(plan.scenes)] if "source_sha256" in src_ds else None
-            arrays = {"source_sha256": np.asarray(sha, dtype=object)} if sha is not None else {}
+            arrays = {"source_sha256": np.asarray(sha, dtype=sha.dtype if sha.dtype.kind == "u" else object)} \
+                if sha is not None else {}
             if plan.filled is not None and len(plan.filled) < len(plan.scenes):
                 filled = [i for i, s in enumerate(plan.scenes) if s in set(plan.filled)]
                 store.finalize_as("scaffold", arrays, {**attrs, FILLED_ATTR: filled})

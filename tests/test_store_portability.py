@@ -24,6 +24,7 @@ from scibench_data.formats.uno import EXPORT_NAME
 from scibench_data.storage.encoding import CodecChoice
 from scibench_data.storage.records import StoreStateError
 from scibench_data.strings import decode_strings
+from scibench_data.subset import Selection, write_subset
 from scibench_data.synthetic.uno import SyntheticUno, generate as generate_uno
 from tests._stemdl_data import write_tiny
 
@@ -86,6 +87,28 @@ def test_independent_zarr_reader_reads_ids_splits_and_channels_of_every_store(ev
             except Exception as err:  # noqa: BLE001 - name the array that failed
                 pytest.fail(f"{store}/{name} ({arr.dtype}): tensorstore cannot read it: {err}")
             np.testing.assert_array_equal(np.asarray(theirs), arr[...], err_msg=f"{store}/{name}")
+
+
+def test_a_subset_store_is_readable_by_an_independent_zarr_reader(cloudmask_stores, tmp_path):
+    """`scibench-data subset` copied decoded text back as Zarr `string` / fixed-length UTF-32 arrays,
+    which tensorstore refuses; a subset keeps the source's portable encoding and decodes the same."""
+    ts = pytest.importorskip("tensorstore")
+    dest = tmp_path / "subset.zarr"
+    report = write_subset(str(cloudmask_stores["sen3"]), str(dest),
+                          Selection(channels=("S1", "S8"), window=(0, 32, 16, 48)), progress=False)
+    assert report.status == "complete", report
+    for name, arr in _arrays(dest).items():
+        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{dest}/{name}/"}}
+        try:
+            theirs = ts.open(spec, open=True, read=True).result().read().result()
+        except Exception as err:  # noqa: BLE001 - name the array that failed
+            pytest.fail(f"subset/{name} ({arr.dtype}): tensorstore cannot read it: {err}")
+        np.testing.assert_array_equal(np.asarray(theirs), arr[...], err_msg=f"subset/{name}")
+    sub = decode_strings(xr.open_zarr(dest))
+    src = decode_strings(xr.open_zarr(cloudmask_stores["sen3"]))
+    assert list(sub["channel"].values) == ["S1", "S8"]
+    assert list(sub["source_name"].values) == list(src["source_name"].values)
+    assert list(sub["split"].values) == list(src["split"].values)
 
 
 def test_string_ids_decode_through_the_catalog_and_one_xarray_line(every_store, cloudmask_training_root):
