@@ -51,9 +51,12 @@ def run_epoch(
         total = None
     if max_steps and total is not None:
         total = max(0, min(total, max_steps - progress.steps))
-    bar = tqdm(total=total, desc=desc, unit="batch", disable=bar_disable(show), dynamic_ncols=True)
+    bar = tqdm(loader, total=total, desc=desc, unit="batch", disable=bar_disable(show), dynamic_ncols=True)
     stopped = False
-    for batch in loader:
+    for batch in bar:
+        if max_steps and progress.steps >= max_steps:  # checked here, so the bar has counted the last step
+            stopped = True
+            break
         optimizer.zero_grad()
         loss, n = loss_of_batch(batch)
         loss.backward()
@@ -61,11 +64,7 @@ def run_epoch(
         progress.losses.append(loss.item())
         progress.samples += n
         progress.steps += 1
-        bar.set_postfix(loss=f"{progress.losses[-1]:.4f}", refresh=False)
-        bar.update(1)  # counted once the step is done: a step cap ends the bar at its total
-        if max_steps and progress.steps >= max_steps:
-            stopped = True
-            break
+        bar.set_postfix(loss=f"{progress.losses[-1]:.4f}")
     bar.close()
     progress.seconds += time.perf_counter() - t0
     return stopped
