@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 from intake_xarray.xzarr import ZarrSource
 
-from scibench_data.catalog_source import missing_store
+from scibench_data.catalog_source import MissingStoreError, missing_store
 from scibench_data.storage.checked import CheckedStore
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.records import require_complete
@@ -59,21 +59,32 @@ class ScibenchZarrSource(ZarrSource):
                 "description": getattr(self, "description", None) or "", "args": {"urlpath": self.urlpath},
                 "metadata": dict(self.metadata)}
 
-    def _open(self, chunks: dict | None) -> xr.Dataset:
+    def _location(self) -> tuple[StoreLocation, MissingStoreError | None]:
+        """The entry's store, and the error to raise if it does not exist (raised by the caller, so
+        a missing store is a two-frame traceback); an unfinished store raises here."""
         data = self.reader.data
         location = StoreLocation(str(data.url), dict(data.storage_options or {}))
         try:
             require_complete(location)
         except FileNotFoundError:
-            raise missing_store(getattr(self, "name", None) or "?", location.url) from None
+            return location, missing_store(getattr(self, "name", None) or "?", location.url)
+        return location, None
+
+    def _open(self, location: StoreLocation, chunks: dict | None) -> xr.Dataset:
         kwargs = {k: v for k, v in self.reader.kwargs.items() if k not in ("args", "chunks", "engine", "backend_kwargs")}
         return open_path(xr.open_zarr(CheckedStore(location.zarr_store(read_only=True)), chunks=chunks, **kwargs))
 
     def to_dask(self) -> xr.Dataset:
-        return self._open(self.reader.kwargs.get("chunks", {}))
+        location, missing = self._location()
+        if missing:
+            raise missing from None
+        return self._open(location, self.reader.kwargs.get("chunks", {}))
 
     def read(self) -> xr.Dataset:
-        return self._open(None)
+        location, missing = self._location()
+        if missing:
+            raise missing from None
+        return self._open(location, None)
 
     discover = read
     read_chunked = to_dask
