@@ -45,8 +45,13 @@ def _create(args: argparse.Namespace) -> int:
 
     from scibench_data.benchmarks import get
     from scibench_data.scoring.predictions import open_entry, score_predictions
-    from scibench_data.submission import SubmissionInfo, code_version, default_retrieval, write_run_log, \
-        write_submission
+    from scibench_data.submission import (
+        SubmissionInfo,
+        code_version,
+        default_retrieval,
+        write_run_log,
+        write_submission,
+    )
 
     b = get(args.benchmark)
     info = SubmissionInfo(organization=args.org, benchmark=b.name, system=args.system, descriptor=args.descriptor,

@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 
 from scibench_data.cli.common import (
-    add_conversion_options, add_model_options, add_resume_options, add_run_options, add_training_options,
-    model_out, require_store, run_conversion, train_out,
+    add_conversion_options,
+    add_model_options,
+    add_resume_options,
+    add_run_options,
+    add_training_options,
+    model_out,
+    require_store,
+    run_conversion,
+    run_training,
 )
 
 
@@ -21,7 +28,11 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from scibench_data.convert.cloudmask import CloudMaskConversion, append_cloudmask, convert_cloudmask
+    from scibench_data.convert.cloudmask import (
+        CloudMaskConversion,
+        append_cloudmask,
+        convert_cloudmask,
+    )
 
     return run_conversion(args, append_cloudmask if args.append else convert_cloudmask, CloudMaskConversion,
                           layout=args.layout, tile=args.tile)
@@ -37,18 +48,11 @@ def _train_config(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from scibench_data.pipelines import training_log
     from scibench_data.pipelines.cloudmask import BENCHMARK, train
 
     cfg = _train_config(args)
-    require_store(args.root, cfg.entry)
-    out = train_out(args, BENCHMARK)
-    with training_log(out / "train-mllog.txt", BENCHMARK, args.resume) as log:
-        if log:
-            log.start("run_start")
-        result = train(args.root, cfg, out, log=log, progress=args.progress, resume=args.resume)
-        if log:
-            log.end("run_stop", metadata={"status": "success"})
+    result = run_training(args, BENCHMARK, cfg.entry, lambda out, log: train(
+        args.root, cfg, out, log=log, progress=args.progress, resume=args.resume))
     print(f"trained on {len(result.splits['train'])} scenes, {result.samples} patches in {result.seconds:.0f} s; "
           f"final loss {result.losses[-1]:.4f}\nmodel: {result.model_path}")
     return 0

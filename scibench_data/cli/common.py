@@ -6,9 +6,11 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from scibench_data.catalog import default_root
+
+T = TypeVar("T")
 
 
 def add_root(p: argparse.ArgumentParser) -> None:
@@ -111,6 +113,24 @@ def add_model_options(p: argparse.ArgumentParser, what: str, out_help: str) -> N
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """What only ``run`` adds."""
     p.add_argument("--fresh", action="store_true", help="regenerate and reconvert even if a store exists")
+
+
+def run_training(args: argparse.Namespace, benchmark: str, entry: str, train: Callable[[Path, Any], T]) -> T:
+    """What every ``train`` command does around its pipeline: refuse a missing store before anything is
+    written, pick the output folder (:func:`train_out`), and call ``train(out, log)`` between
+    ``run_start`` and ``run_stop`` of rank 0's MLPerf log ``OUT/train-mllog.txt`` (``log`` is None on
+    other ranks; a resumed run writes ``train-mllog.resume-K.txt``)."""
+    from scibench_data.pipelines import training_log
+
+    require_store(args.root, entry)
+    out = train_out(args, benchmark)
+    with training_log(out / "train-mllog.txt", benchmark, args.resume) as log:
+        if log:
+            log.start("run_start")
+        result = train(out, log)
+        if log:
+            log.end("run_stop", metadata={"status": "success"})
+    return result
 
 
 def train_out(args: argparse.Namespace, benchmark: str) -> Path:

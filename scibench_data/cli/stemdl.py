@@ -7,8 +7,15 @@ import warnings
 from pathlib import Path
 
 from scibench_data.cli.common import (
-    add_conversion_options, add_model_options, add_progress, add_resume_options, add_run_options,
-    add_training_options, model_out, require_store, run_conversion, train_out,
+    add_conversion_options,
+    add_model_options,
+    add_progress,
+    add_resume_options,
+    add_run_options,
+    add_training_options,
+    model_out,
+    run_conversion,
+    run_training,
 )
 
 
@@ -35,7 +42,6 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from scibench_data.pipelines import training_log
     from scibench_data.pipelines.stemdl import BENCHMARK, TrainConfig, train
 
     _quiet_intake()
@@ -43,14 +49,8 @@ def _train(args: argparse.Namespace) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                       weight_decay=args.weight_decay, seed=args.seed, num_workers=args.num_workers,
                       max_steps=args.max_steps or 0, checkpoint_every=args.checkpoint_every)
-    require_store(args.root, cfg.entry_name)
-    out = train_out(args, BENCHMARK)
-    with training_log(out / "train-mllog.txt", BENCHMARK, args.resume) as log:
-        if log:
-            log.start("run_start")
-        result = train(args.root, cfg, out, log=log, progress=args.progress, resume=args.resume)
-        if log:
-            log.end("run_stop", metadata={"status": "success"})
+    result = run_training(args, BENCHMARK, cfg.entry_name, lambda out, log: train(
+        args.root, cfg, out, log=log, progress=args.progress, resume=args.resume))
     print(f"trained {cfg.task} on {result.samples} samples in {result.seconds:.0f} s; model: {result.model_path}")
     return 0
 

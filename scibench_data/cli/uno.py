@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 from scibench_data.cli.common import (
-    add_conversion_options, add_model_options, add_resume_options, add_run_options, add_training_options,
-    model_out, require_store, run_conversion, train_out,
+    add_conversion_options,
+    add_model_options,
+    add_resume_options,
+    add_run_options,
+    add_training_options,
+    model_out,
+    require_store,
+    run_conversion,
+    run_training,
 )
 
 #: ``run uno``: the network's widths (its data: pipelines.uno.DEMO_DATA).
@@ -43,15 +49,11 @@ def _train_config(args: argparse.Namespace):  # noqa: ANN202
 
 def _train(args: argparse.Namespace) -> int:
     from loaders.uno import UnoSource
-    from scibench_data.pipelines import training_log
     from scibench_data.pipelines.uno import BENCHMARK, train
 
     cfg = _train_config(args)
-    require_store(args.root, BENCHMARK)
-    out = train_out(args, BENCHMARK)
-    with training_log(out / "train-mllog.txt", BENCHMARK, args.resume) as log:
-        with log.interval("run") if log else contextlib.nullcontext():
-            result = train(UnoSource(root=args.root), out, cfg, log, resume=args.resume)
+    result = run_training(args, BENCHMARK, BENCHMARK, lambda out, log: train(
+        UnoSource(root=args.root), out, cfg, log, resume=args.resume))
     print(f"model: {result.checkpoint} (best epoch {result.best_epoch} of {result.epochs}, "
           f"val mse {result.best_val_mse:.5f}, {result.elapsed_s:.0f} s)")
     return 0
