@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 from _benchmarks_data import cloudmask_root, stemdl_uno_root
+from _run_logs import run_folder
 
 from scibench_data.cli import build_parser, main
-from scibench_data.scoring.mllog import BenchmarkLog, read_events
+from scibench_data.scoring.mllog import read_events
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("cloudmask", "stemdl", "uno")
@@ -192,28 +193,14 @@ def test_run_uno_says_it_generates_raw_data_and_writes_predictions_show_score_an
     assert v.ok and v.rescored == ["predictions-0.npz"], v.lines()
 
 
-def _run_folder(path: Path, benchmark: str, scores: dict, synthetic: bool = True) -> Path:
-    """A run folder as ``scibench-data run`` leaves it, as far as ``submission from-run`` reads it."""
-    with BenchmarkLog(path / "result-0.txt", benchmark) as log:
-        log.start("init_start")
-        log.event("data_synthetic", synthetic)
-        log.end("init_stop")
-        log.start("run_start")
-        with log.interval("staging"):
-            pass
-        log.event("result", scores)
-        log.end("run_stop", metadata={"status": "success"})
-    return path
-
-
 CLOUD_SCORES = {"pixel_accuracy": 0.95, "f1": 0.9, "iou": 0.8, "log_loss": 0.2}
 STEMDL_SCORES = {"top1": 0.5, "top5": 0.8, "macro_f1": 0.4}
 
 
 def test_from_run_on_a_stemdl_run_never_overwrites_a_cloudmask_submission(tmp_path, capsys):
     subs = tmp_path / "subs"
-    cloud = _run_folder(tmp_path / "cloud-run", "cloudmask", CLOUD_SCORES)
-    stem = _run_folder(tmp_path / "stemdl-run", "stemdl", STEMDL_SCORES)
+    cloud = run_folder(tmp_path / "cloud-run", "cloudmask", CLOUD_SCORES)
+    stem = run_folder(tmp_path / "stemdl-run", "stemdl", STEMDL_SCORES)
     flags = ["--out", str(subs), "--system", "cpu", "--descriptor", "demo"]
     assert main(["submission", "from-run", str(cloud), *flags]) == 0
     cloud_folder = subs / "scibench-data" / "cloudmask" / "cpu" / "demo"
@@ -225,7 +212,7 @@ def test_from_run_on_a_stemdl_run_never_overwrites_a_cloudmask_submission(tmp_pa
 
 def test_from_run_refuses_to_overwrite_an_existing_submission_without_force(tmp_path, capsys):
     subs = tmp_path / "subs"
-    run = _run_folder(tmp_path / "run", "cloudmask", CLOUD_SCORES)
+    run = run_folder(tmp_path / "run", "cloudmask", CLOUD_SCORES)
     flags = ["submission", "from-run", str(run), "--out", str(subs), "--system", "cpu", "--descriptor", "demo"]
     assert main(flags) == 0
     capsys.readouterr()
@@ -236,7 +223,7 @@ def test_from_run_refuses_to_overwrite_an_existing_submission_without_force(tmp_
 
 def test_from_run_never_replaces_a_folder_holding_another_benchmark_even_with_force(tmp_path, capsys):
     subs = tmp_path / "subs"
-    run = _run_folder(tmp_path / "run", "stemdl", STEMDL_SCORES)
+    run = run_folder(tmp_path / "run", "stemdl", STEMDL_SCORES)
     squatter = subs / "scibench-data" / "stemdl" / "cpu" / "demo"
     squatter.mkdir(parents=True)
     (squatter / "config.yaml").write_text("benchmark: cloudmask\n")
@@ -250,7 +237,7 @@ def test_synthetic_run_submission_says_synthetic_and_does_not_claim_pull_retriev
 
     from scibench_data.submission import from_run
 
-    dest = from_run(_run_folder(tmp_path / "run", "cloudmask", CLOUD_SCORES), tmp_path / "subs", "cpu", "demo")
+    dest = from_run(run_folder(tmp_path / "run", "cloudmask", CLOUD_SCORES), tmp_path / "subs", "cpu", "demo")
     cfg = yaml.safe_load((dest / "config.yaml").read_text())
     assert cfg["data"]["synthetic"] is True
     assert not any("pull" in c for c in cfg["data"]["retrieval"]), cfg["data"]["retrieval"]
@@ -359,7 +346,7 @@ def test_mllog_checks_run_through_mlperf_logging_compliance_checker(tmp_path):
     from scibench_data.benchmarks import REGISTRY
 
     assert {p.stem for p in COMPLIANCE_DIR.glob("*.yaml")} == {"common", *REGISTRY}
-    good = _run_folder(tmp_path / "good", "cloudmask", CLOUD_SCORES) / "result-0.txt"
+    good = run_folder(tmp_path / "good", "cloudmask", CLOUD_SCORES) / "result-0.txt"
     assert check_compliance(good, "cloudmask") == []
     problems = check_compliance(good, "stemdl")  # the wrong benchmark's config
     assert any("submission_benchmark" in p for p in problems) and any("'result'" in p for p in problems), problems

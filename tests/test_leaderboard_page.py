@@ -11,34 +11,21 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from _run_logs import run_folder
 
 from scibench_data.cli import main
-from scibench_data.scoring.mllog import BenchmarkLog
 
 CLOUD = {"pixel_accuracy": 0.95, "f1": 0.9, "iou": 0.8, "log_loss": 0.2}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _run(path: Path, benchmark: str, scores: dict, synthetic: bool) -> Path:
-    with BenchmarkLog(path / "result-0.txt", benchmark) as log:
-        log.start("init_start")
-        log.event("data_synthetic", synthetic)
-        log.end("init_stop")
-        log.start("run_start")
-        with log.interval("staging"):
-            pass
-        log.event("result", scores)
-        log.end("run_stop", metadata={"status": "success"})
-    return path
-
-
 @pytest.fixture
 def site(tmp_path) -> Path:
     """Submissions: a synthetic demo run scoring above the target, a real one below it; the page."""
     subs = tmp_path / "subs"
-    for run, system in ((_run(tmp_path / "demo", "cloudmask", CLOUD, synthetic=True), "laptop"),
-                        (_run(tmp_path / "real", "cloudmask", {**CLOUD, "pixel_accuracy": 0.85}, False), "cluster")):
+    for run, system in ((run_folder(tmp_path / "demo", "cloudmask", CLOUD, synthetic=True), "laptop"),
+                        (run_folder(tmp_path / "real", "cloudmask", {**CLOUD, "pixel_accuracy": 0.85}, False), "cluster")):
         assert main(["submission", "from-run", str(run), "--out", str(subs), "--system", system,
                      "--descriptor", "demo" if system == "laptop" else "real"]) == 0
     assert main(["leaderboard", str(subs), "--out", str(tmp_path / "site")]) == 0
