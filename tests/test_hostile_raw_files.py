@@ -101,14 +101,20 @@ def test_hdf5_external_storage_naming_a_local_file_is_refused_naming_file_and_da
     assert not _holds_planted(dest)
 
 
-def test_hdf5_virtual_dataset_is_refused_naming_file_and_dataset(tmp_path):
-    src = tmp_path / "raw"
-    products = _products(src, "hdf")
-    victim = products[1]
+def _donor(tmp_path: Path) -> Path:
+    """An HDF5 file outside the source folder whose dataset ``x`` holds the planted bytes."""
     donor = tmp_path / "outside" / "donor.h5"
     donor.parent.mkdir()
     with h5py.File(donor, "w") as f:
         f.create_dataset("x", data=np.frombuffer(PLANTED, np.float32).reshape(*GRID, 6))
+    return donor
+
+
+def test_hdf5_virtual_dataset_is_refused_naming_file_and_dataset(tmp_path):
+    src = tmp_path / "raw"
+    products = _products(src, "hdf")
+    victim = products[1]
+    donor = _donor(tmp_path)
 
     def make(f, name, shape, dtype):  # noqa: ANN001, ANN202
         layout = h5py.VirtualLayout(shape=shape, dtype="f4")
@@ -126,10 +132,7 @@ def test_hdf5_external_link_is_refused_naming_file_and_dataset(tmp_path):
     src = tmp_path / "raw"
     products = _products(src, "hdf")
     victim = products[2]
-    donor = tmp_path / "outside" / "donor.h5"
-    donor.parent.mkdir()
-    with h5py.File(donor, "w") as f:
-        f.create_dataset("x", data=np.frombuffer(PLANTED, np.float32).reshape(*GRID, 6))
+    donor = _donor(tmp_path)
 
     def make(f, name, shape, dtype):  # noqa: ANN001, ANN202
         f[name] = h5py.ExternalLink(str(donor), "x")

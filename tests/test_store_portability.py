@@ -75,35 +75,34 @@ def _arrays(path: Path) -> dict[str, zarr.Array]:
 # --------------------------------------------------------------------------- item 1: any Zarr v3 reader
 
 
+def _assert_tensorstore_reads_as_zarr(label: str, path: Path) -> None:
+    """tensorstore (an independent Zarr v3 implementation) reads every array of the store at ``path``
+    and gets what zarr-python reads."""
+    ts = pytest.importorskip("tensorstore")
+    for name, arr in _arrays(path).items():
+        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{path}/{name}/"}}
+        try:
+            theirs = ts.open(spec, open=True, read=True).result().read().result()
+        except Exception as err:  # noqa: BLE001 - name the array that failed
+            pytest.fail(f"{label}/{name} ({arr.dtype}): tensorstore cannot read it: {err}")
+        np.testing.assert_array_equal(np.asarray(theirs), arr[...], err_msg=f"{label}/{name}")
+
+
 def test_independent_zarr_reader_reads_ids_splits_and_channels_of_every_store(every_store):
     """tensorstore refused source_name, split and channel ("string data type is not one of the
     supported data types"); now it reads every array of every store as zarr-python does."""
-    ts = pytest.importorskip("tensorstore")
     for store, path in every_store.items():
-        for name, arr in _arrays(path).items():
-            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{path}/{name}/"}}
-            try:
-                theirs = ts.open(spec, open=True, read=True).result().read().result()
-            except Exception as err:  # noqa: BLE001 - name the array that failed
-                pytest.fail(f"{store}/{name} ({arr.dtype}): tensorstore cannot read it: {err}")
-            np.testing.assert_array_equal(np.asarray(theirs), arr[...], err_msg=f"{store}/{name}")
+        _assert_tensorstore_reads_as_zarr(store, path)
 
 
 def test_a_subset_store_is_readable_by_an_independent_zarr_reader(cloudmask_stores, tmp_path):
     """`scibench-data subset` copied decoded text back as Zarr `string` / fixed-length UTF-32 arrays,
     which tensorstore refuses; a subset keeps the source's portable encoding and decodes the same."""
-    ts = pytest.importorskip("tensorstore")
     dest = tmp_path / "subset.zarr"
     report = write_subset(str(cloudmask_stores["sen3"]), str(dest),
                           Selection(channels=("S1", "S8"), window=(0, 32, 16, 48)), progress=False)
     assert report.status == "complete", report
-    for name, arr in _arrays(dest).items():
-        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{dest}/{name}/"}}
-        try:
-            theirs = ts.open(spec, open=True, read=True).result().read().result()
-        except Exception as err:  # noqa: BLE001 - name the array that failed
-            pytest.fail(f"subset/{name} ({arr.dtype}): tensorstore cannot read it: {err}")
-        np.testing.assert_array_equal(np.asarray(theirs), arr[...], err_msg=f"subset/{name}")
+    _assert_tensorstore_reads_as_zarr("subset", dest)
     sub = decode_strings(xr.open_zarr(dest))
     src = decode_strings(xr.open_zarr(cloudmask_stores["sen3"]))
     assert list(sub["channel"].values) == ["S1", "S8"]
