@@ -163,6 +163,13 @@ def _catalog_options(entry: str, options: Any, url: str) -> dict[str, Any]:
     return out
 
 
+def _refuse_keys(mapping: Mapping, allowed: frozenset, what: str, where: str = "") -> None:
+    """A :class:`CatalogError` naming the keys of ``mapping`` outside ``allowed``."""
+    bad = sorted(str(k) for k in mapping if k not in allowed)
+    if bad:
+        raise CatalogError(f"{what} {', '.join(bad)} not allowed{where} (allowed: {', '.join(sorted(allowed))})")
+
+
 def load_checked(text: str, url: str, storage_options: Mapping[str, Any] | None = None,
                  allow_outside: bool = False) -> dict:
     """A catalog we did not ship, as a plain checked mapping with ``{{ CATALOG_DIR }}`` rendered.
@@ -181,10 +188,7 @@ def load_checked(text: str, url: str, storage_options: Mapping[str, Any] | None 
         raise CatalogError(f"{url}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(cat, Mapping) or not isinstance(cat.get("sources"), Mapping):
         raise CatalogError(f"{url}: not a catalog (a mapping with 'sources')")
-    extra = sorted(str(k) for k in cat if k not in _TOP_KEYS)
-    if extra:
-        raise CatalogError(f"{url}: top-level key(s) {', '.join(extra)} not allowed in a catalog we did not ship "
-                           f"(allowed: {', '.join(sorted(_TOP_KEYS))})")
+    _refuse_keys(cat, _TOP_KEYS, f"{url}: top-level key(s)", " in a catalog we did not ship")
     meta = cat.get("metadata") or {}
     if not isinstance(meta, Mapping) or "parameters" in meta:
         raise CatalogError(f"{url}: a catalog we did not ship may declare no parameters")
@@ -193,18 +197,12 @@ def load_checked(text: str, url: str, storage_options: Mapping[str, Any] | None 
     for name, entry in cat["sources"].items():
         if not isinstance(entry, Mapping) or not isinstance(entry.get("args"), Mapping):
             raise CatalogError(f"{url}: entry {name!r} is not a mapping with 'args'")
-        bad = sorted(str(k) for k in entry if k not in _ENTRY_KEYS)
-        if bad:
-            raise CatalogError(f"{url}: entry {name!r} key(s) {', '.join(bad)} not allowed "
-                               f"(allowed: {', '.join(sorted(_ENTRY_KEYS))})")
+        _refuse_keys(entry, _ENTRY_KEYS, f"{url}: entry {name!r} key(s)")
         if entry.get("driver") not in CATALOG_DRIVERS:
             raise CatalogError(f"{url}: entry {name!r} driver {_short(entry.get('driver'))} not allowed "
                                f"(allowed: {', '.join(sorted(CATALOG_DRIVERS))})")
         args = dict(entry["args"])
-        bad = sorted(str(k) for k in args if k not in _ARG_KEYS)
-        if bad:
-            raise CatalogError(f"{url}: entry {name!r} argument(s) {', '.join(bad)} not allowed "
-                               f"(allowed: {', '.join(sorted(_ARG_KEYS))})")
+        _refuse_keys(args, _ARG_KEYS, f"{url}: entry {name!r} argument(s)")
         options = _catalog_options(name, args.pop("storage_options", None), url)
         if not isinstance(args.get("urlpath"), str):
             raise CatalogError(f"{url}: entry {name!r} has no urlpath string")
