@@ -140,10 +140,10 @@ import sys, time
 import scibench_data.convert.cloudmask as cm
 from scibench_data.formats import cloudmask as fm
 real = fm.read_hdf_product
-def slow(fs, path):
+def slow(fs, path, **kw):
     time.sleep(0.4)   # make the kill land between products
-    return real(fs, path)
-cm.read_product = lambda fs, p: slow(fs, p.path)
+    return real(fs, path, **kw)
+cm.read_product = lambda fs, p, **kw: slow(fs, p.path, **kw)
 cm.convert_cloudmask(sys.argv[1], sys.argv[2], cm.CloudMaskConversion(layout="hdf", scheduler="sync", progress=False))
 """
 

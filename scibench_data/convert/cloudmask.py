@@ -69,7 +69,7 @@ from scibench_data.formats.cloudmask import (
 from scibench_data.formats.synthetic_marker import find_marker
 from scibench_data.parallel import run_tasks
 from scibench_data.storage.encoding import CodecChoice, encoding_for
-from scibench_data.storage.hashing import combined_digest, sha256_file
+from scibench_data.storage.hashing import HashingReader, combined_digest
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
 from scibench_data.storage.records import RecordStore, StoreStateError, store_state
@@ -240,13 +240,15 @@ def encodings(ds: xr.Dataset, tile: int, codec: CodecChoice) -> dict[str, dict]:
 GRID_SAMPLE = 25
 
 
-def grid_of(fs: fsspec.AbstractFileSystem, product: SourceProduct) -> tuple[int, int]:
-    """The declared 1 km grid of a product, reading its header only (checked against the format:
-    no external storage, virtual datasets or links; at most the full 1 km grid)."""
+def grid_of(fs: fsspec.AbstractFileSystem, product: SourceProduct,
+            reader: HashingReader | None = None) -> tuple[int, int]:
+    """The declared 1 km grid of a product, decoding its header only (checked against the format:
+    no external storage, virtual datasets or links; at most the full 1 km grid). Through ``reader``
+    the file read for it is the one the product's read then parses."""
     try:
         if product.layout == "hdf":
-            return hdf_grid(fs, product.path)
-        return sen3_grid_shape(fs, product.path)
+            return hdf_grid(fs, product.path, reader)
+        return sen3_grid_shape(fs, product.path, reader)
     except SourceFormatError:
         raise
     except OSError as err:
@@ -285,22 +287,28 @@ class ConvertProduct:
     def __call__(self, job: tuple[int, SourceProduct]) -> dict:
         index, product = job
         fs, _ = fsspec.core.url_to_fs(self.src_url, **self.src_storage_options)
-        declared = grid_of(fs, product)  # header only: a product of another grid is reported, never read
-        if declared != tuple(self.grid):
-            raise SourceFormatError(product.path, f"grid {declared} differs from the store's {tuple(self.grid)} "
-                                                  "(the products' majority); nothing read")
-        scene = read_product(fs, product)
-        if self.bounds is not None:
-            self.bounds.check(product.path, product.layout, scene.image)
-        if scene.image.shape[1:] != self.grid:
-            raise SourceFormatError(product.path, f"grid {scene.image.shape[1:]} differs from the store's {self.grid}")
-        files = product.files(fs)
-        digests = [(f[len(product.path):].lstrip("/") or product.name.name, sha256_file(fs, f)) for f in files]
-        store = RecordStore(self.dest, RECORD_DIM)
-        store.write_record(index, {"image": scene.image, "cloud_mask": scene.cloud_mask,
-                                   "summary_cloud": scene.summary_cloud})
+        # every source file is read once: parsed from memory while a second thread hashes the same
+        # bytes (files the reader does not parse are hashed in one streamed pass)
+        with HashingReader(fs) as reader:
+            declared = grid_of(fs, product, reader)  # header only: a product of another grid is never decoded
+            if declared != tuple(self.grid):
+                raise SourceFormatError(product.path, f"grid {declared} differs from the store's "
+                                                      f"{tuple(self.grid)} (the products' majority); nothing read")
+            scene = read_product(fs, product, reader=reader)
+            files = product.files(fs)
+            reader.hash_unread(files)
+            if self.bounds is not None:
+                self.bounds.check(product.path, product.layout, scene.image)
+            if scene.image.shape[1:] != self.grid:
+                raise SourceFormatError(product.path, f"grid {scene.image.shape[1:]} differs from the store's "
+                                                      f"{self.grid}")
+            store = RecordStore(self.dest, RECORD_DIM)
+            store.write_record(index, {"image": scene.image, "cloud_mask": scene.cloud_mask,
+                                       "summary_cloud": scene.summary_cloud})
+            hashed = reader.digests()
+        digests = [(f[len(product.path):].lstrip("/") or product.name.name, hashed[f][0]) for f in files]
         info = {"key": product.name.stem, "source": product.path, "sha256": combined_digest(digests),
-                "files": dict(digests), "bytes": int(sum(fs.size(f) for f in files))}
+                "files": dict(digests), "bytes": int(sum(hashed[f][1] for f in files))}
         store.mark_done(index, info)
         return info
 

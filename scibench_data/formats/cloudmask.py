@@ -13,6 +13,7 @@ Both readers return the same :class:`Scene`, so one converter serves both.
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import re
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import fsspec
 import h5py
@@ -32,6 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.slstr import GridGeometry, block_mean, cos_zenith, interpolate_tie_points
+from scibench_data.storage.hashing import FileBytes, HashingReader
 
 Layout = Literal["hdf", "sen3"]
 LAYOUTS: tuple[str, ...] = ("hdf", "sen3")
@@ -315,10 +317,47 @@ def hdf_header(h: h5py.File, path: str, grid: tuple[int, int] | None = None) -> 
     return found
 
 
-def hdf_grid(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, int]:
+@contextmanager
+def _source_file(reader: HashingReader, path: str) -> Iterator[tuple[IO[bytes], FileBytes]]:
+    """A file object over one source file read once by ``reader`` (its bytes in memory; from storage
+    when the file is over the reader's cap), and what the reader read."""
+    got = reader.read(path)
+    if got.data is not None:
+        yield io.BytesIO(got.data), got
+        return
+    with reader.fs.open(path, "rb") as f:
+        yield f, got
+
+
+def _reader(fs: fsspec.AbstractFileSystem, reader: HashingReader | None) -> HashingReader:
+    return reader if reader is not None else HashingReader(fs, hash_files=False)
+
+
+def stored_view(d: h5py.Dataset, got: FileBytes) -> np.ndarray | None:
+    """The values of a contiguous, unfiltered dataset as a read-only view of the file's bytes in
+    memory (no copy, no HDF5 read); ``None`` when it is stored otherwise (chunked, filtered,
+    compact, not allocated) or the file is not in memory: read it through h5py then. Only call it
+    after :func:`~scibench_data.formats.hdf5_safety.refuse_indirection` (external storage)."""
+    if got.data is None:
+        return None
+    plist = d.id.get_create_plist()
+    if plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_nfilters() or plist.get_external_count():
+        return None
+    offset, nbytes = d.id.get_offset(), d.size * d.dtype.itemsize
+    if offset is None or d.id.get_storage_size() != nbytes or offset + nbytes > len(got.data):
+        return None
+    return np.frombuffer(got.data, d.dtype, d.size, offset).reshape(d.shape)
+
+
+def _values(d: h5py.Dataset, got: FileBytes) -> np.ndarray:
+    view = stored_view(d, got)
+    return view if view is not None else d[()]
+
+
+def hdf_grid(fs: fsspec.AbstractFileSystem, path: str, reader: HashingReader | None = None) -> tuple[int, int]:
     """The declared grid of a layout-A product (header only, checked as :func:`hdf_header` does)."""
     try:
-        with fs.open(path, "rb") as f, h5py.File(f, "r") as h:
+        with _source_file(_reader(fs, reader), path) as (f, _), h5py.File(f, "r") as h:
             return tuple(hdf_header(h, path)["refs"].shape[:2])  # type: ignore[return-value]
     except SourceFormatError:
         raise
@@ -326,19 +365,22 @@ def hdf_grid(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, int]:
         raise SourceFormatError(path, f"cannot be read as an HDF5 product ({err})") from err
 
 
-def read_hdf_product(fs: fsspec.AbstractFileSystem, path: str, grid: tuple[int, int] | None = None) -> Scene:
-    """Read one layout-A HDF5 product (its header checked first; ``grid``: the one it must have)."""
+def read_hdf_product(fs: fsspec.AbstractFileSystem, path: str, grid: tuple[int, int] | None = None,
+                     reader: HashingReader | None = None) -> Scene:
+    """Read one layout-A HDF5 product (its header checked first; ``grid``: the one it must have).
+    The file is read once through ``reader``; contiguous datasets are viewed in its bytes."""
     try:
-        with fs.open(path, "rb") as f, h5py.File(f, "r") as h:
+        with _source_file(_reader(fs, reader), path) as (f, got), h5py.File(f, "r") as h:
             found = hdf_header(h, path, grid)
-            refs, bts, bayes, summary = (found[k] for k in ("refs", "bts", "bayes", "summary"))
+            refs, bts, bayes, summary = (_values(found[k], got) for k in ("refs", "bts", "bayes", "summary"))
             grid = refs.shape[:2]
             # channel-last on disk -> channel-first float32: one transposing copy per dataset
             image = np.empty((refs.shape[2] + bts.shape[2], *grid), np.float32)
-            image[:refs.shape[2]] = np.moveaxis(refs[()], 2, 0)
-            image[refs.shape[2]:] = np.moveaxis(bts[()], 2, 0)
-            mask = (bayes[()][..., 0] > 0).astype(np.uint8)
-            summary_cloud = (summary[()][..., 0] > 0).astype(np.uint8)
+            image[:refs.shape[2]] = np.moveaxis(refs, 2, 0)
+            image[refs.shape[2]:] = np.moveaxis(bts, 2, 0)
+            mask = (bayes[..., 0] > 0).astype(np.uint8)
+            summary_cloud = (summary[..., 0] > 0).astype(np.uint8)
+            del refs, bts, bayes, summary  # views of the file's bytes: none outlives the read
     except SourceFormatError:
         raise
     except (OSError, KeyError, ValueError) as err:
@@ -350,15 +392,13 @@ def read_hdf_product(fs: fsspec.AbstractFileSystem, path: str, grid: tuple[int, 
 
 
 @contextmanager
-def _nc_file(fs: fsspec.AbstractFileSystem, product: str, filename: str,
-             mask_and_scale: bool = True) -> Iterator[tuple[str, xr.Dataset]]:
-    """(path, lazily opened dataset) of a product file; a missing or unreadable file, or a read
-    failing inside the block, is a :class:`SourceFormatError` naming the file."""
+def _nc_file(fs: fsspec.AbstractFileSystem, product: str, filename: str, mask_and_scale: bool = True,
+             reader: HashingReader | None = None) -> Iterator[tuple[str, xr.Dataset]]:
+    """(path, lazily opened dataset) of a product file, read once through ``reader``; a missing or
+    unreadable file, or a read failing inside the block, is a :class:`SourceFormatError` naming the file."""
     path = posixpath.join(product, filename)
-    if not fs.exists(path):
-        raise SourceFormatError(path, "missing file in product folder")
     try:
-        with fs.open(path, "rb") as f:
+        with _source_file(_reader(fs, reader), path) as (f, _):
             with h5py.File(f, "r") as h:  # the header first: nothing in it may point at other files
                 refuse_indirection(h, path)
             f.seek(0)
@@ -366,12 +406,15 @@ def _nc_file(fs: fsspec.AbstractFileSystem, product: str, filename: str,
                 yield path, ds
     except SourceFormatError:
         raise
+    except FileNotFoundError as err:
+        raise SourceFormatError(path, "missing file in product folder") from err
     except (OSError, ValueError, KeyError) as err:
         raise SourceFormatError(path, f"cannot be read as netCDF4 ({err})") from err
 
 
-def _open_nc(fs: fsspec.AbstractFileSystem, product: str, filename: str, mask_and_scale: bool = True) -> xr.Dataset:
-    with _nc_file(fs, product, filename, mask_and_scale) as (_, ds):
+def _open_nc(fs: fsspec.AbstractFileSystem, product: str, filename: str, mask_and_scale: bool = True,
+             reader: HashingReader | None = None) -> xr.Dataset:
+    with _nc_file(fs, product, filename, mask_and_scale, reader) as (_, ds):
         return ds.load()
 
 
@@ -428,10 +471,10 @@ def cf_unpack(raw: np.ndarray, attrs: Mapping[str, Any], path: str, name: str) -
 
 
 def _read_packed(fs: fsspec.AbstractFileSystem, product: str, filename: str, name: str,
-                 shape: tuple[int, int] | None) -> tuple[np.ndarray, dict]:
+                 shape: tuple[int, int] | None, reader: HashingReader | None = None) -> tuple[np.ndarray, dict]:
     """One packed image variable of a product file, unpacked (:func:`cf_unpack`); and the file's attributes.
     Its declared shape and dtype are checked before its data is read."""
-    with _nc_file(fs, product, filename, mask_and_scale=False) as (path, ds):
+    with _nc_file(fs, product, filename, mask_and_scale=False, reader=reader) as (path, ds):
         v = _variable(ds, path, name, shape)
         if "_Unsigned" in v.attrs:  # netCDF-3 style unsigned packing: let xarray decode it
             cf_packing(v.attrs, path, name)
@@ -467,27 +510,30 @@ def _flag_bit(var: xr.DataArray, path: str, meaning: str) -> int:
     return int(masks[meanings.index(meaning)])
 
 
-def sen3_grid_shape(fs: fsspec.AbstractFileSystem, product: str) -> tuple[int, int]:
+def sen3_grid_shape(fs: fsspec.AbstractFileSystem, product: str,
+                    reader: HashingReader | None = None) -> tuple[int, int]:
     """The declared 1 km grid of a SEN3 product, from ``S7_BT_in.nc`` (header only, checked
     against the format's :data:`FULL_GRID`)."""
     path = posixpath.join(product, "S7_BT_in.nc")
-    with _nc_file(fs, product, "S7_BT_in.nc") as (_, ds):
+    with _nc_file(fs, product, "S7_BT_in.nc", reader=reader) as (_, ds):
         return check_grid(path, _variable(ds, path, "S7_BT_in").shape)
 
 
-def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[int, int] | None = None) -> Scene:
+def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[int, int] | None = None,
+                      reader: HashingReader | None = None) -> Scene:
     """Read one layout-B ``.SEN3`` folder and bring it onto the 1 km grid (``grid``: the one it must
     have; else its own declared grid, checked against the format). Every variable's declared
-    shape is checked before its data is read."""
-    grid = check_grid(posixpath.join(product, "S7_BT_in.nc"), grid) if grid else sen3_grid_shape(fs, product)
+    shape is checked before its data is read; each file is read once through ``reader``."""
+    reader = _reader(fs, reader)
+    grid = check_grid(posixpath.join(product, "S7_BT_in.nc"), grid) if grid else sen3_grid_shape(fs, product, reader)
     bts = []
     for ch in BT_CHANNELS:
-        values, _ = _read_packed(fs, product, f"{ch}_BT_in.nc", f"{ch}_BT_in", grid)
+        values, _ = _read_packed(fs, product, f"{ch}_BT_in.nc", f"{ch}_BT_in", grid, reader)
         bts.append(values.astype(np.float32))
     fine = (2 * grid[0], 2 * grid[1])
 
     geo_path = posixpath.join(product, "geometry_tn.nc")
-    with _nc_file(fs, product, "geometry_tn.nc") as (_, geo):
+    with _nc_file(fs, product, "geometry_tn.nc", reader=reader) as (_, geo):
         tie = GridGeometry.from_attrs(geo.attrs, geo_path)
         zenith_tn = _variable(geo, geo_path, "solar_zenith_tn", max_size=grid[0] * grid[1]).values
     mu0 = None
@@ -496,13 +542,13 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
     for ch in REFLECTANCE_CHANNELS:
         fname = f"{ch}_radiance_an.nc"
         rpath = posixpath.join(product, fname)
-        radiance, file_attrs = _read_packed(fs, product, fname, f"{ch}_radiance_an", fine)
+        radiance, file_attrs = _read_packed(fs, product, fname, f"{ch}_radiance_an", fine, reader)
         if mu0 is None:
             image_grid = GridGeometry.from_attrs(file_attrs, rpath)
             mu0 = cos_zenith(interpolate_tie_points(zenith_tn, tie, image_grid, fine))
             pi_over_mu0 = np.pi / mu0  # once per product; each channel is then one multiply
         qpath = posixpath.join(product, f"{ch}_quality_an.nc")
-        with _nc_file(fs, product, f"{ch}_quality_an.nc") as (_, quality):
+        with _nc_file(fs, product, f"{ch}_quality_an.nc", reader=reader) as (_, quality):
             irr = np.asarray(_variable(quality, qpath, f"{ch}_solar_irradiance_an", max_size=MAX_DETECTORS).values,
                              dtype=np.float64).ravel()
         if irr.size == 0 or not np.isfinite(irr[0]) or irr[0] <= 0:
@@ -515,7 +561,7 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
         refs.append(refl.astype(np.float32))
 
     fpath = posixpath.join(product, "flags_in.nc")
-    with _nc_file(fs, product, "flags_in.nc", mask_and_scale=False) as (_, flags):
+    with _nc_file(fs, product, "flags_in.nc", mask_and_scale=False, reader=reader) as (_, flags):
         bayes = _variable(flags, fpath, "bayes_in", grid)
         confidence = _variable(flags, fpath, "confidence_in", grid)
         bit = _flag_bit(confidence, fpath, SUMMARY_CLOUD)
@@ -533,11 +579,12 @@ def _finish(path: str, image: np.ndarray, mask: np.ndarray, summary: np.ndarray)
 
 
 def read_product(fs: fsspec.AbstractFileSystem, product: SourceProduct, grid: tuple[int, int] | None = None,
-                 bounds: PhysicalBounds | None = None) -> Scene:
+                 bounds: PhysicalBounds | None = None, reader: HashingReader | None = None) -> Scene:
     """Read a product of either layout: its declared shapes checked against the format (and
-    ``grid``) before any data, its decoded values against ``bounds`` (None: not checked)."""
-    reader = read_hdf_product if product.layout == "hdf" else read_sen3_product
-    scene = reader(fs, product.path, grid)
+    ``grid``) before any data, its decoded values against ``bounds`` (None: not checked). Each
+    file is read once through ``reader`` (which also hashes it, see :class:`HashingReader`)."""
+    read = read_hdf_product if product.layout == "hdf" else read_sen3_product
+    scene = read(fs, product.path, grid, reader=reader)
     if bounds is not None:
         bounds.check(product.path, product.layout, scene.image)
     return scene
