@@ -364,14 +364,15 @@ def main() -> None:
     print(f"\nCloudMask DS2 scale benchmark ({os.cpu_count()} cores, load {results['machine']['loadavg_start'][0]:.1f}"
           f" -> {results['machine']['loadavg_end'][0]:.1f})")
     print(f"{'layout':6} {'run':28} {'s':>6} {'products/s':>10} {'MB/s':>7} {'CPU s/product':>13} "
-          f"{'cores got':>9} {'% ceiling/core':>14}")
+          f"{'cores got':>9} {'% ceiling/core':>14} {'% per core got':>14}")
     for layout, runs in results.get("throughput", {}).items():
         ceil = results["ceiling"][layout]["MBps"]
         for name, r in runs.items():
             if isinstance(r, dict) and "MBps" in r:
                 cores = 2 if name.startswith("2") else 1
                 print(f"{layout:6} {name:28} {r['seconds']:6.1f} {r['products_per_s']:10.2f} {r['MBps']:7.1f} "
-                      f"{r['cpu_s_per_product']:13.2f} {r['cores_obtained']:9.2f} {100 * r['MBps'] / cores / ceil:13.0f}%")
+                      f"{r['cpu_s_per_product']:13.2f} {r['cores_obtained']:9.2f} {100 * r['MBps'] / cores / ceil:13.0f}%"
+                      f" {100 * r['MBps'] / max(r['cores_obtained'], 1e-9) / ceil:13.0f}%")
             elif isinstance(r, dict):
                 print(f"{layout:6} {name:28} {r['seconds']:6.1f} {r['products'] / r['seconds']:10.2f} {'':7} "
                       f"{r['cpu_s_per_product']:13.2f}")

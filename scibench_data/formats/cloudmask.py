@@ -31,6 +31,7 @@ import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
 from scibench_data.formats import SourceFormatError
+from scibench_data.formats.hdf5_memory import values_in_memory
 from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.slstr import GridGeometry, block_mean, cos_zenith, interpolate_tie_points
 from scibench_data.storage.hashing import FileBytes, HashingReader
@@ -333,25 +334,10 @@ def _reader(fs: fsspec.AbstractFileSystem, reader: HashingReader | None) -> Hash
     return reader if reader is not None else HashingReader(fs, hash_files=False)
 
 
-def stored_view(d: h5py.Dataset, got: FileBytes) -> np.ndarray | None:
-    """The values of a contiguous, unfiltered dataset as a read-only view of the file's bytes in
-    memory (no copy, no HDF5 read); ``None`` when it is stored otherwise (chunked, filtered,
-    compact, not allocated) or the file is not in memory: read it through h5py then. Only call it
-    after :func:`~scibench_data.formats.hdf5_safety.refuse_indirection` (external storage)."""
-    if got.data is None:
-        return None
-    plist = d.id.get_create_plist()
-    if plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_nfilters() or plist.get_external_count():
-        return None
-    offset, nbytes = d.id.get_offset(), d.size * d.dtype.itemsize
-    if offset is None or d.id.get_storage_size() != nbytes or offset + nbytes > len(got.data):
-        return None
-    return np.frombuffer(got.data, d.dtype, d.size, offset).reshape(d.shape)
-
-
 def _values(d: h5py.Dataset, got: FileBytes) -> np.ndarray:
-    view = stored_view(d, got)
-    return view if view is not None else d[()]
+    """A dataset's values, from the file's bytes in memory where its storage allows (no HDF5 read)."""
+    values = values_in_memory(d, got.data)
+    return values if values is not None else d[()]
 
 
 def hdf_grid(fs: fsspec.AbstractFileSystem, path: str, reader: HashingReader | None = None) -> tuple[int, int]:
@@ -376,8 +362,9 @@ def read_hdf_product(fs: fsspec.AbstractFileSystem, path: str, grid: tuple[int, 
             grid = refs.shape[:2]
             # channel-last on disk -> channel-first float32: one transposing copy per dataset
             image = np.empty((refs.shape[2] + bts.shape[2], *grid), np.float32)
-            image[:refs.shape[2]] = np.moveaxis(refs, 2, 0)
-            image[refs.shape[2]:] = np.moveaxis(bts, 2, 0)
+            for r in range(0, grid[0], 64):  # in row bands: the transposing copy stays in cache
+                image[:refs.shape[2], r:r + 64] = np.moveaxis(refs[r:r + 64], 2, 0)
+                image[refs.shape[2]:, r:r + 64] = np.moveaxis(bts[r:r + 64], 2, 0)
             mask = (bayes[..., 0] > 0).astype(np.uint8)
             summary_cloud = (summary[..., 0] > 0).astype(np.uint8)
             del refs, bts, bayes, summary  # views of the file's bytes: none outlives the read
@@ -393,14 +380,25 @@ def read_hdf_product(fs: fsspec.AbstractFileSystem, path: str, grid: tuple[int, 
 
 @contextmanager
 def _nc_file(fs: fsspec.AbstractFileSystem, product: str, filename: str, mask_and_scale: bool = True,
-             reader: HashingReader | None = None) -> Iterator[tuple[str, xr.Dataset]]:
+             reader: HashingReader | None = None,
+             raw: tuple[str, tuple[int, ...], list] | None = None) -> Iterator[tuple[str, xr.Dataset]]:
     """(path, lazily opened dataset) of a product file, read once through ``reader``; a missing or
-    unreadable file, or a read failing inside the block, is a :class:`SourceFormatError` naming the file."""
+    unreadable file, or a read failing inside the block, is a :class:`SourceFormatError` naming the file.
+    ``raw`` = (variable, shape, list): the variable's stored values, if it has that declared shape and
+    its storage allows decoding them from the bytes in memory (:mod:`~scibench_data.formats.hdf5_memory`),
+    are appended to the list."""
     path = posixpath.join(product, filename)
     try:
-        with _source_file(_reader(fs, reader), path) as (f, _):
+        with _source_file(_reader(fs, reader), path) as (f, got):
             with h5py.File(f, "r") as h:  # the header first: nothing in it may point at other files
                 refuse_indirection(h, path)
+                if raw is not None:  # an image variable: decoded from the bytes in memory when it can be
+                    d = h.get(raw[0])
+                    if isinstance(d, h5py.Dataset) and d.shape == raw[1]:
+                        decoded = values_in_memory(d, got.data)
+                        if decoded is not None:
+                            raw[2].append(decoded)
+                    del d
             f.seek(0)
             with xr.open_dataset(f, engine="h5netcdf", mask_and_scale=mask_and_scale, decode_times=False) as ds:
                 yield path, ds
@@ -474,12 +472,15 @@ def _read_packed(fs: fsspec.AbstractFileSystem, product: str, filename: str, nam
                  shape: tuple[int, int] | None, reader: HashingReader | None = None) -> tuple[np.ndarray, dict]:
     """One packed image variable of a product file, unpacked (:func:`cf_unpack`); and the file's attributes.
     Its declared shape and dtype are checked before its data is read."""
-    with _nc_file(fs, product, filename, mask_and_scale=False, reader=reader) as (path, ds):
+    decoded: list[np.ndarray] = []
+    want = (name, tuple(shape), decoded) if shape is not None else None
+    with _nc_file(fs, product, filename, mask_and_scale=False, reader=reader, raw=want) as (path, ds):
         v = _variable(ds, path, name, shape)
         if "_Unsigned" in v.attrs:  # netCDF-3 style unsigned packing: let xarray decode it
             cf_packing(v.attrs, path, name)
             return xr.decode_cf(ds[[name]])[name].values.astype(np.float64), dict(ds.attrs)
-        return cf_unpack(v.values, v.attrs, path, name), dict(ds.attrs)
+        # declared dims, shape and dtype checked above; its values decoded from memory if possible
+        return cf_unpack(decoded[0] if decoded else v.values, v.attrs, path, name), dict(ds.attrs)
 
 
 def _variable(ds: xr.Dataset, path: str, name: str, shape: tuple[int, int] | None = None,
