@@ -11,7 +11,11 @@ import pytest
 import zarr
 from fsspec.implementations.local import LocalFileOpener, LocalFileSystem
 
-from scibench_data.convert.cloudmask import CloudMaskConversion, common_grid, convert_cloudmask
+from scibench_data.convert.cloudmask import (
+    CloudMaskConversion,
+    common_grid,
+    convert_cloudmask,
+)
 from scibench_data.formats.cloudmask import discover_products, read_product
 from scibench_data.storage.hashing import HashingReader, combined_digest
 
@@ -20,12 +24,12 @@ BYTES: Counter = Counter()
 
 
 class _CountedFile(LocalFileOpener):
-    def read(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    def read(self, *args, **kwargs):
         out = super().read(*args, **kwargs)
         BYTES[self.path] += len(out)
         return out
 
-    def readinto(self, buffer):  # noqa: ANN001, ANN201 - h5py's file-object driver reads this way
+    def readinto(self, buffer):  # h5py's file-object driver reads this way
         n = self.f.readinto(buffer)
         BYTES[self.path] += n or 0
         return n
@@ -36,7 +40,7 @@ class CountingFileSystem(LocalFileSystem):
 
     protocol = ("countfile",)
 
-    def _open(self, path, mode="rb", block_size=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
+    def _open(self, path, mode="rb", block_size=None, **kwargs):
         path = self._strip_protocol(path)
         OPENS[path] += 1
         return _CountedFile(path, mode, fs=self, **kwargs)
@@ -45,7 +49,7 @@ class CountingFileSystem(LocalFileSystem):
 fsspec.register_implementation("countfile", CountingFileSystem, clobber=True)
 
 
-def _source_files(folder) -> dict[str, int]:  # noqa: ANN001
+def _source_files(folder) -> dict[str, int]:
     return {str(p): p.stat().st_size for p in folder.rglob("*") if p.is_file() and ".SEN3" in str(p) or
             p.suffix == ".hdf"}
 
@@ -76,7 +80,7 @@ def test_provenance_digest_is_the_sha256_of_each_file(layout, cloudmask_raw, tmp
     """The digests computed from the bytes in memory are the plain sha256 of each file, as before."""
     src = cloudmask_raw[layout]
     convert_cloudmask(str(src), str(tmp_path / "s.zarr"), CloudMaskConversion(layout=layout, progress=False))
-    product = sorted(p for p in src.iterdir() if p.suffix in (".hdf", ".SEN3"))[0]
+    product = min(p for p in src.iterdir() if p.suffix in (".hdf", ".SEN3"))
     files = [product] if product.is_file() else sorted(p for p in product.rglob("*") if p.is_file())
     expected = combined_digest((str(f.relative_to(product)) if f != product else product.name,
                                 hashlib.sha256(f.read_bytes()).hexdigest()) for f in files)

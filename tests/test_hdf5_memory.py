@@ -8,10 +8,14 @@ import h5py
 import numpy as np
 import pytest
 
-from scibench_data.formats.hdf5_memory import contiguous_view, deflated_values, values_in_memory
+from scibench_data.formats.hdf5_memory import (
+    contiguous_view,
+    deflated_values,
+    values_in_memory,
+)
 
 
-def _file(tmp_path, **create) -> bytes:  # noqa: ANN001, ANN003
+def _file(tmp_path, **create) -> bytes:
     path = tmp_path / "f.h5"
     rng = np.random.default_rng(1)
     with h5py.File(path, "w") as h:
