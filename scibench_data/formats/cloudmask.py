@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 import posixpath
 import re
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ MAX_DETECTORS = 4096
 #: float32 except the flags (any integer or float type).
 HDF_DATASETS: dict[str, int] = {"refs": 6, "bts": 3, "bayes": 1, "summary": 1}
 HDF_FLOAT32 = ("refs", "bts")
+#: Threads that read and turn the radiance channels S2-S6 of a ``sen3`` product into reflectance
+#: while the calling thread does S1 (zlib inflate and NumPy release the GIL: both cores of a worker).
+CHANNEL_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -537,29 +541,38 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
     with _nc_file(fs, product, "geometry_tn.nc", reader=reader) as (_, geo):
         tie = GridGeometry.from_attrs(geo.attrs, geo_path)
         zenith_tn = _variable(geo, geo_path, "solar_zenith_tn", max_size=grid[0] * grid[1]).values
-    mu0 = None
 
-    refs = []
-    for ch in REFLECTANCE_CHANNELS:
-        fname = f"{ch}_radiance_an.nc"
-        rpath = posixpath.join(product, fname)
-        radiance, file_attrs = _read_packed(fs, product, fname, f"{ch}_radiance_an", fine, reader)
-        if mu0 is None:
-            image_grid = GridGeometry.from_attrs(file_attrs, rpath)
-            mu0 = cos_zenith(interpolate_tie_points(zenith_tn, tie, image_grid, fine))
-            pi_over_mu0 = np.pi / mu0  # once per product; each channel is then one multiply
+    def irradiance(ch: str) -> float:
         qpath = posixpath.join(product, f"{ch}_quality_an.nc")
         with _nc_file(fs, product, f"{ch}_quality_an.nc", reader=reader) as (_, quality):
             irr = np.asarray(_variable(quality, qpath, f"{ch}_solar_irradiance_an", max_size=MAX_DETECTORS).values,
                              dtype=np.float64).ravel()
         if irr.size == 0 or not np.isfinite(irr[0]) or irr[0] <= 0:
             raise SourceFormatError(qpath, f"{ch}_solar_irradiance_an[0] is not a positive number")
+        return float(irr[0])
+
+    def reflectance(ch: str, radiance: np.ndarray | None = None) -> np.ndarray:
+        if radiance is None:
+            radiance, _ = _read_packed(fs, product, f"{ch}_radiance_an.nc", f"{ch}_radiance_an", fine, reader)
+        e0 = irradiance(ch)
         # pi L / (E0 mu0), block-averaged to 1 km; the scalar 1 / E0 applied after the average
         # (4x fewer pixels; equal to reflectance_from_mu0 then block_mean up to rounding)
         radiance *= pi_over_mu0  # our own float64 copy: in place, no 58 MB temporary per channel
         refl = block_mean(radiance)
-        refl *= 1.0 / float(irr[0])
-        refs.append(refl.astype(np.float32))
+        refl *= 1.0 / e0
+        return refl.astype(np.float32)
+
+    first = REFLECTANCE_CHANNELS[0]
+    radiance, file_attrs = _read_packed(fs, product, f"{first}_radiance_an.nc", f"{first}_radiance_an", fine, reader)
+    image_grid = GridGeometry.from_attrs(file_attrs, posixpath.join(product, f"{first}_radiance_an.nc"))
+    pi_over_mu0 = np.pi / cos_zenith(interpolate_tie_points(zenith_tn, tie, image_grid, fine))  # once per product
+    # the other channels on two threads while this one finishes here: inflate (zlib) and the
+    # NumPy arithmetic release the GIL; at most three radiances in memory at once
+    with ThreadPoolExecutor(CHANNEL_THREADS, thread_name_prefix="sen3-channel") as pool:
+        others = pool.map(reflectance, REFLECTANCE_CHANNELS[1:])
+        refs = [reflectance(first, radiance)]
+        del radiance
+        refs += list(others)
 
     fpath = posixpath.join(product, "flags_in.nc")
     with _nc_file(fs, product, "flags_in.nc", mask_and_scale=False, reader=reader) as (_, flags):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ class HashingReader:
     over ``max_bytes`` is not read here: the caller parses it from storage and it is hashed in a
     separate streamed pass. Only bytes and strings cross to the hashing thread (never h5py objects:
     freeing those on another thread needs h5py's lock). One reader per task; use it as a context
-    manager, which waits for the thread."""
+    manager, which waits for the thread. :meth:`read` may be called from several threads."""
 
     def __init__(self, fs: fsspec.AbstractFileSystem, max_bytes: int = MAX_IN_MEMORY_BYTES,
                  hash_files: bool = True) -> None:
@@ -75,11 +76,13 @@ class HashingReader:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256") if hash_files else None
         self._digests: dict[str, Future] = {}
         self._last: FileBytes | None = None
+        self._lock = threading.Lock()  # read() may be called from several threads of one task
 
     def read(self, path: str) -> FileBytes:
         """The file's bytes (``data`` None above the cap); FileNotFoundError when it does not exist."""
-        if self._last is not None and self._last.path == path:
-            return self._last
+        last = self._last
+        if last is not None and last.path == path:
+            return last
         with self.fs.open(path, "rb") as f:
             size = getattr(f, "size", None)
             if not isinstance(size, int):
@@ -91,10 +94,11 @@ class HashingReader:
                 if len(data) != size:
                     raise OSError(f"{path}: read {len(data)} bytes of {size} (the file changed while read)")
         got = FileBytes(path, size, data)
-        self._last = got
-        if self._pool is not None and path not in self._digests:
-            self._digests[path] = (self._pool.submit(_sha256_sized, data) if data is not None else
-                                   self._pool.submit(_sha256_stream, self.fs, path))
+        with self._lock:
+            self._last = got
+            if self._pool is not None and path not in self._digests:
+                self._digests[path] = (self._pool.submit(_sha256_sized, data) if data is not None else
+                                       self._pool.submit(_sha256_stream, self.fs, path))
         return got
 
     def hash_unread(self, paths: Iterable[str]) -> None:
