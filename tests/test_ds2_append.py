@@ -91,9 +91,9 @@ KILL_SCRIPT = """
 import sys, time
 import scibench_data.convert.cloudmask as cm
 real = cm.read_product
-def slow(fs, p):
+def slow(fs, p, **kw):
     time.sleep(0.5)   # make the kill land between products
-    return real(fs, p)
+    return real(fs, p, **kw)
 cm.read_product = slow
 cm.append_cloudmask(sys.argv[1], sys.argv[2], cm.CloudMaskConversion(layout="hdf", scheduler="sync", progress=False))
 """

@@ -234,9 +234,9 @@ SLOW_CONVERT = """
 import sys, time
 import scibench_data.convert.cloudmask as cm
 real = cm.read_product
-def slow(fs, product):
+def slow(fs, product, **kw):
     time.sleep(float(sys.argv[3]))
-    return real(fs, product)
+    return real(fs, product, **kw)
 cm.read_product = slow
 cm.convert_cloudmask(sys.argv[1], sys.argv[2], cm.CloudMaskConversion(layout="hdf", scheduler="sync", progress=False))
 """
