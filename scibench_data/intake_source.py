@@ -28,15 +28,28 @@ from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.records import require_complete
 from scibench_data.strings import decode_strings
 
+#: Coordinate of the catalog's time-sorted view of a store whose scenes are not in time order: each
+#: scene's index along ``scene`` in the store.
+STORE_SCENE = "store_scene"
+
 
 def open_path(ds: xr.Dataset) -> xr.Dataset:
     """What our open path does to a store as xarray opened it: text decoded to strings
     (:func:`scibench_data.strings.decode_strings`) and, for scene stores, ``time`` made an index
-    when it is unique and increasing, so ``ds.sel(time=slice(a, b))`` works."""
+    when it is unique and increasing, so ``ds.sel(time=slice(a, b))`` works. A scene store whose
+    scenes are not in time order (late products appended) is returned sorted by time (a lazy
+    reordering, nothing read), with coordinate ``store_scene`` giving each scene's index in the store."""
     ds = decode_strings(ds)
     if "time" in ds.coords and ds["time"].ndim == 1 and ds["time"].dims[0] != "time" and "time" not in ds.xindexes:
-        t = ds["time"].values
-        if t.size and (np.diff(t.astype("datetime64[ns]").astype(np.int64)) > 0).all():
+        t = ds["time"].values.astype("datetime64[ns]").astype(np.int64)
+        dim = ds["time"].dims[0]
+        if dim == "scene" and t.size and not (np.diff(t) > 0).all() and len(np.unique(t)) == t.size:
+            order = np.argsort(t, kind="stable")
+            ds = ds.assign_coords({STORE_SCENE: (dim, np.arange(t.size, dtype=np.int64), {
+                "long_name": "index of the scene in the store (scenes appended late are stored in append order)"})})
+            ds = ds.isel({dim: order})
+            t = t[order]
+        if t.size and (np.diff(t) > 0).all():
             ds = ds.set_xindex("time")
     return ds
 

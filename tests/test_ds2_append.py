@@ -1,5 +1,6 @@
 """Appending products to a complete CloudMask store: equal to converting all at once, idempotent,
-time-ordered, never rewriting existing chunks, incomplete while it runs and resumable after a kill."""
+never rewriting existing chunks, incomplete while it runs and resumable after a kill. Late and
+reprocessed products: tests/test_ds2_late_products.py."""
 
 from __future__ import annotations
 
@@ -66,16 +67,6 @@ def test_append_equals_converting_everything_at_once_and_keeps_existing_chunks(f
     assert _files(dest) == after
     # and the store is now what a plain conversion of all five would leave: a rerun is a no-op
     assert convert_cloudmask(str(five["all"]), str(dest), OPTS).already_done == 5
-
-
-def test_append_refuses_products_older_than_the_store(five, tmp_path):
-    dest = tmp_path / "late.zarr"
-    assert convert_cloudmask(str(five["last2"]), str(dest), OPTS).ok
-    before = _files(dest)
-    with pytest.raises(ValueError, match="start before the last scene") as err:
-        append_cloudmask(str(five["first3"]), str(dest), OPTS)
-    assert five["products"][0].name in str(err.value)
-    assert store_state(StoreLocation(str(dest))).complete and _files(dest) == before
 
 
 def test_append_to_a_store_that_is_not_ours_or_of_another_layout(five, tmp_path):

@@ -34,7 +34,7 @@ VERB_HELP = {
     "run": "the whole benchmark on the embedded default: generate, convert, open via the catalog, train, evaluate, "
            "predict",
     "show": "draw a sample (and a prediction) as a PNG picture",
-    "append": "append new raw products to a complete store, time-ordered (resumable)",
+    "append": "append new, late or reprocessed raw products to a complete store (resumable)",
     "scaffold": "create a store with a data set's full-scale shape as metadata, filling only some regions",
     "subset": "select scenes, times, channels and a window lazily; --dry-run says what would be read",
 }

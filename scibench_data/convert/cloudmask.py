@@ -7,11 +7,13 @@ Store layout (zarr format 3, CF-1.10; every array a Zarr v3 core data type)::
     summary_cloud  (scene, y, x)          uint8    summary_cloud bit of confidence_in
     y, x                                  int32    image row / column
     channel, channel_units, channel_standard_name  (channel)  int8 flag codes; wavelength float32
-    time (int64 ms, unique, increasing), split (int8 flag codes)                      (scene)
+    time (int64 ms, unique; increasing unless late products were appended), split (int8 flags)  (scene)
     source_name, source_sha256            (scene, <name>_nchar)  uint8 UTF-8 text
 
-Text decodes with :func:`scibench_data.strings.decode_strings` (the catalog does it); scenes are
-in time order and ties in the start second are broken as :data:`TIE_BREAK` says.
+Text decodes with :func:`scibench_data.strings.decode_strings` (the catalog does it); a converted
+store's scenes are in time order and ties in the start second are broken as :data:`TIE_BREAK` says;
+appended scenes follow in append order (late products included), and the catalog returns a
+time-sorted view (:func:`scibench_data.intake_source.open_path`).
 
 Chunks are ``(1, 9, 256, 256)`` for ``image`` and one whole scene ``(1, H, W)``
 for each mask: one object holds every channel of a 256x256 tile, so a 256x256
@@ -34,7 +36,7 @@ coordinate, and appending never adds chunks to them.
 
 Three ways to fill a store, one task per product on any Dask scheduler:
 ``convert_cloudmask`` (all products of a folder, resumable),
-``append_cloudmask`` (later products onto a complete store) and
+``append_cloudmask`` (new, late or reprocessed products onto a complete store) and
 ``scaffold_cloudmask`` (the full-scale shape with only some scenes written).
 """
 
@@ -52,6 +54,7 @@ import dask.array as da
 import fsspec
 import numpy as np
 import xarray as xr
+import zarr
 
 from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
 from scibench_data.formats import SourceFormatError
@@ -67,12 +70,12 @@ from scibench_data.formats.cloudmask import (
     sen3_grid_shape,
 )
 from scibench_data.formats.synthetic_marker import find_marker
-from scibench_data.parallel import run_tasks
+from scibench_data.parallel import TaskResult, run_tasks
 from scibench_data.storage.encoding import CodecChoice, encoding_for
 from scibench_data.storage.hashing import HashingReader, combined_digest
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
-from scibench_data.storage.records import RecordStore, StoreStateError, store_state
+from scibench_data.storage.records import InventoryCheckpoint, RecordStore, StoreStateError, store_state
 from scibench_data.strings import flag_codes, nchar_dim, utf8_attrs, utf8_chars
 
 TILE = 256
@@ -94,7 +97,9 @@ SPLIT_MEANINGS = (NO_SPLIT, "training", "inference")
 NAME_NCHAR = 128
 TIE_BREAK = ("scenes are ordered by acquisition start, then split (none, training, inference), then product "
              "name; time is the start (whole seconds, from the product name) plus k milliseconds for the k-th "
-             "scene that repeats a start second, so it is unique and increasing")
+             "scene that repeats a start second, so it is unique and increasing; scenes appended later follow "
+             "in append order, each at its start plus the fewest milliseconds no other scene of that second "
+             "holds (unique; sort by time to read in time order)")
 FORMAT_VERSION = 2  # 2: text as Zarr v3 core types, y/x coordinates, unique increasing time (ms)
 
 
@@ -314,13 +319,25 @@ class ConvertProduct:
 
 
 def _run(store: RecordStore, src: str, jobs: list[tuple[int, SourceProduct]], grid: tuple[int, int],
-         options: CloudMaskConversion, desc: str) -> tuple[list, tuple[tuple[str, str], ...]]:
-    """Convert ``jobs`` (record index, product) with one task each; (successful results, failures)."""
+         options: CloudMaskConversion, desc: str,
+         inventory: InventoryCheckpoint) -> tuple[list, tuple[tuple[str, str], ...]]:
+    """Convert ``jobs`` (record index, product) with one task each; (successful results, failures).
+    Each finished product's marker goes into ``inventory`` (written every few hundred products and,
+    when some failed, at the end, so a resume reads one object instead of every marker)."""
     task = ConvertProduct(store.location, src, options.src_storage_options, grid, options.bounds)
+    index_of = {p.name.stem: i for i, p in jobs}
+
+    def record(r: TaskResult) -> None:
+        if r.ok:
+            inventory.add(index_of[r.value["key"]], r.value)
+
     results = run_tasks(task, jobs, [p.name.name for _, p in jobs], scheduler=options.scheduler,
                         n_workers=options.n_workers, retries=options.retries, desc=desc, unit="product",
-                        progress=options.progress, bytes_of=lambda v: v["bytes"])
-    return [r for r in results if r.ok], tuple((r.key, r.error) for r in results if not r.ok)
+                        progress=options.progress, bytes_of=lambda v: v["bytes"], on_result=record)
+    failed = tuple((r.key, r.error) for r in results if not r.ok)
+    if failed:
+        inventory.flush()
+    return [r for r in results if r.ok], failed
 
 
 def _discover(src: str, options: CloudMaskConversion) -> tuple[fsspec.AbstractFileSystem, list[SourceProduct], tuple]:
@@ -329,19 +346,24 @@ def _discover(src: str, options: CloudMaskConversion) -> tuple[fsspec.AbstractFi
     return fs, products, tuple((r.path, r.reason) for r in rejected)
 
 
-def _sha256_array(store: RecordStore, n: int) -> np.ndarray:
-    markers = store.done()
+def _sha256_array(markers: dict[int, dict], n: int) -> np.ndarray:
     return utf8_chars([markers[i]["sha256"] if i in markers else "" for i in range(n)], 64, "source_sha256")
 
 
 def _run_and_finalize(store: RecordStore, src: str, todo: list, grid: tuple[int, int],
-                      options: CloudMaskConversion, desc: str, total: int, done: dict, rejected_rows: tuple,
-                      t0: float, extra: dict | None = None) -> ConversionReport:
-    """Convert ``todo``; when nothing failed, finalize the store (provenance, status, consolidation)."""
-    ok, failed = _run(store, src, todo, grid, options, desc)
+                      options: CloudMaskConversion, desc: str, keys: list[str], done: dict, rejected_rows: tuple,
+                      t0: float, extra: dict | None = None, attrs: dict | None = None) -> ConversionReport:
+    """Convert ``todo``; when nothing failed, finalize the store (provenance, status, consolidation).
+    ``keys``: the planned product names (``source_name`` is rewritten from them, so it always names
+    the product each scene holds); ``done``: the markers of the scenes written before."""
+    inventory = InventoryCheckpoint(store, done)
+    ok, failed = _run(store, src, todo, grid, options, desc, inventory)
+    total = len(keys)
     if not failed:
-        store.finalize({"source_sha256": _sha256_array(store, total)},
-                       {"scibench_layout": options.layout, "scibench_n_scenes": total, **options.store_attrs()})
+        store.finalize({"source_sha256": _sha256_array(inventory.markers, total),
+                        "source_name": utf8_chars(keys, NAME_NCHAR, "source_name")},
+                       {"scibench_layout": options.layout, "scibench_n_scenes": total, **options.store_attrs(),
+                        **(attrs or {})}, markers=inventory.markers)
     return ConversionReport(
         dest=store.location.url, total=total, converted=tuple(r.value["key"] for r in ok),
         already_done=len(done), failed=failed, rejected=rejected_rows, complete=not failed,
@@ -373,34 +395,108 @@ def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCon
                                                  "layout": options.layout,
                                                  "splits": [p.split for p in products],
                                                  **plan_layout(options.codec, enc)})
-        done = store.done() if state != "created" else {}
         if state == "complete":
             return ConversionReport(dest=location.url, total=len(products), already_done=len(products),
                                     complete=True, rejected=rejected_rows, elapsed_s=time.perf_counter() - t0)
+        done = store.done(names) if state != "created" else {}
         todo = [(i, p) for i, p in enumerate(products) if i not in done]
-        return _run_and_finalize(store, src, todo, grid, options, f"convert {options.layout}", len(products),
+        return _run_and_finalize(store, src, todo, grid, options, f"convert {options.layout}", names,
                                  done, rejected_rows, t0)
+
+
+def _name_of(key: str) -> ProductName:
+    """The fields of a planned record's key (a product name without extension)."""
+    return ProductName.parse(f"{key}.SEN3")
 
 
 def _start_of(key: str) -> datetime:
     """Acquisition start of a planned record from its key (a product name without extension)."""
-    return ProductName.parse(f"{key}.SEN3").start
+    return _name_of(key).start
 
 
-def _encoded_times(times: Sequence[datetime]) -> np.ndarray:
-    """Times as stored in the ``time`` array (int64 milliseconds since 1970-01-01, ties broken)."""
-    return scene_times(times).astype(np.int64)
+def acquisition(name: ProductName) -> tuple:
+    """What identifies an acquisition across reprocessings: platform, sensing start and stop, cycle,
+    relative orbit and frame (the creation time, centre, timeliness and baseline collection change)."""
+    return (name.mission, name.start, name.stop, name.cycle, name.orbit, name.frame)
+
+
+def processing_version(name: ProductName) -> tuple:
+    """Order of the versions of one acquisition: creation (processing) time, then baseline collection."""
+    return (name.creation, name.collection)
+
+
+def late_times(existing_ms: np.ndarray, starts: Sequence[datetime]) -> np.ndarray:
+    """Stored times (int64 ms) for new scenes starting at ``starts`` (in store order) next to scenes
+    whose times are ``existing_ms``: each gets its start second plus the smallest number of
+    milliseconds no other scene of that second holds, so time stays unique and existing scenes keep
+    theirs. For products after every existing scene this is :func:`scene_times`' rule."""
+    used = {int(t) for t in np.asarray(existing_ms, dtype=np.int64)}
+    out = []
+    for start in starts:
+        base = int(np.datetime64(start, "s").astype(np.int64)) * 1000
+        k = 0
+        while base + k in used:
+            k += 1
+        if k >= 1000:
+            raise ValueError(f"more than 1000 scenes share the start second {start:%Y-%m-%dT%H:%M:%S}")
+        used.add(base + k)
+        out.append(base + k)
+    return np.array(out, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class AppendPlan:
+    """What an append does with the products of its source (see :func:`plan_append`)."""
+
+    new: tuple[SourceProduct, ...]  # acquisitions the store lacks, in time order: appended as new scenes
+    replace: tuple[tuple[int, SourceProduct], ...]  # (scene, newer version of the product it holds)
+    superseded: tuple[str, ...]  # product names older than the version the store (or the source) holds
+
+
+def plan_append(planned: Sequence[str], products: Sequence[SourceProduct]) -> AppendPlan:
+    """Split ``products`` against a store's planned keys: products it holds are skipped; of several
+    versions of one acquisition the newest counts; a newer version of a held acquisition replaces
+    that scene; any other acquisition is new, whatever its time (late products are accepted)."""
+    held = set(planned)
+    scene_of = {acquisition(_name_of(k)): i for i, k in enumerate(planned)}
+    newest: dict[tuple, SourceProduct] = {}
+    superseded = []
+    for p in sorted((p for p in products if p.name.stem not in held), key=lambda p: p.name.name):
+        a = acquisition(p.name)
+        if a in newest and processing_version(newest[a].name) >= processing_version(p.name):
+            superseded.append(p.name.name)
+            continue
+        if a in newest:
+            superseded.append(newest[a].name.name)
+        newest[a] = p
+    new, replace = [], []
+    for a, p in newest.items():
+        i = scene_of.get(a)
+        if i is None:
+            new.append(p)
+        elif processing_version(p.name) > processing_version(_name_of(planned[i])):
+            replace.append((i, p))
+        else:
+            superseded.append(p.name.name)
+    return AppendPlan(tuple(time_order(new)), tuple(sorted(replace, key=lambda r: r[0])), tuple(sorted(superseded)))
+
+
+REPLACED_ATTR = "scibench_replaced_scenes"
 
 
 def append_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConversion) -> ConversionReport:
-    """Append the products under ``src`` that ``dest`` does not hold yet to the end of ``dest``.
+    """Append the products under ``src`` that ``dest`` does not hold yet.
 
-    Existing chunks are not rewritten. New products must not start before the store's last
-    scene (appends are time-ordered; anything else needs a new conversion). During the
-    append the store is incomplete (status attribute and consolidated metadata removed in one
-    root write); it is complete again only after every new scene is written and finalized.
-    Idempotent: products already in the store are skipped, so rerunning the same append
-    after a crash resumes it, and an append of nothing new leaves the store untouched.
+    A product of an acquisition the store lacks is appended as a new scene at the end of the
+    ``scene`` dimension, whatever its time: a late product is accepted, and ``time`` is then in
+    append order in the store (the catalog returns a time-sorted view, see
+    :func:`scibench_data.intake_source.open_path`). A newer version of a product the store holds
+    (same acquisition, later creation time: a reprocessing, :func:`acquisition`) replaces that
+    scene's data in place; older versions are skipped. No other scene's chunks are rewritten.
+    During the append the store is incomplete (status attribute and consolidated metadata removed
+    in one root write); it is complete again only after every new scene is written and finalized.
+    Idempotent: products already in the store are skipped, so rerunning the same append after a
+    crash resumes it, and an append of nothing new leaves the store untouched (and reads no marker).
     """
     t0 = time.perf_counter()
     location = dest if isinstance(dest, StoreLocation) else StoreLocation(dest)
@@ -425,45 +521,56 @@ def append_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConv
                 raise StoreStateError(f"{location.url} was converted with {key}={plan.get(key)!r}, "
                                       f"the append asks for {want!r}")
         planned = list(plan["keys"])
-        planned_set = set(planned)
         by_key = {p.name.stem: p for p in products}
-        new = time_order([p for p in products if p.name.stem not in planned_set])
-        done = store.done()
+        todo_plan = plan_append(planned, products)
+        new, replace = list(todo_plan.new), dict(todo_plan.replace)
+        extra = {"appended": [p.name.stem for p in new], "replaced": [p.name.stem for p in replace.values()],
+                 "superseded": list(todo_plan.superseded)}
+        if not new and not replace and state.complete:
+            return ConversionReport(dest=location.url, total=len(planned), already_done=len(planned),
+                                    complete=True, rejected=rejected_rows, elapsed_s=time.perf_counter() - t0,
+                                    extra=extra)
+        done = store.done(planned, complete=state.complete)
         unwritten = [k for i, k in enumerate(planned) if i not in done]
-        if new and unwritten:
+        if (new or replace) and unwritten:
             raise StoreStateError(f"{location.url} has {len(unwritten)} unwritten scene(s), e.g. {unwritten[0]}; "
                                   "rerun the conversion or append that planned them before adding more")
-        if not new and state.complete:
-            return ConversionReport(dest=location.url, total=len(planned), already_done=len(planned),
-                                    complete=True, rejected=rejected_rows, elapsed_s=time.perf_counter() - t0)
-        keys, splits = planned, list(plan.get("splits", [""] * len(planned)))
-        if new:
-            last = max(_start_of(k) for k in planned)
-            too_old = [p.name.name for p in new if p.name.start < last]
-            if too_old:
-                raise ValueError(f"{src}: {len(too_old)} product(s) start before the last scene of {location.url} "
-                                 f"({last:%Y-%m-%dT%H:%M:%S}), e.g. {too_old[0]}; appends must be time-ordered "
-                                 "(convert all products into a new store instead)")
+        keys, splits = list(planned), list(plan.get("splits", [""] * len(planned)))
+        history = list(plan.get("replaced", []))
+        if new or replace:
+            for i, p in replace.items():
+                if (p.split or NO_SPLIT) != (splits[i] or NO_SPLIT):
+                    raise ValueError(f"{p.path}: a newer version of scene {i} ({planned[i]}) is under "
+                                     f"{p.split or NO_SPLIT!r}, the scene under {splits[i] or NO_SPLIT!r}")
             grid = tuple(plan["grid"])
-            new_grid = common_grid(fs, new)
+            new_grid = common_grid(fs, new + list(replace.values()))
             if new_grid != grid:
-                raise SourceFormatError(new[0].path, f"grid {new_grid} differs from the store's {grid}")
+                raise SourceFormatError((new + list(replace.values()))[0].path,
+                                        f"grid {new_grid} differs from the store's {grid}")
             if state.status == "complete" or state.consolidated:
                 store.begin_update()
-            keys = planned + [p.name.stem for p in new]
-            splits = splits + [p.split for p in new]
-            store.grow(keys, {"splits": splits}, {
-                "source_name": utf8_chars(keys, NAME_NCHAR, "source_name"),
-                "time": _encoded_times([_start_of(k) for k in keys]),
-                "split": flag_codes([sp or NO_SPLIT for sp in splits], SPLIT_MEANINGS, "split")[0]})
+            existing_ms = np.asarray(zarr.open_array(location.zarr_store(), path="time", mode="r",
+                                                     zarr_format=3)[:len(planned)], dtype=np.int64)
+            for i, p in replace.items():
+                history.append({"scene": i, "replaced": keys[i], "by": p.name.stem})
+                keys[i] = p.name.stem
+            keys += [p.name.stem for p in new]
+            splits += [p.split for p in new]
+            times = np.concatenate([np.asarray(existing_ms, dtype=np.int64),
+                                    late_times(existing_ms, [p.name.start for p in new])])
+            store.grow(keys, {"splits": splits, **({"replaced": history} if history else {})}, {
+                "source_name": utf8_chars(keys, NAME_NCHAR, "source_name"), "time": times,
+                "split": flag_codes([sp or NO_SPLIT for sp in splits], SPLIT_MEANINGS, "split")[0]},
+                replaced=list(replace))
+            done = {i: m for i, m in done.items() if m.get("key", keys[i]) == keys[i]}
         missing = [k for i, k in enumerate(keys) if i not in done and k not in by_key]
         if missing:
             raise FileNotFoundError(f"{src} lacks {len(missing)} product(s) that {location.url} planned, "
                                     f"e.g. {missing[0]}")
         todo = [(i, by_key[k]) for i, k in enumerate(keys) if i not in done]
         return _run_and_finalize(store, src, todo, tuple(plan["grid"]), options, f"append {options.layout}",
-                                 len(keys), done, rejected_rows, t0,
-                                 extra={"appended": [p.name.stem for p in new]})
+                                 keys, done, rejected_rows, t0, extra=extra,
+                                 attrs={REPLACED_ATTR: history} if history else None)
 
 
 #: Products that 4.9 TB of raw SLSTR RBT products implies at ~0.5 GB each (see docs/ds2.md).
@@ -533,13 +640,15 @@ def scaffold_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCo
         state = store.prepare(ds, enc, names, {"format": "cloudmask", "grid": list(grid), "tile": options.tile,
                                                  "layout": options.layout, "splits": splits,
                                                  "scaffold_slots": slots, **plan_layout(options.codec, enc)})
-        done = store.done() if state != "created" else {}
         if state == "complete":  # cannot happen for a scaffold; kept for symmetry
             raise StoreStateError(f"{location.url} is a complete store, not a scaffold")
+        done = store.done(names) if state != "created" else {}
         todo = [(slot, p) for slot, p in zip(slots, products) if slot not in done]
-        ok, failed = _run(store, src, todo, grid, options, f"scaffold {options.layout}")
+        inventory = InventoryCheckpoint(store, done)
+        ok, failed = _run(store, src, todo, grid, options, f"scaffold {options.layout}", inventory)
         if not failed:
-            store.finalize_as(SCAFFOLD_STATUS, {"source_sha256": _sha256_array(store, n_scenes)}, {
+            inventory.flush()
+            store.finalize_as(SCAFFOLD_STATUS, {"source_sha256": _sha256_array(inventory.markers, n_scenes)}, {
                 "scibench_layout": options.layout, "scibench_n_scenes": n_scenes, FILLED_ATTR: slots,
                 "scibench_scaffold": f"full DS2 shape, {len(slots)} of {n_scenes} scenes written "
                                      f"(listed in {FILLED_ATTR}); the others are planned names and "

@@ -22,15 +22,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def moto_server(timeout: float = 30.0) -> Iterator[str]:
-    """Yield the endpoint URL of a fresh in-memory ``moto_server``."""
+def moto_server(timeout: float = 30.0, log: str | None = None) -> Iterator[str]:
+    """Yield the endpoint URL of a fresh in-memory ``moto_server``; with ``log``, its request log
+    (one line per request answered) goes to that file."""
     exe = shutil.which("moto_server")
     if exe is None:
         raise RuntimeError("moto_server is not on PATH: pip install 'moto[server]'")
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -49,6 +50,8 @@ def moto_server(timeout: float = 30.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if log:
+            out.close()  # type: ignore[union-attr]
 
 
 def storage_options(endpoint: str) -> dict:

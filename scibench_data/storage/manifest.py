@@ -193,6 +193,12 @@ def list_objects(location: StoreLocation) -> dict[str, int]:
 
 def list_objects_detail(location: StoreLocation) -> dict[str, tuple[int, float | None]]:
     """:func:`list_objects` with each object's modification time where the listing gives one (local)."""
+    return {key: (size, mtime) for key, (size, mtime, _) in list_objects_stamped(location).items()}
+
+
+def list_objects_stamped(location: StoreLocation) -> dict[str, tuple[int, float | None, str | None]]:
+    """:func:`list_objects` with each object's modification time (local) and ETag (object stores) where
+    the listing gives them. One listing."""
     fs, root = location.fs, location.root
     fs.invalidate_cache(root)  # always the server's current state, never a cached listing
     try:
@@ -206,7 +212,9 @@ def list_objects_detail(location: StoreLocation) -> dict[str, tuple[int, float |
         key = posixpath.relpath(path, root) if location.is_local else path[len(root):].lstrip("/")
         if key and not is_state_key(key) and not is_temporary(key):
             mtime = info.get("mtime") if location.is_local else None
-            out[key] = (int(info["size"]), float(mtime) if mtime is not None else None)
+            etag = None if location.is_local else (info.get("ETag") or info.get("e_tag"))
+            out[key] = (int(info["size"]), float(mtime) if mtime is not None else None,
+                        str(etag) if etag else None)
     return out
 
 
@@ -273,21 +281,31 @@ def copy_verified(src: StoreLocation, keys: Iterable[str], manifest: "Manifest",
 
 
 def build_manifest(location: StoreLocation, dataset: str = "", version: int | None = None,
-                   workers: int = 8, reuse: Manifest | None = None, unchanged_before: float | None = None) -> Manifest:
+                   workers: int = 8, reuse: Manifest | None = None, unchanged_before: float | None = None,
+                   known_etags: Mapping[str, tuple[int, str, str]] | None = None,
+                   etags_out: dict[str, str] | None = None) -> Manifest:
     """List and hash every object of a store (``_scibench/`` excluded).
 
     With ``reuse`` (an earlier manifest of the same local store) and ``unchanged_before`` (a time
     before any write since it), an object of the same size not modified since keeps its earlier
-    digest instead of being read again: an append hashes what it wrote, not the whole store."""
-    listing = list_objects_detail(location)
+    digest instead of being read again: an append hashes what it wrote, not the whole store.
+    On an object store, ``known_etags`` (key -> size, ETag, sha256 from an earlier build) does the
+    same: an object whose listing shows the same size and ETag (the server's digest of its bytes,
+    new on every write) keeps its sha256. ``etags_out`` receives the listing's ETags."""
+    listing = list_objects_stamped(location)
     if not listing:
         raise FileNotFoundError(f"{location.url} holds no objects")
     known = reuse.by_key if reuse is not None and unchanged_before is not None else {}
     digests = {}
-    for key, (size, mtime) in listing.items():
+    for key, (size, mtime, etag) in listing.items():
         old = known.get(key)
         if old is not None and old.size == size and mtime is not None and mtime < unchanged_before:
             digests[key] = old.sha256
+        tagged = (known_etags or {}).get(key)
+        if tagged is not None and etag is not None and tuple(tagged[:2]) == (size, etag):
+            digests[key] = tagged[2]
+        if etags_out is not None and etag is not None:
+            etags_out[key] = etag
     digests.update(hash_objects(location, [k for k in listing if k not in digests], workers=workers))
     return Manifest(tuple(ManifestEntry(k, listing[k][0], digests[k]) for k in sorted(digests)),
                     dataset=dataset, version=version)

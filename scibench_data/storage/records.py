@@ -11,10 +11,16 @@ The life of a store, and what each step writes:
    contiguous block of records); the region is checked against the chunk grid
    first, so a misaligned write cannot happen.
 3. ``mark_done``: only after the record's data is written, a marker
-   ``_scibench/done/{index:08d}.json`` holds its provenance.
+   ``_scibench/done/{index:08d}.json`` holds its provenance. The coordinator
+   gathers the markers its tasks return into the inventory
+   (``_scibench/inventory.json``, every finished record's marker in one
+   object), rewritten every :data:`CHECKPOINT_EVERY` records
+   (:class:`InventoryCheckpoint`) and at finalize, so a resume or an append
+   lists the markers and reads one object instead of one marker per record
+   (:meth:`RecordStore.done`).
 4. ``finalize``: when every record has a marker, stray temporaries of
    killed writes are removed, the provenance arrays are written, the
-   manifest (``_scibench/manifest.json``: every object's key, size and
+   inventory, the manifest (``_scibench/manifest.json``: every object's key, size and
    sha256, the new root included) is written, and last root ``zarr.json`` is
    replaced in one atomic write (a temporary file and a rename locally, one
    PUT on S3) with status ``"complete"`` and the consolidated metadata. A
@@ -26,6 +32,9 @@ A store is complete only if its root has both; the catalog opens stores with
 ``consolidated: true``, so an interrupted store cannot be opened as complete.
 Rerunning resumes: records with a readable marker are skipped, and the
 temporaries a killed write left (``*.<uuid>.partial``, ``*.tmp``) are removed.
+A record counts as written only if its marker names the key the plan gives
+that record, so re-planning a record (a reprocessed product replacing a scene)
+makes it unwritten until its new data and marker are written.
 
 Growing a complete store (appending records) goes the same way back:
 ``begin_update`` rewrites root ``zarr.json`` once with status
@@ -40,10 +49,13 @@ another status (e.g. ``"scaffold"``): it opens, but never reads as complete.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import posixpath
+import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +75,17 @@ STATUS_ATTR = "scibench_status"
 STATE_DIR = "_scibench"
 PLAN_KEY = (STATE_DIR, "plan.json")
 PREVIOUS_MANIFEST_KEY = (STATE_DIR, "manifest.previous.json")
+#: Object store only: size, ETag and sha256 of every object at the last finalize (see :func:`store_manifest`).
+ETAGS_KEY = (STATE_DIR, "etags.json")
 DONE_DIR = (STATE_DIR, "done")
+INVENTORY_KEY = (STATE_DIR, "inventory.json")
+INVENTORY_FORMAT = 1
+#: The coordinator rewrites the inventory after this many finished records (and at least every
+#: :data:`CHECKPOINT_SECONDS`): a resume after a kill reads at most about this many markers one by one.
+CHECKPOINT_EVERY = 256
+CHECKPOINT_SECONDS = 120.0
+#: Markers not yet in the inventory are read with this many requests in flight.
+MARKER_READERS = 16
 
 
 class StoreStateError(RuntimeError):
@@ -331,34 +353,81 @@ class RecordStore:
         except OSError as err:
             raise full_disk_error(self.location, err, f"the marker of record {index}") or err
 
-    def done(self) -> dict[int, dict]:
-        """Readable markers by record index (a half-written marker does not count)."""
+    def done(self, keys: Sequence[str] | None = None, complete: bool = False) -> dict[int, dict]:
+        """Finished records by index, each with its marker.
+
+        ``complete``: the store is finished (its root says so), so its inventory, written at that
+        finalize, holds every record and no marker was written since (a writer first calls
+        :meth:`begin_update`): when it covers every planned record, that one read is all.
+        Otherwise one listing of ``_scibench/done/`` (the markers are what says a record is
+        written: a deleted marker makes its record unwritten again), one read of the inventory for
+        the markers' contents, and one read per listed marker the inventory lacks (those written
+        since the last checkpoint). A half-written marker does not count, nor one that names
+        another key than the plan's ``keys`` (the plan is read when ``keys`` is not given)."""
+        if keys is None:
+            keys = (self.plan() or {}).get("keys")
+        if complete and keys is not None:
+            held = {i: m for i, m in self.read_inventory().items() if _names_planned_key(m, i, keys)}
+            if len(held) == len(keys):
+                return held
         fs = self.location.fs
         prefix = self.location.path(*DONE_DIR)
         try:
+            fs.invalidate_cache(prefix)
             names = fs.ls(prefix, detail=False)
         except FileNotFoundError:
             return {}
-        out = {}
+        listed = []
         for name in names:
             base = posixpath.basename(name)
-            if not base.endswith(".json"):
-                continue
-            marker = self.location.read_json(*DONE_DIR, base)
-            if marker is not None and "index" in marker:
-                out[int(marker["index"])] = marker
+            stem = base[:-len(".json")] if base.endswith(".json") else ""
+            if stem.isdigit():
+                listed.append((int(stem), base))
+        inventory = self.read_inventory() if listed else {}
+        out = {i: inventory[i] for i, _ in listed if i in inventory and _names_planned_key(inventory[i], i, keys)}
+        unread = [base for i, base in listed if i not in out]
+
+        def read(base: str) -> dict | None:
+            return self.location.read_json(*DONE_DIR, base)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(MARKER_READERS, len(unread)))) as pool:
+            for marker in pool.map(read, unread):
+                if marker is not None and "index" in marker and _names_planned_key(marker, int(marker["index"]), keys):
+                    out[int(marker["index"])] = marker
         return out
+
+    def read_inventory(self) -> dict[int, dict]:
+        """The markers the inventory holds, by record index (empty when there is none or it is unreadable)."""
+        inv = self.location.read_json(*INVENTORY_KEY) or {}
+        records = inv.get("records") if inv.get("format") == INVENTORY_FORMAT else None
+        if not isinstance(records, list):
+            return {}
+        return {int(m["index"]): m for m in records if isinstance(m, dict) and "index" in m}
+
+    def write_inventory(self, markers: Mapping[int, Mapping[str, object]]) -> None:
+        """Replace the inventory with ``markers`` (each a finished record's marker) in one atomic write."""
+        records = [{**markers[i], "index": i} for i in sorted(markers)]
+        data = json.dumps({"format": INVENTORY_FORMAT, "records": records}, sort_keys=True,
+                          separators=(",", ":")).encode()
+        try:
+            write_atomic(self.location, data, *INVENTORY_KEY)
+        except OSError as err:
+            raise full_disk_error(self.location, err, "the inventory") or err
 
     # ------------------------------------------------------------------ finalize
 
-    def finalize(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> None:
-        """Write whole-array values known only at the end, then mark complete and consolidate."""
-        plan = self.plan() or {}
-        n = len(plan.get("keys", []))
-        missing = sorted(set(range(n)) - set(self.done()))
+    def finalize(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object],
+                 markers: Mapping[int, Mapping[str, object]] | None = None) -> None:
+        """Write whole-array values known only at the end, then mark complete and consolidate.
+
+        ``markers``: every record's marker, when the caller holds them (from :meth:`done` and its
+        tasks' results); otherwise they are read (:meth:`done`). They become the inventory."""
+        keys = list((self.plan() or {}).get("keys", []))
+        markers = self.done(keys) if markers is None else markers
+        missing = sorted(set(range(len(keys))) - set(markers))
         if missing:
             raise StoreStateError(f"{self.location.url}: {len(missing)} record(s) not written yet, e.g. {missing[:5]}")
-        self._finish(arrays, {**attrs, STATUS_ATTR: "complete"}, with_manifest=True)
+        self._finish(arrays, {**attrs, STATUS_ATTR: "complete"}, with_manifest=True, markers=markers)
 
     def finalize_as(self, status: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> None:
         """Write whole-array values and consolidate under ``status``, which must not be ``"complete"``:
@@ -367,10 +436,13 @@ class RecordStore:
             raise ValueError(f"finalize_as needs a status other than {status!r} (use finalize for complete stores)")
         self._finish(arrays, {**attrs, STATUS_ATTR: status}, with_manifest=False)
 
-    def _finish(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object], with_manifest: bool) -> None:
+    def _finish(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object], with_manifest: bool,
+                markers: Mapping[int, Mapping[str, object]] | None = None) -> None:
         """Remove temporaries, write ``arrays``, compose the final root (``attrs`` and the consolidated
-        metadata) in memory, write the manifest, then replace the root in one atomic write."""
+        metadata) in memory, write the inventory and the manifest, then replace the root in one atomic write."""
         what = "the final arrays"
+        if markers is not None:
+            self.write_inventory(markers)
         try:
             remove_temporaries(self.location)
             capture = _RootCapture(self.location.zarr_store())
@@ -428,13 +500,16 @@ class RecordStore:
                       if (arr.metadata.dimension_names or (None,))[0] == self.record_dim)
 
     def grow(self, keys: Sequence[str], plan_info: Mapping[str, object],
-             values: Mapping[str, np.ndarray]) -> int:
+             values: Mapping[str, np.ndarray], replaced: Sequence[int] = ()) -> int:
         """Extend the record dimension to ``len(keys)`` records; returns the number of records before.
 
         The store must be incomplete (``begin_update``) and the planned keys must be a prefix
-        of ``keys``. Steps, each safe to repeat after a crash: resize every record array
-        (existing chunks are not rewritten), write ``values`` (full-length per-record arrays,
-        e.g. names and times) into the new records only, then rewrite the plan.
+        of ``keys``, except at the ``replaced`` records (re-planned: another source for an
+        existing record, e.g. a reprocessed product; their old markers no longer count, so
+        they are unwritten until written again). Steps, each safe to repeat after a crash:
+        resize every record array (existing chunks are not rewritten), write ``values``
+        (full-length per-record arrays, e.g. names and times) into the new and replaced
+        records only, then rewrite the plan.
         """
         state = store_state(self.location)
         if state.complete:
@@ -443,30 +518,78 @@ class RecordStore:
         if plan is None:
             raise StoreStateError(f"{self.location.url} has no plan; it was never prepared")
         old = list(plan.get("keys", []))
-        if list(keys[:len(old)]) != old:
+        n_old, n_new = len(old), len(keys)
+        replaced = sorted({int(i) for i in replaced})
+        if replaced and not 0 <= replaced[0] <= replaced[-1] < n_old:
+            raise ValueError(f"replaced records {replaced[:5]} are not within the {n_old} planned ones")
+        kept = set(range(n_old)) - set(replaced)
+        if n_new < n_old or any(keys[i] != old[i] for i in kept):
             raise StoreStateError(f"{self.location.url}: the new keys must extend the planned ones in order")
         for name, v in values.items():
             if len(v) != len(keys):
                 raise ValueError(f"{name}: {len(v)} values for {len(keys)} records")
-        n_old, n_new = len(old), len(keys)
         g = zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3, use_consolidated=False)
         for name in self.record_arrays():
             arr = g[name]
             if arr.shape[0] != n_new:
                 arr.resize((n_new, *arr.shape[1:]))
-        if n_new > n_old:
+        if n_new > n_old or replaced:
             for name, v in values.items():
-                g[name][n_old:n_new] = np.asarray(v)[n_old:n_new]
+                v = np.asarray(v)
+                if n_new > n_old:
+                    g[name][n_old:n_new] = v[n_old:n_new]
+                for i in replaced:
+                    g[name][i:i + 1] = v[i:i + 1]
         self.location.write_json({**plan, **plan_info, "record_dim": self.record_dim, "keys": list(keys)}, *PLAN_KEY)
         self._group = None
         return n_old
 
 
+def _names_planned_key(marker: Mapping[str, object], index: int, keys: Sequence[str] | None) -> bool:
+    """Whether a marker stands for record ``index`` as planned: inside the plan and, when it names a
+    key, the plan's key for that record (an earlier product's marker of a re-planned record does not)."""
+    if keys is None:
+        return True
+    return 0 <= index < len(keys) and ("key" not in marker or marker["key"] == keys[index])
+
+
+class InventoryCheckpoint:
+    """The coordinator's running inventory: the markers known at the start plus those its tasks return,
+    written every ``every`` new records or ``seconds`` (whichever comes first) and by :meth:`flush`.
+
+    Only markers of records whose data and marker were written may be added (a task returns its
+    marker after :meth:`RecordStore.mark_done`), so the inventory never claims an unwritten record."""
+
+    def __init__(self, store: RecordStore, known: Mapping[int, Mapping[str, object]],
+                 every: int = CHECKPOINT_EVERY, seconds: float = CHECKPOINT_SECONDS) -> None:
+        if every < 1 or seconds <= 0:
+            raise ValueError(f"checkpoint every >= 1 record and > 0 s, got {every} and {seconds}")
+        self.store, self.every, self.seconds = store, every, seconds
+        self.markers: dict[int, dict] = {int(i): dict(m) for i, m in known.items()}
+        self._pending = 0
+        self._last = time.monotonic()
+
+    def add(self, index: int, marker: Mapping[str, object]) -> None:
+        self.markers[int(index)] = {**marker, "index": int(index)}
+        self._pending += 1
+        if self._pending >= self.every or time.monotonic() - self._last >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the inventory if any record was added since the last write."""
+        if self._pending:
+            self.store.write_inventory(self.markers)
+        self._pending = 0
+        self._last = time.monotonic()
+
+
 def store_manifest(location: StoreLocation, root: bytes) -> Manifest:
     """The manifest of a store about to be finalized: every object as it is now, with root
-    ``zarr.json`` as ``root`` (the bytes about to replace it). After an update (``begin_update``)
-    of a local store, objects unchanged since keep their previous digests."""
-    reuse, since = None, None
+    ``zarr.json`` as ``root`` (the bytes about to replace it). After an update (``begin_update``),
+    objects unchanged since keep their previous digests: on a local store by modification time
+    against the previous manifest, on an object store by size and ETag against ``_scibench/etags.json``
+    (written here, next to the manifest), so an append hashes what it wrote, not the whole store."""
+    reuse, since, known = None, None, None
     previous = location.path(*PREVIOUS_MANIFEST_KEY)
     if location.is_local and os.path.exists(previous):
         try:
@@ -475,8 +598,16 @@ def store_manifest(location: StoreLocation, root: bytes) -> Manifest:
             since = os.stat(previous).st_mtime - 2.0  # coarse file-system clocks: re-hash near misses
         except (OSError, ValueError):
             reuse, since = None, None
-    entries = [e for e in build_manifest(location, reuse=reuse, unchanged_before=since).entries
-               if e.key != "zarr.json"]
+    if not location.is_local:
+        cached = (location.read_json(*ETAGS_KEY) or {}).get("objects")
+        known = {k: tuple(v) for k, v in cached.items() if isinstance(v, list) and len(v) == 3} \
+            if isinstance(cached, dict) else None
+    etags: dict[str, str] = {}
+    manifest = build_manifest(location, reuse=reuse, unchanged_before=since, known_etags=known, etags_out=etags)
+    entries = [e for e in manifest.entries if e.key != "zarr.json"]
+    if etags:
+        location.write_json({"format": 1, "objects": {e.key: [e.size, etags[e.key], e.sha256]
+                                                       for e in entries if e.key in etags}}, *ETAGS_KEY)
     entries.append(ManifestEntry("zarr.json", len(root), sha256_bytes(root)))
     return Manifest(tuple(sorted(entries, key=lambda e: e.key)))
 
