@@ -29,6 +29,7 @@ import itertools
 import mmap
 import os
 import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ Slices = tuple[slice, ...]  # one step-1 slice per dimension
 _MMAP_MIN_BYTES = 256 * 1024
 _MMAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # fault all pages in at once (Linux)
 ABSENT = object()  # a local chunk file that does not exist (read_local)
+KEEP_DECODED_BYTES = 96 << 20  # decoded chunks a reader keeps for the next reads: about one batch's
+KEEP_DECODED_CHUNKS = 48
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ class ChunkReader:
         self._local_root = _local_dir(self.array.store_path) if self.fast else None
         self._scratch: np.ndarray | None = None
         self._inventory: Inventory | None = None  # read on the first absent chunk
+        self._kept: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()  # decoded, checksum checked
+        nbytes = int(np.prod(self.chunks)) * self.dtype.itemsize
+        self.keep = min(KEEP_DECODED_BYTES // max(nbytes, 1), KEEP_DECODED_CHUNKS) if self.fast else 0
 
     @property
     def name(self) -> str:
@@ -193,7 +199,24 @@ class ChunkReader:
             return ABSENT
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_scratch": None, "_inventory": None}
+        return {**self.__dict__, "_scratch": None, "_inventory": None, "_kept": OrderedDict()}
+
+    def kept(self, coords: tuple[int, ...]) -> np.ndarray | None:
+        """A chunk's values decoded by an earlier read and still kept (least recently used go first), else None."""
+        values = self._kept.get(coords)
+        if values is not None:
+            self._kept.move_to_end(coords)
+        return values
+
+    def decode_kept(self, raw, coords: tuple[int, ...]) -> np.ndarray:
+        """:meth:`decode` into a buffer kept for later reads (the least recently used one is reused
+        once :attr:`keep` chunks are kept); into the scratch buffer where nothing is kept."""
+        if self.keep < 1:
+            return self.decode(raw, coords)
+        buf = self._kept.popitem(last=False)[1] if len(self._kept) >= self.keep else np.empty(self.chunks, self.dtype)
+        values = self.decode(raw, coords, into=buf)  # raises before the chunk is kept: a bad chunk is never kept
+        self._kept[coords] = values
+        return values
 
 
 def _close(raw) -> None:
@@ -291,14 +314,18 @@ def _assemble(reader: ChunkReader, coords: tuple[int, ...], raw, users: list[tup
     """Decode one chunk (checksum first) and copy its pieces into every window that needs it.
 
     A chunk that is one window's piece as a whole, landing in a contiguous output of its dtype,
-    is decoded straight into that output (no scratch copy)."""
+    is decoded straight into that output (no scratch copy); others are decoded into a buffer the
+    reader keeps for the next reads (:meth:`ChunkReader.decode_kept`)."""
     if len(users) == 1 and raw is not None:
         out, piece = users[0]
         dst = out[piece.dst]
         if _whole(piece, reader.chunks) and dst.dtype == reader.dtype and dst.flags.c_contiguous:
             reader.decode(raw, coords, into=dst.reshape(reader.chunks))
             return
-    values = reader.decode(raw, coords)
+    _put(reader.decode_kept(raw, coords), users)
+
+
+def _put(values: np.ndarray, users: list[tuple[np.ndarray, Piece]]) -> None:
     for out, piece in users:
         out[piece.dst] = values[piece.src]
 
@@ -325,6 +352,10 @@ def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> 
         readers[id(reader)] = reader
         for piece in window_pieces(region, reader.chunks):
             users.setdefault((id(reader), piece.chunk), []).append((out, piece))
+    for key in list(users):  # decoded by an earlier read (the previous batch of the same scene): no fetch, no decode
+        values = readers[key[0]].kept(key[1])
+        if values is not None:
+            _put(values, users.pop(key))
     remote = [k for k in users if readers[k[0]]._local_root is None]
 
     async def fetch_all():

@@ -206,3 +206,24 @@ def test_batch_buffers_are_reused_only_once_nothing_holds_them():
     again = batch_buffer(shape, np.float32)
     assert again.shape == shape and again.dtype == np.float32
     assert any(again is kept for kept in chunk_reader._BUFFERS[(shape, "<f4")])  # handed out again
+
+
+def test_a_chunk_kept_from_the_previous_read_gives_zarrs_values_and_a_flipped_one_still_raises(tmp_path):
+    """Consecutive reads (batches of one scene) reuse chunks decoded by the read before; only chunks
+    whose checksum was checked are kept, and a damaged chunk among them still raises."""
+    from scibench_data.storage.integrity import ChunkChecksumError
+
+    arr = _checksummed(tmp_path / "a")
+    reader = ChunkReader(arr)
+    first = np.empty(region_shape(PART), np.float32)
+    read_regions([(reader, PART, first)])
+    assert (1, 0, 1, 1) in reader._kept  # decoded once, kept for the next read
+    later = (slice(1, 2), slice(0, 3), slice(9, 16), slice(2, 12))  # shares chunks with PART, and new ones
+    out = np.empty(region_shape(later), np.float32)
+    read_regions([(reader, later, out)])
+    np.testing.assert_array_equal(first, arr[PART])
+    np.testing.assert_array_equal(out, arr[later])
+    _flip(tmp_path / "a/c/0/0/0/0")  # never read yet
+    with pytest.raises(ChunkChecksumError, match=r"chunk c/0/0/0/0: crc32c checksum mismatch"):
+        read_regions([(reader, (slice(0, 1), slice(0, 3), slice(0, 12), slice(0, 8)), np.empty((1, 3, 12, 8), np.float32))])
+    assert (0, 0, 0, 0) not in reader._kept
