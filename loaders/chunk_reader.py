@@ -190,6 +190,8 @@ class ChunkReader:
     def read_local(self, coords: tuple[int, ...]):
         """A chunk's stored bytes from a local directory store, read synchronously as it is decoded,
         or :data:`ABSENT` where the file does not exist (resolve with :meth:`_absent`)."""
+        if self._local_root is None:
+            raise ValueError(f"{self.name}: not a local directory store; fetch its chunks instead")
         try:
             with open(os.path.join(self._local_root, self.chunk_key(coords)), "rb") as f:
                 if os.fstat(f.fileno()).st_size < _MMAP_MIN_BYTES:
