@@ -5,9 +5,13 @@ A training batch touches a few dozen chunks. Read one window at a time through
 zarr's per-call work (indexers, a codec pipeline per chunk, a thread hop per
 decode, an output assembled and then copied again). Here a whole batch is one
 round trip: every chunk that any window of any array touches is fetched in one
-``asyncio.gather`` (all requests in flight at once on object storage), each
-chunk is decoded once, even where windows share it, into a reused scratch
-buffer, and its pieces are copied straight into the caller's output arrays.
+``asyncio.gather`` (all requests in flight at once on object storage; local
+chunk files are memory-mapped as they are decoded), each chunk is decoded once,
+even where windows share it, and its pieces are copied straight into the
+caller's output arrays. A reader keeps the chunks it decoded last (checksum
+checked, least recently used out), so consecutive batches of one scene decode
+a shared chunk once; a chunk that is a window's piece as a whole is decoded
+straight into the output.
 
 The fast path covers the codec chain our stores are written with (``bytes``
 in native byte order + ``blosc`` + ``crc32c``, regular chunks, no sharding;
