@@ -323,6 +323,12 @@ def main() -> None:
     ap.add_argument("--link-mbit", type=float, default=1000.0,
                     help="bandwidth of the emulated link for the staging comparison (default 1000 Mbit/s)")
     ap.add_argument("--link-rtt-ms", type=float, default=10.0, help="its round-trip time (default 10 ms)")
+    ap.add_argument("--local-only", action="store_true",
+                    help="only the local patch throughput: ours on local Zarr, the reference and the decode "
+                         "ceiling, side by side (no S3, staging, xbatcher or transport rows; minutes, not tens)")
+    ap.add_argument("--link-throughput", action="store_true",
+                    help="only the random regime from S3 through the emulated link (--link-mbit, --link-rtt-ms) with "
+                         "the largest --workers: payload MB/s as a fraction of the link's capacity")
     ap.add_argument("--out", default="benchmarks/results/performance.json")
     ap.add_argument("--plot", default=None, help="also write a bar chart PNG here")
     args = ap.parse_args()
@@ -351,6 +357,12 @@ def main() -> None:
             {"data set": "cloudmask (sen3 layout)", "original_bytes": dir_bytes(sen3), "store_bytes": dir_bytes(sen3_store)},
         ]
 
+        if args.local_only:
+            local_only(args, results, store, files, worker_counts)
+            return finish(results, args)
+        if args.link_throughput:
+            results["link"] = link_throughput(args, store, max(worker_counts))
+            return finish(results, args)
         with moto_server() as endpoint:
             so = storage_options(endpoint)
             import s3fs
@@ -455,7 +467,125 @@ def main() -> None:
                 }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    finish(results, args)
 
+
+def random_items(scenes: int) -> list:
+    """The random regime's patches: 20 random windows per scene, shuffled across scenes."""
+    items = plan_patches(range(scenes), (1200, 1500), PatchSpec("random", 256, 20, seed=3))
+    return [items[i] for i in np.random.default_rng(0).permutation(len(items))]
+
+
+def local_only(args, results: dict, store: Path, files: list[str], worker_counts: list[int]) -> None:
+    """Ours on local Zarr, the reference and the decode ceiling, interleaved per repeat (``--local-only``).
+
+    Each repeat measures the ceiling, ours and the reference back to back, so each ratio is
+    taken under the same machine load; the median ratio over repeats is reported."""
+    rand_items = random_items(args.scenes)
+    fixed_items = plan_patches(range(args.scenes), (1200, 1500), PatchSpec("fixed"))
+    rows, results["ceilings"], results["local_repeats"] = results["rows"], {}, []
+    results["load_average_before"] = os.getloadavg()
+    for regime, items in (("fixed", fixed_items), ("random", rand_items)):
+        objects = touched_objects(items, store)
+        for workers in worker_counts:
+            cells: dict[str, list[float]] = {"ceiling": [], "ours": [], "reference": []}
+            for _ in range(args.repeats):
+                cells["ceiling"].append(decode_ceiling(store, objects)["patches_per_s"])
+                ds = CloudMaskPatches(str(store), spec=PatchSpec("fixed") if regime == "fixed" else PatchSpec("random", 256, 20, seed=3))
+                if regime == "random":
+                    ds.items = rand_items
+                else:
+                    ds = ScenePatchStream(ds, seed=3)
+                first, secs, n = epoch(our_loader(ds, workers, shuffle=regime == "random"))
+                cells["ours"].append(steady_rate(first, secs, n, epoch.first_size))  # type: ignore[attr-defined]
+                ref = ReferenceFixed(files) if regime == "fixed" else ReferenceRandom(files, rand_items)
+                first, secs, n = epoch(plain_loader(ref, workers, shuffle=regime == "random"))
+                cells["reference"].append(steady_rate(first, secs, n, epoch.first_size))  # type: ignore[attr-defined]
+                rep = {k: v[-1] for k, v in cells.items()}
+                results["local_repeats"].append({"regime": regime, "workers": workers, **rep, "load": os.getloadavg()[0]})
+                print(f"{regime:>6} {workers}w | ceiling {rep['ceiling']:7.1f} | ours {rep['ours']:7.1f} "
+                      f"({100 * rep['ours'] / rep['ceiling']:5.1f}% of the ceiling) | reference {rep['reference']:6.1f} "
+                      f"(ours {rep['ours'] / rep['reference']:5.1f}x) | load {os.getloadavg()[0]:.1f}", flush=True)
+            for name, key in (("ours, local Zarr", "ours"), ("reference (h5py whole product)", "reference")):
+                rows.append({"regime": regime, "loader": name, "workers": workers,
+                             "samples_per_s": float(np.median(cells[key])), "all_samples_per_s": cells[key]})
+            results["ceilings"].setdefault(regime, {})["decode_local"] = {"patches_per_s": float(np.median(cells["ceiling"]))}
+    results["load_average_after"] = os.getloadavg()
+
+
+def batch_payload(store: Path, data: CloudMaskPatches, stream: ScenePatchStream) -> list[int]:
+    """Bytes each batch of ``stream`` fetches: its distinct chunk objects (one GET each), by their sizes."""
+    objects = touched_objects(data.items, store)
+    return [sum((store / key).stat().st_size for key in {key for i in batch for key in objects[int(i)]})
+            for batch in stream.batches()]
+
+
+def link_throughput(args, store: Path, workers: int) -> dict:
+    """The random regime from S3 through the emulated link, ``workers`` DataLoader workers.
+
+    Payload: the bytes of the chunk objects each batch fetches (its distinct chunks, one GET
+    each), over the time from the first batch to the last (the first batch's bytes left out,
+    as its time is). Beside it, through the same link and server, concurrent raw GETs of the
+    same objects (what the link and the server deliver with nothing else to do)."""
+    import s3fs
+
+    from scibench_data.storage.publish import PublishOptions, publish
+
+    rate = args.link_mbit * 1e6 / 8
+    out: dict = {"link_mbit": args.link_mbit, "rtt_ms": args.link_rtt_ms, "workers": workers, "epochs": []}
+    with moto_server() as endpoint:
+        so = storage_options(endpoint)
+        s3fs.S3FileSystem(**so).mkdir("bench")
+        publish("cloudmask_ds1", StoreLocation(str(store)), "s3://bench/pub", storage_options=so,
+                options=PublishOptions(progress=False))
+        with emulated_link(endpoint, (args.link_mbit, args.link_rtt_ms)) as link:
+            lso = storage_options(link)
+            os.environ.update({"AWS_ACCESS_KEY_ID": so["key"], "AWS_SECRET_ACCESS_KEY": so["secret"], "AWS_ENDPOINT_URL": link})
+            start_worker_server(wait=True)
+            _, loc = catalog_location(lso)
+            data = CloudMaskPatches(loc, spec=PatchSpec("random", 256, 20, seed=3))
+            data.items = random_items(args.scenes)
+            stream = ScenePatchStream(data, seed=0)
+            sizes = batch_payload(store, data, stream)
+            for _ in range(args.repeats):
+                loader = patch_loader(stream, BATCH, num_workers=workers, shuffle=True)
+                t0, first, n = time.perf_counter(), None, 0
+                for image, _ in loader:
+                    n += 1
+                    if first is None:
+                        first = time.perf_counter()
+                dt = time.perf_counter() - first
+                payload = sum(sizes) - sizes[0]  # batches come in order; the first one's time is left out
+                out["epochs"].append({"seconds_after_first_batch": dt, "first_batch_s": first - t0, "batches": n,
+                                      "payload_MB": payload / 1e6, "payload_MBps": payload / dt / 1e6,
+                                      "fraction_of_link": payload / dt / rate, "load": os.getloadavg()[0]})
+                print(f"link | {workers} workers | payload {payload / dt / 1e6:6.1f} MB/s = "
+                      f"{100 * payload / dt / rate:5.1f}% of {args.link_mbit:g} Mbit/s | load {os.getloadavg()[0]:.1f}", flush=True)
+            fs = s3fs.S3FileSystem(**lso, skip_instance_cache=True)
+            objects = touched_objects(data.items, store)
+            per_batch = [sorted({key for i in batch for key in objects[int(i)]}) for batch in stream.batches()]
+            raw = get_ceiling(fs, loc.url.removeprefix("s3://"), per_batch)
+            out["raw_get_through_link"] = raw
+            print(f"link | raw concurrent GETs of the same objects through the link: {raw['MBps']:.1f} MB/s = "
+                  f"{100 * raw['MBps'] * 1e6 / rate:.1f}% of the link", flush=True)
+        fs = s3fs.S3FileSystem(**so, skip_instance_cache=True)
+        out["raw_get_loopback"] = get_ceiling(fs, loc.url.removeprefix("s3://"), per_batch)
+        print(f"link | the same GETs on loopback (no link): {out['raw_get_loopback']['MBps']:.1f} MB/s", flush=True)
+    return out
+
+
+def finish(results: dict, args) -> None:
+    if "link" in results:
+        lk = results["link"]
+        fr = [e["fraction_of_link"] for e in lk["epochs"]]
+        print(f"\nrandom regime over {lk['link_mbit']:g} Mbit/s, {lk['rtt_ms']:g} ms with {lk['workers']} workers: payload "
+              f"{np.median([e['payload_MBps'] for e in lk['epochs']]):.1f} MB/s, {100 * np.median(fr):.1f}% of the link "
+              f"(per epoch: {', '.join(f'{100 * f:.1f}%' for f in fr)}); raw GETs through the link "
+              f"{100 * lk['raw_get_through_link']['MBps'] * 1e6 / (lk['link_mbit'] * 1e6 / 8):.1f}%, on loopback "
+              f"{lk['raw_get_loopback']['MBps']:.1f} MB/s")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        return
     report(results)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
@@ -488,11 +618,26 @@ def report(results: dict) -> None:
             s3 = _rate(rows, reg, "ours, S3", w)
             print(f"  {reg:>6} {w}w: ours local / reference = {ours / ref:6.1f}x, ours S3 / reference = {s3 / ref:6.1f}x")
     for reg, c in results["ceilings"].items():
-        dec, get = c["decode_local"]["patches_per_s"], c["get_s3"]["patches_per_s"]
-        print(f"  {reg:>6}: decode ceiling {dec:7.1f} patches/s; ours local "
-              + ", ".join(f"{w}w {100 * _rate(rows, reg, 'ours, local Zarr', w) / dec:5.1f}%" for w in workers)
-              + f" | raw-GET ceiling {get:7.1f} patches/s; ours S3 "
-              + ", ".join(f"{w}w {100 * _rate(rows, reg, 'ours, S3', w) / get:5.1f}%" for w in workers))
+        dec = c["decode_local"]["patches_per_s"]
+        line = (f"  {reg:>6}: decode ceiling {dec:7.1f} patches/s; ours local "
+                + ", ".join(f"{w}w {100 * _rate(rows, reg, 'ours, local Zarr', w) / dec:5.1f}%" for w in workers))
+        if "get_s3" in c:
+            get = c["get_s3"]["patches_per_s"]
+            line += (f" | raw-GET ceiling {get:7.1f} patches/s; ours S3 "
+                     + ", ".join(f"{w}w {100 * _rate(rows, reg, 'ours, S3', w) / get:5.1f}%" for w in workers))
+        print(line)
+    if "local_repeats" in results:
+        print("  (medians of the repeats; per repeat, measured back to back:)")
+        for regime in ("fixed", "random"):
+            for w in workers:
+                reps = [r for r in results["local_repeats"] if (r["regime"], r["workers"]) == (regime, w)]
+                print(f"  {regime:>6} {w}w: % of ceiling per repeat "
+                      + " ".join(f"{100 * r['ours'] / r['ceiling']:.0f}" for r in reps)
+                      + f" (median {np.median([100 * r['ours'] / r['ceiling'] for r in reps]):.0f}%); x reference per repeat "
+                      + " ".join(f"{r['ours'] / r['reference']:.1f}" for r in reps)
+                      + f" (median {np.median([r['ours'] / r['reference'] for r in reps]):.1f}x)")
+        print(f"  load average before {results['load_average_before']}, after {results['load_average_after']}")
+        return
     for reg, r in results.get("requests_per_patch", {}).items():
         get = results["ceilings"][reg]["get_s3"]["requests_per_s"]
         print(f"  {reg:>6}: S3 requests per patch: {r['per_patch_objects']:.1f} touched, ours {r['ours']:.2f} "

@@ -5,9 +5,13 @@ A training batch touches a few dozen chunks. Read one window at a time through
 zarr's per-call work (indexers, a codec pipeline per chunk, a thread hop per
 decode, an output assembled and then copied again). Here a whole batch is one
 round trip: every chunk that any window of any array touches is fetched in one
-``asyncio.gather`` (all requests in flight at once on object storage), each
-chunk is decoded once, even where windows share it, into a reused scratch
-buffer, and its pieces are copied straight into the caller's output arrays.
+``asyncio.gather`` (all requests in flight at once on object storage; local
+chunk files are memory-mapped as they are decoded), each chunk is decoded once,
+even where windows share it, and its pieces are copied straight into the
+caller's output arrays. A reader keeps the chunks it decoded last (checksum
+checked, least recently used out), so consecutive batches of one scene decode
+a shared chunk once; a chunk that is a window's piece as a whole is decoded
+straight into the output.
 
 The fast path covers the codec chain our stores are written with (``bytes``
 in native byte order + ``blosc`` + ``crc32c``, regular chunks, no sharding;
@@ -29,11 +33,13 @@ import itertools
 import mmap
 import os
 import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import zarr
+from numcodecs import blosc
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
@@ -45,6 +51,9 @@ from scibench_data.storage.regions import chunks_touched
 Slices = tuple[slice, ...]  # one step-1 slice per dimension
 _MMAP_MIN_BYTES = 256 * 1024
 _MMAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # fault all pages in at once (Linux)
+ABSENT = object()  # a local chunk file that does not exist (read_local)
+KEEP_DECODED_BYTES = 96 << 20  # decoded chunks a reader keeps for the next reads: about one batch's
+KEEP_DECODED_CHUNKS = 48
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,9 @@ class ChunkReader:
         self._local_root = _local_dir(self.array.store_path) if self.fast else None
         self._scratch: np.ndarray | None = None
         self._inventory: Inventory | None = None  # read on the first absent chunk
+        self._kept: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()  # decoded, checksum checked
+        nbytes = int(np.prod(self.chunks)) * self.dtype.itemsize
+        self.keep = min(KEEP_DECODED_BYTES // max(nbytes, 1), KEEP_DECODED_CHUNKS) if self.fast else 0
 
     @property
     def name(self) -> str:
@@ -150,16 +162,16 @@ class ChunkReader:
             raise err
         return None
 
-    def decode(self, raw, coords: tuple[int, ...] | None = None) -> np.ndarray:
-        """A chunk's values in a scratch buffer reused by the next call (copy out what you keep).
-        ``coords`` names the chunk in errors."""
-        if self._scratch is None:
-            self._scratch = np.empty(self.chunks, self.dtype)
+    def decode(self, raw, coords: tuple[int, ...] | None = None, into: np.ndarray | None = None) -> np.ndarray:
+        """A chunk's values in ``into`` (C-contiguous, the chunk's shape and dtype) or, without it, in a
+        scratch buffer reused by the next call (copy out what you keep). ``coords`` names the chunk in errors."""
+        if into is None:
+            if self._scratch is None:
+                self._scratch = np.empty(self.chunks, self.dtype)
+            into = self._scratch
         if raw is None:
-            self._scratch.fill(self.fill_value)
-            return self._scratch
-        from numcodecs import blosc
-
+            into.fill(self.fill_value)
+            return into
         view = payload = None
         try:
             view = raw if isinstance(raw, np.ndarray) else np.frombuffer(raw, np.uint8)
@@ -171,16 +183,46 @@ class ChunkReader:
                 raise
             header = bytes(payload[:16])  # blosc1 header: ..., uncompressed size as uint32 LE at bytes 4-8
             n = int.from_bytes(header[4:8], "little") if len(header) == 16 else -1
-            if n != self._scratch.nbytes:
-                raise ValueError(f"chunk holds {n} bytes, expected {self._scratch.nbytes} for chunk shape {self.chunks}")
-            blosc.decompress(payload, self._scratch)  # releases the GIL; raises on a corrupt frame
+            if n != into.nbytes:
+                raise ValueError(f"chunk holds {n} bytes, expected {into.nbytes} for chunk shape {self.chunks}")
+            blosc.decompress(payload, into)  # releases the GIL; raises on a corrupt frame
         finally:
             del view, payload  # an mmap cannot close while NumPy views of it exist
             _close(raw)
-        return self._scratch
+        return into
+
+    def read_local(self, coords: tuple[int, ...]):
+        """A chunk's stored bytes from a local directory store, read synchronously as it is decoded,
+        or :data:`ABSENT` where the file does not exist (resolve with :meth:`_absent`)."""
+        if self._local_root is None:
+            raise ValueError(f"{self.name}: not a local directory store; fetch its chunks instead")
+        try:
+            with open(os.path.join(self._local_root, self.chunk_key(coords)), "rb") as f:
+                if os.fstat(f.fileno()).st_size < _MMAP_MIN_BYTES:
+                    return f.read()
+                return mmap.mmap(f.fileno(), 0, flags=_MMAP_FLAGS, prot=mmap.PROT_READ)
+        except FileNotFoundError:
+            return ABSENT
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_scratch": None, "_inventory": None}
+        return {**self.__dict__, "_scratch": None, "_inventory": None, "_kept": OrderedDict()}
+
+    def kept(self, coords: tuple[int, ...]) -> np.ndarray | None:
+        """A chunk's values decoded by an earlier read and still kept (least recently used go first), else None."""
+        values = self._kept.get(coords)
+        if values is not None:
+            self._kept.move_to_end(coords)
+        return values
+
+    def decode_kept(self, raw, coords: tuple[int, ...]) -> np.ndarray:
+        """:meth:`decode` into a buffer kept for later reads (the least recently used one is reused
+        once :attr:`keep` chunks are kept); into the scratch buffer where nothing is kept."""
+        if self.keep < 1:
+            return self.decode(raw, coords)
+        buf = self._kept.popitem(last=False)[1] if len(self._kept) >= self.keep else np.empty(self.chunks, self.dtype)
+        values = self.decode(raw, coords, into=buf)  # raises before the chunk is kept: a bad chunk is never kept
+        self._kept[coords] = values
+        return values
 
 
 def _close(raw) -> None:
@@ -239,12 +281,69 @@ async def _zarr_read(reader: ChunkReader, region: Slices):
         raise ChunkChecksumError(f"{where}: crc32c checksum mismatch ({err})") from err
 
 
+_POOL_MIN_BYTES = 1 << 20
+_POOL_SIZE = 4  # buffers kept per shape and dtype
+_BUFFERS: dict[tuple, list[np.ndarray]] = {}
+_BUFFERS_PID: list[int] = [os.getpid()]
+
+
+def batch_buffer(shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:
+    """An uninitialised array for a batch: one of a few kept per shape whose earlier user has let go
+    of it (no reference left but the pool's, so no tensor, view or storage of it is alive), else new.
+
+    A fresh 38 MB batch from ``np.empty`` / ``torch.empty`` is a new anonymous mapping each time,
+    faulted in 4 KiB page by page as it is filled: measured here, that cost about as much per patch
+    as decoding its chunks (huge pages were measured slower still). ``torch.from_numpy`` of the
+    array holds a reference for as long as the tensor's storage lives, so a batch still held
+    anywhere is never handed out again."""
+    dtype = np.dtype(dtype)
+    if int(np.prod(shape)) * dtype.itemsize < _POOL_MIN_BYTES:
+        return np.empty(shape, dtype)
+    if _BUFFERS_PID[0] != os.getpid():  # a forked child: its own pool
+        _BUFFERS.clear()
+        _BUFFERS_PID[0] = os.getpid()
+    pool = _BUFFERS.setdefault((tuple(shape), dtype.str), [])
+    for buf in pool:
+        if sys.getrefcount(buf) == 3:  # the pool's list, this loop's name and getrefcount's argument
+            return buf
+    buf = np.empty(shape, dtype)
+    if len(pool) < _POOL_SIZE:
+        pool.append(buf)
+    return buf
+
+
+def _whole(piece: Piece, chunks: tuple[int, ...]) -> bool:
+    return all(sl.start == 0 and sl.stop == n for sl, n in zip(piece.src, chunks))
+
+
+def _assemble(reader: ChunkReader, coords: tuple[int, ...], raw, users: list[tuple[np.ndarray, Piece]]) -> None:
+    """Decode one chunk (checksum first) and copy its pieces into every window that needs it.
+
+    A chunk that is one window's piece as a whole, landing in a contiguous output of its dtype,
+    is decoded straight into that output (no scratch copy); others are decoded into a buffer the
+    reader keeps for the next reads (:meth:`ChunkReader.decode_kept`)."""
+    if len(users) == 1 and raw is not None:
+        out, piece = users[0]
+        dst = out[piece.dst]
+        if _whole(piece, reader.chunks) and dst.dtype == reader.dtype and dst.flags.c_contiguous:
+            reader.decode(raw, coords, into=dst.reshape(reader.chunks))
+            return
+    _put(reader.decode_kept(raw, coords), users)
+
+
+def _put(values: np.ndarray, users: list[tuple[np.ndarray, Piece]]) -> None:
+    for out, piece in users:
+        out[piece.dst] = values[piece.src]
+
+
 def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> None:
     """Fill each ``out`` with its array's ``region`` (``out.shape`` == the region's shape;
     the output dtype may differ, values are cast as by assignment).
 
-    All chunks of all requests are fetched in one concurrent round; each is
-    decoded once and its pieces copied to every window that needs it.
+    All chunks of all requests not on local disk are fetched in one concurrent round (local chunk
+    files are read, or mapped, as they are decoded: no event-loop round trip); each chunk's CRC-32C
+    is checked, it is decoded once (blosc's own threads use every core) and its pieces are copied
+    to every window that needs it.
     """
     for reader, region, out in requests:
         reader.check(region)
@@ -259,24 +358,33 @@ def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> 
         readers[id(reader)] = reader
         for piece in window_pieces(region, reader.chunks):
             users.setdefault((id(reader), piece.chunk), []).append((out, piece))
-    keys = list(users)
+    for key in list(users):  # decoded by an earlier read (the previous batch of the same scene): no fetch, no decode
+        values = readers[key[0]].kept(key[1])
+        if values is not None:
+            _put(values, users.pop(key))
+    remote = [k for k in users if readers[k[0]]._local_root is None]
 
     async def fetch_all():
-        return await asyncio.gather(*(readers[rid].fetch(c) for rid, c in keys),
+        return await asyncio.gather(*(readers[rid].fetch(c) for rid, c in remote),
                                     *(_zarr_read(r, reg) for r, reg, _ in slow), return_exceptions=True)
 
-    got = sync(fetch_all())
+    got = sync(fetch_all()) if remote or slow else []
+    fetched = dict(zip(remote, got))
+    raw = None
     try:
         failed = next((g for g in got if isinstance(g, BaseException)), None)
         if failed is not None:
             raise failed
-        for (rid, chunk), raw in zip(keys, got):
-            values = readers[rid].decode(raw, chunk)
-            for out, piece in users[(rid, chunk)]:
-                out[piece.dst] = values[piece.src]
-    finally:  # a failed chunk leaves the later ones' mappings open otherwise
-        for raw in got[:len(keys)]:
-            if not isinstance(raw, BaseException):
-                _close(raw)
-    for (_, _, out), values in zip(slow, got[len(keys):]):
+        for key, chunk_users in users.items():
+            reader, chunk = readers[key[0]], key[1]
+            raw = fetched.pop(key) if key in fetched else reader.read_local(chunk)
+            if raw is ABSENT:  # no such file: fill, or MissingChunkError where the manifest lists it
+                raw = sync(reader._absent(chunk))
+            _assemble(reader, chunk, raw, chunk_users)  # closes raw (decode does)
+    finally:  # a failed chunk leaves the others' mappings open otherwise
+        _close(raw)
+        for r in fetched.values():
+            if not isinstance(r, BaseException):
+                _close(r)
+    for (_, _, out), values in zip(slow, got[len(remote):]):
         out[...] = np.asarray(values).reshape(out.shape)

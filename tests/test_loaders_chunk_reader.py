@@ -130,3 +130,100 @@ def test_a_corrupt_chunk_raises(tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:-40])  # cut short
     with pytest.raises(RuntimeError, match="blosc"):
         read_regions([(ChunkReader(smooth), (slice(0, 4), slice(0, 4)), np.empty((4, 4), np.float32))])
+
+
+def _checksummed(root, shape=(2, 3, 16, 12), chunks=(1, 3, 8, 6)):
+    """A float32 array with our stores' full chain (blosc + crc32c), values written."""
+    from zarr.codecs import Crc32cCodec
+
+    arr = zarr.create_array(root, shape=shape, chunks=chunks, dtype="float32", fill_value=np.nan,
+                            compressors=[DEFAULT_CODEC.compressor(4), Crc32cCodec()])
+    arr[...] = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    return arr
+
+
+def _flip(path, at=-9):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+WHOLE = (slice(1, 2), slice(0, 3), slice(8, 16), slice(6, 12))  # exactly chunk (1, 0, 1, 1)
+PART = (slice(1, 2), slice(0, 3), slice(5, 11), slice(4, 9))  # four chunks, (1, 0, 1, 1) among them
+
+
+def test_whole_chunks_decode_straight_into_the_output_with_zarrs_values(tmp_path):
+    arr = _checksummed(tmp_path / "a")
+    reader = ChunkReader(arr)
+    assert reader.fast and reader.checksum and reader._local_root is not None
+    whole, part, cast = np.empty((1, 3, 8, 6), np.float32), np.empty((1, 3, 6, 5), np.float32), np.empty((1, 3, 8, 6))
+    # the same chunk in a whole window (decoded into it), in a partial one, and cast to float64
+    read_regions([(reader, WHOLE, whole), (reader, PART, part), (reader, WHOLE, cast)])
+    np.testing.assert_array_equal(whole, arr[WHOLE])
+    np.testing.assert_array_equal(part, arr[PART])
+    np.testing.assert_array_equal(cast, arr[WHOLE].astype(np.float64))
+    alone = np.empty((1, 3, 8, 6), np.float32)
+    read_regions([(reader, WHOLE, alone)])  # its only user: decoded straight into the output
+    np.testing.assert_array_equal(alone, arr[WHOLE])
+
+
+@pytest.mark.parametrize("region", [WHOLE, PART], ids=["decoded-into-the-output", "decoded-into-scratch"])
+@pytest.mark.parametrize("where", ["local", "store-api"])
+def test_a_flipped_byte_raises_on_every_fast_path(tmp_path, region, where):
+    from scibench_data.storage.integrity import ChunkChecksumError
+
+    arr = _checksummed(tmp_path / "a")
+    _flip(tmp_path / "a/c/1/0/1/1")
+    if where == "store-api":  # the same files through the store's own get (as object storage is read)
+        arr = zarr.open_array(zarr.storage.MemoryStore({k: zarr.core.buffer.cpu.Buffer.from_bytes(p.read_bytes())
+                                                       for k, p in _files(tmp_path / "a")}), mode="r")
+    reader = ChunkReader(arr)
+    assert reader.fast and reader.checksum and (reader._local_root is None) == (where == "store-api")
+    out = np.zeros(region_shape(region), np.float32)
+    with pytest.raises(ChunkChecksumError, match=r"chunk c/1/0/1/1: crc32c checksum mismatch"):
+        read_regions([(reader, region, out)])
+
+
+def _files(root):
+    return [(str(p.relative_to(root)), p) for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+def test_batch_buffers_are_reused_only_once_nothing_holds_them():
+    import torch
+
+    from loaders import chunk_reader
+    from loaders.chunk_reader import batch_buffer
+
+    shape = (4, 9, 64, 128)  # over the pooling size
+    first = torch.from_numpy(batch_buffer(shape, np.float32))
+    first.fill_(1.0)
+    second = batch_buffer(shape, np.float32)
+    assert not np.shares_memory(second, first.numpy())  # the first batch's tensor is alive
+    view = first[2]
+    del first
+    assert not np.shares_memory(batch_buffer(shape, np.float32), view.numpy())  # a view keeps its storage
+    del view, second
+    again = batch_buffer(shape, np.float32)
+    assert again.shape == shape and again.dtype == np.float32
+    assert any(again is kept for kept in chunk_reader._BUFFERS[(shape, "<f4")])  # handed out again
+
+
+def test_a_chunk_kept_from_the_previous_read_gives_zarrs_values_and_a_flipped_one_still_raises(tmp_path):
+    """Consecutive reads (batches of one scene) reuse chunks decoded by the read before; only chunks
+    whose checksum was checked are kept, and a damaged chunk among them still raises."""
+    from scibench_data.storage.integrity import ChunkChecksumError
+
+    arr = _checksummed(tmp_path / "a")
+    reader = ChunkReader(arr)
+    first = np.empty(region_shape(PART), np.float32)
+    read_regions([(reader, PART, first)])
+    assert (1, 0, 1, 1) in reader._kept  # decoded once, kept for the next read
+    later = (slice(1, 2), slice(0, 3), slice(9, 16), slice(2, 12))  # shares chunks with PART, and new ones
+    out = np.empty(region_shape(later), np.float32)
+    read_regions([(reader, later, out)])
+    np.testing.assert_array_equal(first, arr[PART])
+    np.testing.assert_array_equal(out, arr[later])
+    _flip(tmp_path / "a/c/0/0/0/0")  # never read yet
+    with pytest.raises(ChunkChecksumError, match=r"chunk c/0/0/0/0: crc32c checksum mismatch"):
+        read_regions([(reader, (slice(0, 1), slice(0, 3), slice(0, 12), slice(0, 8)), np.empty((1, 3, 12, 8), np.float32))])
+    assert (0, 0, 0, 0) not in reader._kept
