@@ -34,13 +34,13 @@ import numcodecs
 import numpy as np
 import pandas as pd
 
+from scibench_data.datasets.uno import SPLITS
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.pickle_literal import UnsafePickleError, literal_from_pickle
 
 Layout = Literal["export", "raw"]
 LAYOUTS: tuple[str, ...] = ("export", "raw")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 EXPORT_NAME = "top_21_auc_1fold.uno.h5"
 N_GENES = 942
 N_DESCRIPTORS = 5270
@@ -97,17 +97,6 @@ class Responses:
         for name in ("cell", "drug", "split", "source_row"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"responses: {name} has {len(getattr(self, name))} rows, auc has {n}")
-
-
-def split_codes(n: int, seed: int) -> np.ndarray:
-    """Split codes (0 train, 1 val, 2 test) for ``n`` rows: a seeded 80/10/10 shuffle of the rows,
-    the proportions of the MLCommons export (423,952 / 52,994 / 52,994)."""
-    perm = np.random.default_rng([seed, 55]).permutation(n)
-    split = np.zeros(n, np.int8)
-    n_val = n // 10
-    split[perm[n - 2 * n_val: n - n_val]] = 1
-    split[perm[n - n_val:]] = 2
-    return split
 
 
 # --------------------------------------------------------------------------- layout export

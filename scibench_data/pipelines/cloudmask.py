@@ -23,6 +23,7 @@ from reference_models.training import (
 )
 from reference_models.unet import UNet, n_parameters
 from scibench_data.catalog import entry_location, open_catalog
+from scibench_data.datasets.cloudmask import PATCH, SPLIT_SEED, VAL_FRACTION, split_scenes
 from scibench_data.pipelines import (
     epoch_desc, epochs_to_run, is_synthetic, new_run, predictions_path, raw_dir,
 )
@@ -47,9 +48,9 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     seed: int = 1234
-    split_seed: int = 42
-    val_fraction: float = 0.2
-    patch: int = 256
+    split_seed: int = SPLIT_SEED
+    val_fraction: float = VAL_FRACTION
+    patch: int = PATCH
     mode: str = "fixed"
     patches_per_scene: int = 20
     num_workers: int = 0
@@ -70,18 +71,6 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.patch % 8:
             raise ValueError(f"patch must be a multiple of 8 for the U-Net, got {self.patch}")
-
-
-def split_scenes(splits: np.ndarray, val_fraction: float, seed: int) -> dict[str, list[int]]:
-    """80/20 of the training scenes by file (seeded); test = the inference scenes, if any,
-    else the validation scenes."""
-    splits = np.array([str(s) for s in np.asarray(splits).ravel()])
-    training = np.flatnonzero(splits != "inference")
-    inference = np.flatnonzero(splits == "inference")
-    order = np.random.default_rng(seed).permutation(training)
-    n_val = int(round(len(order) * val_fraction)) if len(order) > 1 else 0
-    val, train = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
-    return {"train": train, "validation": val, "test": sorted(inference.tolist()) or val}
 
 
 def _open(root: str | None, entry: str):
@@ -184,7 +173,7 @@ def load_model(path: str | Path) -> tuple[UNet, dict]:
     return model, ckpt
 
 
-def predict_scene(model: UNet, image: np.ndarray, patch: int = 256, stride: int = 176, batch: int = 8) -> np.ndarray:
+def predict_scene(model: UNet, image: np.ndarray, patch: int = PATCH, stride: int = 176, batch: int = 8) -> np.ndarray:
     """Cloud probability of a whole normalised scene ``(9, H, W)``: reference inference tiling."""
     h, w = image.shape[1:]
     tiles, padding = inference_tiles(h, w, patch, stride)
