@@ -21,6 +21,8 @@ import numpy as np
 
 DIRECTIONS = ("higher", "lower")
 AGGREGATES = ("per_sample_mean", "whole_set")
+#: A mapping or ``(key, value)`` pairs when given; stored as a tuple of pairs (hashable, ordered).
+Pairs = Any
 _FN_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -66,7 +68,7 @@ class Metric:
     name: str
     direction: str
     fn: str
-    kwargs: tuple[tuple[str, Any], ...] = ()
+    kwargs: Pairs = ()
     truth_first: bool = False
     description: str = ""
 
@@ -131,8 +133,8 @@ class Reference:
     """The reference implementation: model, its settings, and published values with their source."""
 
     model: str
-    settings: tuple[tuple[str, Any], ...] = ()
-    values: tuple[tuple[str, float], ...] = ()
+    settings: Pairs = ()
+    values: Pairs = ()
     source: str = ""
     time_to_solution_s: float | None = None  # as published, when known
 
@@ -159,6 +161,9 @@ class Benchmark:
     split_rule: str = ""
     notes: str = ""
     truth: str = ""  # "module:function" returning the test split's Truth of the entry's dataset
+    command: str = ""  # the data set's name in ``scibench-data run <command>``
+    run_model: str = ""  # the model file a ``scibench-data run`` output folder holds
+    predict: str = ""  # "module:function" (model_path, out, root) -> Path: test predictions of a model
     metric_index: dict[str, Metric] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -174,8 +179,10 @@ class Benchmark:
         unknown = [k for k, _ in self.reference.values if k.split("_", 1)[-1] not in names and k not in names]
         if unknown:
             raise ValueError(f"benchmark {self.name}: reference values for unknown metrics {unknown}")
-        if self.truth and not _FN_PATH.match(self.truth):
-            raise ValueError(f"benchmark {self.name}: truth must be 'package.module:function', got {self.truth!r}")
+        for what in ("truth", "predict"):
+            if getattr(self, what) and not _FN_PATH.match(getattr(self, what)):
+                raise ValueError(f"benchmark {self.name}: {what} must be 'package.module:function', "
+                                 f"got {getattr(self, what)!r}")
         object.__setattr__(self, "metric_index", {m.name: m for m in self.metrics})
 
     def metric(self, name: str) -> Metric:

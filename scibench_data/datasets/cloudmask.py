@@ -6,7 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from scibench_data.datasets.base import Benchmark, Metric, PredictionFormat, Reference, Truth, strings
+from scibench_data.datasets.base import (
+    Benchmark,
+    Metric,
+    PredictionFormat,
+    Reference,
+    Truth,
+    strings,
+)
 
 ENTRY = "cloudmask_ds1"
 #: Fraction of the training products held out for validation, and the seed of that draw (sciml-bench).
@@ -23,7 +30,7 @@ def split_scenes(splits: np.ndarray, val_fraction: float = VAL_FRACTION, seed: i
     training = np.flatnonzero(splits != "inference")
     inference = np.flatnonzero(splits == "inference")
     order = np.random.default_rng(seed).permutation(training)
-    n_val = int(round(len(order) * val_fraction)) if len(order) > 1 else 0
+    n_val = round(len(order) * val_fraction) if len(order) > 1 else 0
     val, train = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
     return {"train": train, "validation": val, "test": sorted(inference.tolist()) or val}
 
@@ -68,5 +75,6 @@ BENCHMARKS = (
             source="sciml-bench slstr_cloud (best published test accuracy); MLCommons target 0.9",
             time_to_solution_s=None),
         notes="scores are computed per scene and averaged over scenes (sciml-bench)",
-        truth=f"{__name__}:truth"),
+        truth=f"{__name__}:truth", command="cloudmask", run_model="model.pt",
+        predict="scibench_data.pipelines.cloudmask:predict_model"),
 )

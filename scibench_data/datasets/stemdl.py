@@ -8,7 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from scibench_data.datasets.base import Benchmark, Metric, PredictionError, PredictionFormat, Reference, Truth, strings
+from scibench_data.datasets.base import (
+    Benchmark,
+    Metric,
+    PredictionError,
+    PredictionFormat,
+    Reference,
+    Truth,
+    strings,
+)
 
 #: The 230 space groups plus the unused class 0.
 N_CLASSES = 231
@@ -83,7 +91,8 @@ BENCHMARKS = (
                       "loss": "cross-entropy"},
             values={"top1": 0.57, "macro_f1": 0.43},
             source="MLCommons Science STEMDL baseline (formats.md)"),
-        truth=f"{__name__}:classification_truth"),
+        truth=f"{__name__}:classification_truth", command="stemdl", run_model="model-classification.pt",
+        predict="scibench_data.pipelines.stemdl:predict_model"),
     Benchmark(
         name="stemdl_reconstruction", title="STEMDL projected-potential reconstruction (scibench-data task)",
         entry="stemdl_reconstruction", splits=("train", "dev", "test"), test_split="test", split_rule=_SPLIT_RULE,
@@ -101,5 +110,6 @@ BENCHMARKS = (
             settings={"optimizer": "adamw", "learning_rate": 1e-3, "batch_size": 32},
             values={}, source="no published score; ours are in docs/stemdl.md"),
         notes="no published score exists; the metrics are ours",
-        truth=f"{__name__}:reconstruction_truth"),
+        truth=f"{__name__}:reconstruction_truth", command="stemdl", run_model="model-reconstruction.pt",
+        predict="scibench_data.pipelines.stemdl:predict_model"),
 )

@@ -6,7 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from scibench_data.datasets.base import Benchmark, Metric, PredictionError, PredictionFormat, Reference, Truth
+from scibench_data.datasets.base import (
+    Benchmark,
+    Metric,
+    PredictionError,
+    PredictionFormat,
+    Reference,
+    Truth,
+)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -55,5 +62,6 @@ BENCHMARKS = (
             values={"val_r2": 0.7486, "val_mse": 0.0054, "r2": 0.75},
             source="ECP-CANDLE Benchmarks (val R2 0.7486, val MSE 0.0054; test R2 ~0.75)"),
         notes="the target is the reference validation R2",
-        truth=f"{__name__}:truth"),
+        truth=f"{__name__}:truth", command="uno", run_model="uno_model.pt",
+        predict="scibench_data.pipelines.uno:predict_model"),
 )
