@@ -18,10 +18,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from loaders.common import numpy_batches  # noqa: F401 - re-exported
 from loaders.chunk_reader import read_regions
 from loaders.cloudmask import StoreHandle
-from loaders.sharding import ResumableLoader, ShardedBatches, ShardSpec, distributed_rank
+from loaders.common import numpy_batches  # noqa: F401 - re-exported
+from loaders.sharding import (
+    ResumableLoader,
+    ShardedBatches,
+    ShardSpec,
+    distributed_rank,
+)
 from scibench_data.datasets.stemdl import split_indices
 from scibench_data.formats.stemdl import CLIP_MAX, log_scale
 from scibench_data.storage.location import StoreLocation

@@ -14,6 +14,7 @@ regression, no activation). Input (B, 3, size, size); output (B, 1, size, size).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -55,12 +56,12 @@ class EncoderDecoder(nn.Module):
         w, c = config.widths, config
         self.coarse = config.size // config.factor
         self.down = nn.ModuleList([_double_conv(c.in_channels, w[0])] +
-                                  [_double_conv(a, b) for a, b in zip(w[:-1], w[1:])])
+                                  [_double_conv(a, b) for a, b in pairwise(w)])
         self.pool = nn.MaxPool2d(2)
         self.latent = nn.Sequential(nn.Linear(w[-1], c.latent), nn.ReLU(inplace=True),
                                     nn.Linear(c.latent, c.template_channels * self.coarse**2))
         self.bottleneck = _double_conv(w[-1] + c.template_channels, w[-1])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(w[:-1], w[1:])][::-1])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in pairwise(w)][::-1])
         self.merge = nn.ModuleList([_double_conv(2 * a, a) for a in w[:-1]][::-1])
         self.head = nn.Conv2d(w[0], c.out_channels, 1)
 

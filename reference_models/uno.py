@@ -38,7 +38,7 @@ class UnoModelConfig:
                 "dense": list(self.dense), "dropout": self.dropout}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UnoModelConfig":
+    def from_dict(cls, d: dict) -> UnoModelConfig:
         return cls(n_genes=int(d["n_genes"]), n_descriptors=int(d["n_descriptors"]), tower=tuple(d["tower"]),
                    dense=tuple(d["dense"]), dropout=float(d["dropout"]))
 

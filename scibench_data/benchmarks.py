@@ -17,7 +17,13 @@ import zarr
 from scibench_data.catalog import entry_metadata, open_catalog, store_url
 from scibench_data.datasets import cloudmask, stemdl, uno
 from scibench_data.datasets.base import (
-    AGGREGATES, DIRECTIONS, Benchmark, Metric, PredictionFormat, Reference, Truth,
+    AGGREGATES,
+    DIRECTIONS,
+    Benchmark,
+    Metric,
+    PredictionFormat,
+    Reference,
+    Truth,
 )
 
 __all__ = ["AGGREGATES", "DIRECTIONS", "REGISTRY", "Benchmark", "DataSizes", "Metric", "PredictionFormat", "Reference",

@@ -91,6 +91,8 @@ def open_catalog(path: str | None = None, root: str | None = None, *,
     if root or kwargs:
         raise CatalogError(f"{path}: a catalog we did not ship takes no parameters "
                            f"(got {sorted(kwargs) + (['root'] if root else [])})")
+    if path is None:  # unreachable: None is the shipped catalog (is_shipped); narrows the type
+        raise CatalogError("no catalog path")
     text = read_catalog_text(path, storage_options or {})
     return CheckedCatalog(load_checked(text, path, storage_options or {}, allow_outside=allow_outside),
                           catalog_dir(path))
@@ -101,7 +103,7 @@ def catalog_dir(url: str) -> str:
     url = str(url)
     if "://" in url and not url.startswith("file://"):
         return url.rsplit("/", 1)[0]
-    local = url[len("file://"):] if url.startswith("file://") else url
+    local = url.removeprefix("file://")
     return posixpath.dirname(os.path.abspath(local))
 
 

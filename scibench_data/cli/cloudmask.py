@@ -105,7 +105,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="scenes whose patches are shuffled together (default 1: best read locality)")
 
 
-def register(cli) -> None:  # noqa: ANN001
+def register(cli) -> None:
     p = cli.dataset("generate", "cloudmask", _generate, "synthetic SLSTR products in layout hdf or sen3")
     p.add_argument("--layout", choices=("hdf", "sen3"), required=True)
     p.add_argument("dest", help="folder to write the products into")

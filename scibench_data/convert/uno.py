@@ -41,8 +41,8 @@ import numpy as np
 import xarray as xr
 
 from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
-from scibench_data.formats import SourceFormatError
 from scibench_data.datasets.uno import split_codes
+from scibench_data.formats import SourceFormatError
 from scibench_data.formats.synthetic_marker import find_marker
 from scibench_data.formats.uno import (
     EXPORT_NAME,

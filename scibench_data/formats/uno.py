@@ -160,7 +160,7 @@ class _TableReader:
         try:
             mask, raw = self.ds.id.read_direct_chunk((start,))
             buf = raw if mask & 1 else numcodecs.blosc.decompress(raw)
-        except Exception as err:  # noqa: BLE001 - corrupt chunk: name it
+        except Exception as err:
             raise SourceFormatError(self.path, f"node {self.ds.name!r} rows {start}-{stop}: cannot decode ({err})") from err
         return np.frombuffer(buf, dtype=self.ds.dtype)[: stop - start]
 
@@ -202,7 +202,7 @@ class ExportReader:
         self.path = str(path)
         self._file: h5py.File | None = None
 
-    def __enter__(self) -> "ExportReader":
+    def __enter__(self) -> ExportReader:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
@@ -311,7 +311,7 @@ def export_splits(path: str | Path) -> tuple[str, ...]:
         if not present and split in OPTIONAL_EXPORT_SPLITS:
             continue
         if len(present) != len(nodes):
-            missing = sorted(set(nodes) - set(present))[0]
+            missing = min(set(nodes) - set(present))
             raise SourceFormatError(str(path), f"missing node {missing!r} (found {sorted(keys)})")
         out.append(split)
     return tuple(out)
@@ -487,6 +487,6 @@ def concat_tables(tables: list[FeatureTable], what: str, paths: list[Path]) -> F
     for t, p in zip(tables, paths):
         clash = seen.intersection(t.names)
         if clash:
-            raise SourceFormatError(str(p), f"{what} row {sorted(clash)[0]!r} also appears in another file")
+            raise SourceFormatError(str(p), f"{what} row {min(clash)!r} also appears in another file")
         seen.update(t.names)
     return FeatureTable(tuple(names), first.columns, np.concatenate([t.values for t in tables]))

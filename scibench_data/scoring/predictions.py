@@ -127,10 +127,10 @@ def align(pred_ids: Mapping[str, np.ndarray], truth_ids: Mapping[str, np.ndarray
     positions: dict[tuple, int] = {}
     repeated = []
     for i in range(n_pred):
-        k = key(pred_ids, i)
-        if k in positions:
-            repeated.append(k)
-        positions[k] = i
+        sample = key(pred_ids, i)
+        if sample in positions:
+            repeated.append(sample)
+        positions[sample] = i
     if repeated:
         raise PredictionError(f"{path}: {len(repeated)} repeated sample id(s) in {', '.join(names)}, e.g. {repeated[0]}")
     n_truth = len(truth_ids[names[0]])
@@ -202,7 +202,7 @@ def score_predictions(benchmark: str | Benchmark, predictions: str | Path, root:
         if bool(bad.any()):
             raise PredictionError(f"{predictions}: {fmt.variable} must be in [{lo:g}, {hi:g}] (no NaN)")
     scores = compute_scores(b, values, target)
-    return ScoreResult(b.name, b.entry, b.test_split, int(len(order)), scores, str(predictions))
+    return ScoreResult(b.name, b.entry, b.test_split, len(order), scores, str(predictions))
 
 
 def save_predictions(path: str | Path, benchmark: str | Benchmark, values: np.ndarray, **ids: np.ndarray) -> Path:
@@ -218,7 +218,7 @@ def save_predictions(path: str | Path, benchmark: str | Benchmark, values: np.nd
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npz":
-        np.savez_compressed(path, **arrays)
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         return path
     group = zarr.open_group(str(path), mode="w")
     for k, v in arrays.items():

@@ -33,15 +33,21 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from scibench_data.progress import bar_disable
 from scibench_data.storage.confine import confine
+from scibench_data.storage.hashing import sha256_bytes
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
 from scibench_data.storage.manifest import (
-    MANIFEST_KEY, Manifest, ManifestError, build_manifest, copy_verified, hash_objects, list_objects,
+    MANIFEST_KEY,
+    Manifest,
+    ManifestError,
+    build_manifest,
+    copy_verified,
+    hash_objects,
+    list_objects,
 )
-from scibench_data.storage.hashing import sha256_bytes
 from scibench_data.storage.records import StoreStateError, store_state
-from scibench_data.progress import bar_disable
 
 log = logging.getLogger(__name__)
 

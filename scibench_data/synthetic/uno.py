@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scibench_data.formats.synthetic_marker import write_marker
 from scibench_data.datasets.uno import split_codes
+from scibench_data.formats.synthetic_marker import write_marker
 from scibench_data.formats.uno import (
     DESCRIPTOR_SUFFIX,
     EXPORT_NAME,
