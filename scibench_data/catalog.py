@@ -23,6 +23,18 @@ import fsspec
 import intake
 import yaml
 from intake.catalog.local import YAMLFileCatalog
+from intake.utils import yaml_load
+
+from scibench_data import catalog_path
+from scibench_data.storage.anonymous import ANON_ENV, ANON_TEMPLATE, is_truthy
+from scibench_data.storage.confine import (
+    PathEscapeError,
+    check_chain,
+    check_within,
+    confine,
+    relative_part,
+)
+from scibench_data.storage.location import StoreLocation
 
 ROOT_ENV = "SCIBENCH_DATA_ROOT"
 #: Storage options a catalog we did not ship may set; all else comes from the reader.
@@ -56,8 +68,6 @@ def store_url(entry: str, root: str | None = None, allow_escape: bool = False) -
     An entry name that would leave ``root`` (``..``, an absolute path, a URL) is refused
     with :class:`~scibench_data.storage.confine.PathEscapeError` unless ``allow_escape``.
     """
-    from scibench_data.storage.confine import confine, relative_part
-
     root = root or default_root()
     if not allow_escape:
         relative_part(entry, "catalog entry name", root)
@@ -66,8 +76,6 @@ def store_url(entry: str, root: str | None = None, allow_escape: bool = False) -
 
 def is_shipped(path: str | None) -> bool:
     """Whether ``path`` is the catalog shipped in the package (None means it)."""
-    from scibench_data import catalog_path
-
     if path is None:
         return True
     return "://" not in str(path) and os.path.realpath(str(path)) == os.path.realpath(catalog_path())
@@ -82,8 +90,6 @@ def open_catalog(path: str | None = None, root: str | None = None, *,
     you wrote yourself): the reader's ``storage_options`` (endpoint, credentials) open it and
     every entry's store; the catalog may only add :data:`CATALOG_STORAGE_OPTIONS`.
     """
-    from scibench_data import catalog_path
-
     if is_shipped(path) or trusted:
         so = {"storage_options": dict(storage_options)} if storage_options else {}
         cat = intake.open_catalog(path or catalog_path(), **so, **kwargs)
@@ -109,8 +115,6 @@ def catalog_dir(url: str) -> str:
 
 def read_catalog_text(url: str, storage_options: Mapping[str, Any]) -> str:
     """The catalog's YAML text, read with the reader's options (at most :data:`MAX_CATALOG_BYTES`)."""
-    from scibench_data.storage.confine import check_chain
-
     check_chain(str(url), what="catalog URL")
     with fsspec.open(str(url), "rb", **dict(storage_options)) as f:
         data = f.read(MAX_CATALOG_BYTES + 1)
@@ -143,7 +147,6 @@ def _refuse_templates(value: Any, url: str, where: str) -> None:
 
 def _catalog_options(entry: str, options: Any, url: str) -> dict[str, Any]:
     """The entry's own storage options, allow-listed; ``anon`` becomes a bool."""
-    from scibench_data.storage.publish import ANON_ENV, ANON_TEMPLATE, is_truthy
 
     if options is None:
         return {}
@@ -180,9 +183,7 @@ def load_checked(text: str, url: str, storage_options: Mapping[str, Any] | None 
     reader's ``storage_options``; each ``urlpath`` must lie under the catalog's folder unless
     ``allow_outside``. Anything else a catalog could ask for is a :class:`CatalogError`.
     """
-    from intake.utils import yaml_load
 
-    from scibench_data.storage.confine import PathEscapeError, check_within
 
     try:
         cat = yaml_load(text)
@@ -249,7 +250,6 @@ class CheckedCatalog(YAMLFileCatalog):
 
 def entry_location(cat: intake.catalog.Catalog, name: str):
     """The :class:`StoreLocation` (URL and storage options) behind a catalog entry, as the catalog resolved it."""
-    from scibench_data.storage.location import StoreLocation
 
     if name not in cat:
         raise KeyError(f"catalog has no entry {name!r}; entries: {', '.join(sorted(cat))}")
