@@ -35,7 +35,8 @@ from reference_models.training import (
     is_main_process,
     run_epoch,
 )
-from reference_models.unet import UNet, n_parameters
+from reference_models.layers import n_parameters
+from reference_models.unet import UNet
 from scibench_data.benchmarks import get
 from scibench_data.catalog import default_root, entry_location, open_catalog, store_url
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask

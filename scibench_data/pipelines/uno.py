@@ -31,7 +31,8 @@ from reference_models.training import (
     init_distributed,
     is_main_process,
 )
-from reference_models.uno import UnoModel, UnoModelConfig, n_parameters
+from reference_models.layers import n_parameters
+from reference_models.uno import UnoModel, UnoModelConfig
 from scibench_data.pipelines import (
     epoch_desc,
     epochs_to_run,
