@@ -16,11 +16,11 @@ Timings are the best of three passes.
 from __future__ import annotations
 
 import argparse
-import warnings
 import json
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,6 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
 from scibench_data.storage.integrity import checked_payload
-
 from scibench_data.synthetic.cloudmask import SyntheticCloudMask, draw_truth
 
 
@@ -42,7 +41,7 @@ class Layout:
 
 
 def codecs():
-    blosc = lambda c, l, s: BloscCodec(cname=c, clevel=l, shuffle=BloscShuffle[s], typesize=4)  # noqa: E731
+    blosc = lambda c, l, s: BloscCodec(cname=c, clevel=l, shuffle=BloscShuffle[s], typesize=4)
     return {
         "zstd1+shuffle": [blosc("zstd", 1, "shuffle")],
         "zstd3+shuffle": [blosc("zstd", 3, "shuffle")],
@@ -78,7 +77,8 @@ def write(path: Path, data: np.ndarray, layout: Layout, codec) -> zarr.Array:
     chunks = (1, 9 if layout.channels_inside else 1, layout.tile, layout.tile)
     kwargs: dict = {}
     if codec == "zlib":
-        from zarr.codecs.numcodecs import Shuffle, Zlib as Z
+        from zarr.codecs.numcodecs import Shuffle
+        from zarr.codecs.numcodecs import Zlib as Z
 
         kwargs["compressors"] = [Shuffle(elementsize=4), Z(level=4)]  # netCDF4's shuffle + deflate
     else:
@@ -125,7 +125,7 @@ def codec_decode_MBps(path: Path, codec, layout: Layout) -> float:
 class CrcCheck:
     """The crc32c check of the chunk reader, as a decode step: the chunk without its checksum (no copy)."""
 
-    def decode(self, b):  # noqa: ANN001, ANN201
+    def decode(self, b):
         return checked_payload(np.frombuffer(b, np.uint8), "benchmark chunk")
 
 

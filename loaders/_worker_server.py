@@ -35,7 +35,7 @@ def _import_main() -> None:
         else:
             spawn.import_main_path(path)
     except BaseException:  # noqa: BLE001 - the workers will import it again and say what fails
-        pass
+        return
     finally:
         del process.current_process()._inheriting
 

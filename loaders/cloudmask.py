@@ -22,6 +22,7 @@ from loaders.common import numpy_batches  # noqa: F401 - re-exported
 from loaders.patches import Window, fixed_windows, random_windows
 from loaders.sharding import ResumableLoader, ShardedBatches, ShardSpec, distributed_rank
 from scibench_data.storage.integrity import ChunkIntegrityError
+from scibench_data.datasets.cloudmask import PATCH
 from loaders.workers import worker_context  # noqa: F401 - re-exported: the one start-method choice
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.records import require_complete
@@ -116,7 +117,7 @@ class PatchSpec:
     """Which patches to read: ``mode`` ``"fixed"`` (the reference's) or ``"random"``."""
 
     mode: str = "fixed"
-    patch: int = 256
+    patch: int = PATCH
     patches_per_scene: int = 20  # random mode only
     seed: int = 0
 

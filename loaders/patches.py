@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scibench_data.datasets.cloudmask import PATCH
+
 
 @dataclass(frozen=True)
 class Window:
@@ -42,7 +44,7 @@ def _check_fits(h: int, w: int, patch: int) -> None:
         raise ValueError(f"scene {h}x{w} is smaller than the patch size {patch}")
 
 
-def fixed_windows(h: int, w: int, patch: int = 256) -> list[Window]:
+def fixed_windows(h: int, w: int, patch: int = PATCH) -> list[Window]:
     """The reference's non-overlapping patches of the centred crop (row-major)."""
     _check_fits(h, w, patch)
     ny, nx = h // patch, w // patch
@@ -50,7 +52,7 @@ def fixed_windows(h: int, w: int, patch: int = 256) -> list[Window]:
     return [Window(oy + i * patch, ox + j * patch, patch) for i in range(ny) for j in range(nx)]
 
 
-def random_windows(rng: np.random.Generator, n: int, h: int, w: int, patch: int = 256) -> list[Window]:
+def random_windows(rng: np.random.Generator, n: int, h: int, w: int, patch: int = PATCH) -> list[Window]:
     """``n`` windows at uniform random offsets."""
     _check_fits(h, w, patch)
     ys = rng.integers(0, h - patch + 1, size=n)
@@ -69,7 +71,7 @@ class AxisTile:
     offset: int  # where keep_start sits inside the window
 
 
-def axis_tiles(n: int, patch: int = 256, stride: int = 176) -> tuple[list[AxisTile], tuple[int, int]]:
+def axis_tiles(n: int, patch: int = PATCH, stride: int = 176) -> tuple[list[AxisTile], tuple[int, int]]:
     """Tiles along one axis of length ``n`` and the (before, after) padding they need."""
     if not 0 < stride <= patch or (patch - stride) % 2:
         raise ValueError(f"stride must be in (0, patch] with patch - stride even; got patch={patch}, stride={stride}")
@@ -81,7 +83,7 @@ def axis_tiles(n: int, patch: int = 256, stride: int = 176) -> tuple[list[AxisTi
     return tiles, (border, after)
 
 
-def inference_tiles(h: int, w: int, patch: int = 256, stride: int = 176):
+def inference_tiles(h: int, w: int, patch: int = PATCH, stride: int = 176):
     """All 2-D tiles of a scene and the padding ``((top, bottom), (left, right))`` they need."""
     ty, pad_y = axis_tiles(h, patch, stride)
     tx, pad_x = axis_tiles(w, patch, stride)

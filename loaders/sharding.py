@@ -56,7 +56,7 @@ def distributed_rank(rank: int | None = None, world_size: int | None = None) -> 
         if dist.is_available() and dist.is_initialized():
             found = (dist.get_rank(), dist.get_world_size())
         else:
-            found = (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+            found = (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
         rank = found[0] if rank is None else rank
         world_size = found[1] if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:

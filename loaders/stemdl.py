@@ -18,10 +18,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from loaders.common import numpy_batches  # noqa: F401 - re-exported
 from loaders.chunk_reader import read_regions
 from loaders.cloudmask import StoreHandle
-from loaders.sharding import ResumableLoader, ShardedBatches, ShardSpec, distributed_rank
+from loaders.common import numpy_batches  # noqa: F401 - re-exported
+from loaders.sharding import (
+    ResumableLoader,
+    ShardedBatches,
+    ShardSpec,
+    distributed_rank,
+)
+from scibench_data.datasets.stemdl import split_indices
 from scibench_data.formats.stemdl import CLIP_MAX, log_scale
 from scibench_data.storage.location import StoreLocation
 
@@ -33,15 +39,6 @@ def scale_input(cbed: np.ndarray, preprocessed: bool) -> np.ndarray:
     """CBED values -> float32 in [0, 1] (pure)."""
     x = np.asarray(cbed, dtype=np.float32) if preprocessed else log_scale(cbed)
     return (np.nan_to_num(x, nan=0.0) / CLIP_MAX).astype(np.float32)
-
-
-def split_indices(splits: np.ndarray, split: str) -> np.ndarray:
-    """Sample indices of ``split`` (pure); ``ValueError`` naming the splits present if it is empty."""
-    splits = np.asarray([str(s) for s in np.asarray(splits).ravel()])
-    idx = np.flatnonzero(splits == split)
-    if idx.size == 0:
-        raise ValueError(f"no samples in split {split!r}; the store has {sorted(set(splits.tolist()))}")
-    return idx
 
 
 def projection_choice(seed: int, epoch: int, index: int) -> int:

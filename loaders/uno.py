@@ -24,8 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from loaders.sharding import (
+    ResumableLoader,
+    ShardedBatches,
+    ShardSpec,
+    distributed_rank,
+)
 from loaders.workers import worker_context
-from loaders.sharding import ResumableLoader, ShardedBatches, ShardSpec, distributed_rank
 from scibench_data.formats.uno import SPLITS
 
 ENTRY = "candle_uno"

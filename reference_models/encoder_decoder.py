@@ -14,9 +14,12 @@ regression, no activation). Input (B, 3, size, size); output (B, 1, size, size).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import nn
+
+from reference_models.layers import double_conv
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,8 @@ class EncoderDecoderConfig:
         return 2 ** (len(self.widths) - 1)
 
 
-def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-    )
+def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    return double_conv(c_in, c_out, batch_norm=True)
 
 
 class EncoderDecoder(nn.Module):
@@ -54,14 +54,14 @@ class EncoderDecoder(nn.Module):
         self.config = config
         w, c = config.widths, config
         self.coarse = config.size // config.factor
-        self.down = nn.ModuleList([_double_conv(c.in_channels, w[0])] +
-                                  [_double_conv(a, b) for a, b in zip(w[:-1], w[1:])])
+        self.down = nn.ModuleList([_conv_bn(c.in_channels, w[0])] +
+                                  [_conv_bn(a, b) for a, b in pairwise(w)])
         self.pool = nn.MaxPool2d(2)
         self.latent = nn.Sequential(nn.Linear(w[-1], c.latent), nn.ReLU(inplace=True),
                                     nn.Linear(c.latent, c.template_channels * self.coarse**2))
-        self.bottleneck = _double_conv(w[-1] + c.template_channels, w[-1])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(w[:-1], w[1:])][::-1])
-        self.merge = nn.ModuleList([_double_conv(2 * a, a) for a in w[:-1]][::-1])
+        self.bottleneck = _conv_bn(w[-1] + c.template_channels, w[-1])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in pairwise(w)][::-1])
+        self.merge = nn.ModuleList([_conv_bn(2 * a, a) for a in w[:-1]][::-1])
         self.head = nn.Conv2d(w[0], c.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -84,19 +84,19 @@ def run_epoch(
 def init_distributed() -> tuple[int, int]:
     """``(rank, world_size)``; under ``torchrun`` (``WORLD_SIZE`` > 1) the default process group is
     initialised first if it is not yet: gloo on CPU, NCCL when CUDA is available."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and dist.is_available() and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), world
+    return int(os.environ.get("RANK", "0")), world
 
 
 def is_main_process() -> bool:
     """Rank 0 (or a single process): the one process that writes logs, scores and checkpoints."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
-    return int(os.environ.get("RANK", 0)) == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def data_parallel(model: torch.nn.Module) -> torch.nn.Module:

@@ -13,12 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from reference_models.layers import double_conv, n_parameters
 
-def _double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True),
-    )
+__all__ = ["UNet", "n_parameters"]
 
 
 class UNet(nn.Module):
@@ -29,14 +26,14 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         c = in_channels
         for w in widths:
-            self.down.append(_double_conv(c, w))
+            self.down.append(double_conv(c, w))
             c = w
         self.pool = nn.MaxPool2d(2)
-        self.bottom = _double_conv(c, bottleneck)
+        self.bottom = double_conv(c, bottleneck)
         self.up = nn.ModuleList()
         c = bottleneck
         for w in reversed(widths):
-            self.up.append(_double_conv(c + w, w))
+            self.up.append(double_conv(c + w, w))
             c = w
         self.head = nn.Conv2d(c, 1, 1)
         self.factor = 2 ** len(widths)
@@ -58,7 +55,3 @@ class UNet(nn.Module):
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.forward(x))
-
-
-def n_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

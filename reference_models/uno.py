@@ -14,6 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from reference_models.layers import n_parameters
+
+__all__ = ["UnoModel", "UnoModelConfig", "n_parameters"]
+
 
 @dataclass(frozen=True)
 class UnoModelConfig:
@@ -38,7 +42,7 @@ class UnoModelConfig:
                 "dense": list(self.dense), "dropout": self.dropout}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UnoModelConfig":
+    def from_dict(cls, d: dict) -> UnoModelConfig:
         return cls(n_genes=int(d["n_genes"]), n_descriptors=int(d["n_descriptors"]), tower=tuple(d["tower"]),
                    dense=tuple(d["dense"]), dropout=float(d["dropout"]))
 
@@ -70,7 +74,3 @@ class UnoModel(nn.Module):
             raise ValueError(f"this head takes one drug (single-drug responses), got {len(drugs)}")
         z = torch.cat([self.cell_tower(cell), *(self.drug_tower(d) for d in drugs)], dim=1)
         return self.out(self.head_layers(z)).squeeze(1)
-
-
-def n_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -23,6 +23,18 @@ import fsspec
 import intake
 import yaml
 from intake.catalog.local import YAMLFileCatalog
+from intake.utils import yaml_load
+
+from scibench_data import catalog_path
+from scibench_data.storage.anonymous import ANON_ENV, ANON_TEMPLATE, is_truthy
+from scibench_data.storage.confine import (
+    PathEscapeError,
+    check_chain,
+    check_within,
+    confine,
+    relative_part,
+)
+from scibench_data.storage.location import StoreLocation
 
 ROOT_ENV = "SCIBENCH_DATA_ROOT"
 #: Storage options a catalog we did not ship may set; all else comes from the reader.
@@ -56,8 +68,6 @@ def store_url(entry: str, root: str | None = None, allow_escape: bool = False) -
     An entry name that would leave ``root`` (``..``, an absolute path, a URL) is refused
     with :class:`~scibench_data.storage.confine.PathEscapeError` unless ``allow_escape``.
     """
-    from scibench_data.storage.confine import confine, relative_part
-
     root = root or default_root()
     if not allow_escape:
         relative_part(entry, "catalog entry name", root)
@@ -66,8 +76,6 @@ def store_url(entry: str, root: str | None = None, allow_escape: bool = False) -
 
 def is_shipped(path: str | None) -> bool:
     """Whether ``path`` is the catalog shipped in the package (None means it)."""
-    from scibench_data import catalog_path
-
     if path is None:
         return True
     return "://" not in str(path) and os.path.realpath(str(path)) == os.path.realpath(catalog_path())
@@ -82,8 +90,6 @@ def open_catalog(path: str | None = None, root: str | None = None, *,
     you wrote yourself): the reader's ``storage_options`` (endpoint, credentials) open it and
     every entry's store; the catalog may only add :data:`CATALOG_STORAGE_OPTIONS`.
     """
-    from scibench_data import catalog_path
-
     if is_shipped(path) or trusted:
         so = {"storage_options": dict(storage_options)} if storage_options else {}
         cat = intake.open_catalog(path or catalog_path(), **so, **kwargs)
@@ -91,6 +97,8 @@ def open_catalog(path: str | None = None, root: str | None = None, *,
     if root or kwargs:
         raise CatalogError(f"{path}: a catalog we did not ship takes no parameters "
                            f"(got {sorted(kwargs) + (['root'] if root else [])})")
+    if path is None:  # unreachable: None is the shipped catalog (is_shipped); narrows the type
+        raise CatalogError("no catalog path")
     text = read_catalog_text(path, storage_options or {})
     return CheckedCatalog(load_checked(text, path, storage_options or {}, allow_outside=allow_outside),
                           catalog_dir(path))
@@ -101,14 +109,12 @@ def catalog_dir(url: str) -> str:
     url = str(url)
     if "://" in url and not url.startswith("file://"):
         return url.rsplit("/", 1)[0]
-    local = url[len("file://"):] if url.startswith("file://") else url
+    local = url.removeprefix("file://")
     return posixpath.dirname(os.path.abspath(local))
 
 
 def read_catalog_text(url: str, storage_options: Mapping[str, Any]) -> str:
     """The catalog's YAML text, read with the reader's options (at most :data:`MAX_CATALOG_BYTES`)."""
-    from scibench_data.storage.confine import check_chain
-
     check_chain(str(url), what="catalog URL")
     with fsspec.open(str(url), "rb", **dict(storage_options)) as f:
         data = f.read(MAX_CATALOG_BYTES + 1)
@@ -141,7 +147,6 @@ def _refuse_templates(value: Any, url: str, where: str) -> None:
 
 def _catalog_options(entry: str, options: Any, url: str) -> dict[str, Any]:
     """The entry's own storage options, allow-listed; ``anon`` becomes a bool."""
-    from scibench_data.storage.publish import ANON_ENV, ANON_TEMPLATE, is_truthy
 
     if options is None:
         return {}
@@ -178,9 +183,7 @@ def load_checked(text: str, url: str, storage_options: Mapping[str, Any] | None 
     reader's ``storage_options``; each ``urlpath`` must lie under the catalog's folder unless
     ``allow_outside``. Anything else a catalog could ask for is a :class:`CatalogError`.
     """
-    from intake.utils import yaml_load
 
-    from scibench_data.storage.confine import PathEscapeError, check_within
 
     try:
         cat = yaml_load(text)
@@ -247,7 +250,6 @@ class CheckedCatalog(YAMLFileCatalog):
 
 def entry_location(cat: intake.catalog.Catalog, name: str):
     """The :class:`StoreLocation` (URL and storage options) behind a catalog entry, as the catalog resolved it."""
-    from scibench_data.storage.location import StoreLocation
 
     if name not in cat:
         raise KeyError(f"catalog has no entry {name!r}; entries: {', '.join(sorted(cat))}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class Row:
     synthetic: bool = False
 
 
-def _mean(values: list[float]) -> float | None:
+def _mean(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(vals)) if vals else None
 
@@ -148,7 +149,7 @@ def _no_plot_line(rows: list[Row], b: Benchmark) -> str:
     return f"No submission with a time to solution yet{f' (reference: {refs})' if refs else ''}."
 
 
-def markdown(rows: list[Row], problems: list[str] = (), plots: dict | None = None, submissions: str | Path | None = None,
+def markdown(rows: list[Row], problems: Sequence[str] = (), plots: dict | None = None, submissions: str | Path | None = None,
              out_dir: str | Path | None = None, include_synthetic: bool = False) -> str:
     out = ["# scibench-data leaderboard", ""]
     for b in REGISTRY.values():
@@ -189,7 +190,7 @@ def plot(rows: list[Row], b: Benchmark, path: str | Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     for r in timed:
         marker, colour = ("*", "tab:red") if r.reference else ("s", "tab:grey") if r.synthetic else ("o", "tab:blue")
-        ax.scatter(r.time_to_solution_s, r.scores[b.primary], marker=marker, color=colour, s=60, zorder=3)
+        ax.scatter(float(r.time_to_solution_s or 0.0), r.scores[b.primary], marker=marker, color=colour, s=60, zorder=3)
         ax.annotate(f"{r.organization}/{r.system}" + (" (synthetic)" if r.synthetic else ""),
                     (r.time_to_solution_s, r.scores[b.primary]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     for r in mine:
@@ -221,7 +222,7 @@ def value_limits(values: list[float], margin: float = 0.08) -> tuple[float, floa
     return lo - pad, hi + pad
 
 
-def html_page(rows: list[Row], problems: list[str] = (), plots: dict | None = None,
+def html_page(rows: list[Row], problems: Sequence[str] = (), plots: dict | None = None,
               submissions: str | Path | None = None, out_dir: str | Path | None = None,
               include_synthetic: bool = False) -> str:
     align = "".join(f"td:nth-child({i + 1}),th:nth-child({i + 1}){{text-align:left}}" for i in TEXT_COLUMNS)

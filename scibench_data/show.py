@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 
 from scibench_data.benchmarks import get
-from scibench_data.scoring.predictions import PredictionError, load_truth, open_entry, read_predictions
+from scibench_data.scoring.predictions import (
+    PredictionError,
+    load_truth,
+    open_entry,
+    read_predictions,
+)
 
 
 def _pyplot():
@@ -113,7 +118,7 @@ def cloudmask_figure(scene: int, root: str | None = None, prediction: str | Path
                       loc="lower right", fontsize=7, framealpha=0.8)
         elif data.ndim == 2:
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle(f"CloudMask scene {scene} ({str(ds['split'].values[scene])}): {name[:40]}", fontsize=9)
+    fig.suptitle(f"CloudMask scene {scene} ({ds['split'].values[scene]!s}): {name[:40]}", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from scibench_data.benchmarks import REGISTRY, get
+from scibench_data.datasets.base import import_function
 from scibench_data.scoring.mllog import BenchmarkLog, read_events
 
 SUBMISSION_KEYS = ("submission_benchmark", "submission_org", "submission_division", "submission_version",
@@ -181,10 +182,9 @@ def write_submission(root: str | Path, info: SubmissionInfo, logs: Sequence[str 
 
 
 #: The ``scibench-data`` data set name of each benchmark's commands (``run uno`` for ``candle_uno``).
-COMMAND_NAME = {"cloudmask": "cloudmask", "stemdl": "stemdl", "stemdl_reconstruction": "stemdl", "candle_uno": "uno"}
+COMMAND_NAME = {b.name: b.command for b in REGISTRY.values()}
 #: The model file a run folder holds, per benchmark.
-RUN_MODEL = {"cloudmask": "model.pt", "stemdl": "model-classification.pt",
-             "stemdl_reconstruction": "model-reconstruction.pt", "candle_uno": "uno_model.pt"}
+RUN_MODEL = {b.name: b.run_model for b in REGISTRY.values()}
 
 
 class SubmissionExistsError(FileExistsError):
@@ -210,16 +210,8 @@ def predict_run(run_dir: str | Path, benchmark: str, out: str | Path, root: str 
     model = Path(run_dir) / RUN_MODEL[benchmark]
     if not model.is_file():
         raise FileNotFoundError(f"{run_dir}: no {model.name} to predict with")
-    if benchmark == "cloudmask":
-        from scibench_data.pipelines.cloudmask import predict_test
-    elif benchmark == "candle_uno":
-        from loaders.uno import UnoSource
-        from scibench_data.pipelines.uno import predict_test as uno_predict
-
-        return uno_predict(UnoSource(root=root), model, out)
-    else:
-        from scibench_data.pipelines.stemdl import predict_test
-    return predict_test(root, model, out, progress=False)
+    b = get(benchmark)
+    return import_function(b.predict, f"benchmark {b.name} predict")(model, out, root)
 
 
 def _refuse_overwrite(dest: Path, benchmark: str, force: bool) -> None:

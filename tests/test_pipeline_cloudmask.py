@@ -42,3 +42,65 @@ def test_short_training_reaches_target_and_beats_threshold(cloudmask_training_ro
     for key in ("submission_benchmark", "seed", "global_batch_size", "train_samples", "epoch_start",
                 "eval_start", "eval_stop", "result"):
         assert key in keys
+
+
+def _count_scene_reads(monkeypatch) -> list[int]:
+    """Scenes read whole from the store (each call of loaders.cloudmask.read_window, which does the read)."""
+    import loaders.cloudmask as lc
+
+    reads: list[int] = []
+    real = lc.read_window
+
+    def counting(handle, scene, *window):
+        reads.append(int(scene))
+        return real(handle, scene, *window)
+
+    monkeypatch.setattr(lc, "read_window", counting)
+    return reads
+
+
+def _count_catalog_opens(monkeypatch) -> list[str]:
+    """Catalogs opened (each call of intake.open_catalog, through which every catalog is opened)."""
+    import intake
+
+    opens: list[str] = []
+    real = intake.open_catalog
+
+    def counting(*args, **kwargs):
+        opens.append(str(args[0]) if args else "")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(intake, "open_catalog", counting)
+    return opens
+
+
+@pytest.mark.slow
+def test_evaluate_reads_each_test_scene_once(cloudmask_training_root, tmp_path, monkeypatch):
+    root = str(cloudmask_training_root)
+    cfg = TrainConfig(mode="random", patch=64, patches_per_scene=4, batch_size=4, max_steps=1)
+    model = train(root, cfg, tmp_path, progress=False).model_path
+    reads = _count_scene_reads(monkeypatch)
+    out = evaluate(root, model, split="test", progress=False, baseline=True)
+    test_scenes = [r["scene"] for r in out["per_scene"]]
+    assert test_scenes and "baseline_single_channel" in out
+    assert sorted(s for s in reads if s in test_scenes) == sorted(test_scenes), reads
+
+
+@pytest.mark.slow
+def test_run_cloudmask_opens_the_catalog_once(tmp_path, monkeypatch):
+    from scibench_data.pipelines.cloudmask import RunConfig, run
+
+    cfg = RunConfig(train_products=2, test_products=1, grid=(256, 256),
+                    train=TrainConfig(mode="random", patch=64, patches_per_scene=4, batch_size=4, max_steps=1))
+    opens = _count_catalog_opens(monkeypatch)
+    reads = _count_scene_reads(monkeypatch)
+    summary = run(str(tmp_path / "root"), cfg, progress=False)
+    assert len(opens) == 1, opens
+    test_scenes = [r["scene"] for r in json.loads(open(summary["scores_json"]).read())["per_scene"]]
+    assert test_scenes and all(reads.count(s) == 1 for s in test_scenes), (test_scenes, reads)
+    # the predictions written from that one read are the ones the scorer accepts, with the same scores
+    from scibench_data.benchmarks import get
+    from scibench_data.scoring.predictions import score_predictions
+
+    scored = score_predictions(get("cloudmask"), summary["predictions"], root=str(tmp_path / "root"))
+    assert scored.scores == pytest.approx(summary["scores"])

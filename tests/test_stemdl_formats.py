@@ -13,8 +13,9 @@ from _stemdl_data import TINY, write_tiny
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.stemdl import (
     area_resize, area_weights, discover_sources, log_scale, preprocess_stack, read_npz_sample, read_raw_file,
-    scan_raw_file, split_of_material,
+    scan_raw_file,
 )
+from scibench_data.datasets.stemdl import split_of_material
 from scibench_data.synthetic.stemdl import (
     SyntheticSTEMDL, assign_splits, class_lattice, crystal_system, draw_material, draw_sample, generate,
 )

@@ -6,11 +6,8 @@ import pytest
 import torch
 
 from reference_models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from reference_models.layers import n_parameters
 from reference_models.resnet import ResNetConfig, build, resnet50, resnet_small
-
-
-def n_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def test_resnet50_is_torchvisions_architecture():

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+from typing import Any
 from collections.abc import Callable, Sequence
 
 #: Modules with a ``register(cli: Commands)`` function.
@@ -43,7 +44,7 @@ VERB_HELP = {
 def add_global_options(p: argparse.ArgumentParser, top: bool = False) -> None:
     """``-q`` and ``--debug``, accepted before the command and after it (``scibench-data -q run cloudmask``
     or ``scibench-data run cloudmask -q``)."""
-    default = {} if top else {"default": argparse.SUPPRESS}  # a subcommand must not reset the top's value
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}  # a subcommand must not reset the top's value
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars; warnings and errors only", **default)
     p.add_argument("--debug", action="store_true", help="print the traceback of an error, and INFO logs", **default)
 
@@ -54,7 +55,7 @@ class _Subparsers:
     def __init__(self, action: argparse._SubParsersAction) -> None:
         self._action = action
 
-    def add_parser(self, *args, **kwargs) -> argparse.ArgumentParser:  # noqa: ANN002,ANN003
+    def add_parser(self, *args, **kwargs) -> argparse.ArgumentParser:
         p = self._action.add_parser(*args, **kwargs)
         add_global_options(p)
         return p
@@ -68,7 +69,7 @@ class Commands:
         self._verbs: dict[str, _Subparsers] = {}
 
     def dataset(self, verb: str, dataset: str, func: Callable[[argparse.Namespace], int | None],
-                help: str) -> argparse.ArgumentParser:  # noqa: A002
+                help: str) -> argparse.ArgumentParser:
         """Add ``scibench-data VERB DATASET``."""
         if verb not in self._verbs:
             p = self._sub.add_parser(verb, help=VERB_HELP.get(verb, verb), description=VERB_HELP.get(verb))
@@ -77,13 +78,13 @@ class Commands:
         p.set_defaults(func=func)
         return p
 
-    def command(self, name: str, func: Callable[[argparse.Namespace], int | None], help: str) -> argparse.ArgumentParser:  # noqa: A002
+    def command(self, name: str, func: Callable[[argparse.Namespace], int | None], help: str) -> argparse.ArgumentParser:
         """Add a plain ``scibench-data NAME``."""
         p = self._sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         return p
 
-    def group(self, name: str, help: str) -> _Subparsers:  # noqa: A002
+    def group(self, name: str, help: str) -> _Subparsers:
         """Add ``scibench-data NAME SUBCOMMAND`` (e.g. ``submission validate``)."""
         p = self._sub.add_parser(name, help=help, description=help)
         return _Subparsers(p.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND"))

@@ -116,7 +116,7 @@ def _show_uno(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(cli) -> None:  # noqa: ANN001
+def register(cli) -> None:
     from scibench_data.benchmarks import names
 
     p = cli.command("benchmarks", _benchmarks, "list the benchmarks: data, splits, metrics, targets, sizes, references")

@@ -15,6 +15,7 @@ from scibench_data.cli.common import (
     run_conversion,
     run_training,
 )
+from scibench_data.datasets.cloudmask import PATCH
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -96,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entry", default="cloudmask_ds1", help="catalog entry (default cloudmask_ds1)")
-    p.add_argument("--patch", type=int, default=256)
+    p.add_argument("--patch", type=int, default=PATCH, help=f"patch size in pixels (default {PATCH})")
     p.add_argument("--mode", choices=("fixed", "random"), default="fixed",
                    help="the reference's 20 fixed patches per scene, or seeded random patches")
     p.add_argument("--patches-per-scene", type=int, default=20, help="random mode only")
@@ -104,7 +105,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="scenes whose patches are shuffled together (default 1: best read locality)")
 
 
-def register(cli) -> None:  # noqa: ANN001
+def register(cli) -> None:
     p = cli.dataset("generate", "cloudmask", _generate, "synthetic SLSTR products in layout hdf or sen3")
     p.add_argument("--layout", choices=("hdf", "sen3"), required=True)
     p.add_argument("dest", help="folder to write the products into")

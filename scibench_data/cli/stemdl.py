@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(cli) -> None:  # noqa: ANN001
+def register(cli) -> None:
     p = cli.dataset("generate", "stemdl", _generate, "synthetic STEMDL samples in layout raw (*.h5) or npz")
     p.add_argument("--layout", choices=("raw", "npz"), required=True)
     p.add_argument("dest", help="folder to write train/ dev/ test/ into")

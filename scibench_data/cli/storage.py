@@ -129,7 +129,7 @@ def _fetch_raw(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(cli) -> None:  # noqa: ANN001
+def register(cli) -> None:
     p = cli.command("publish", _publish, "upload a complete store as a new verified version and update the catalog")
     p.add_argument("dataset", help="catalog entry name, e.g. cloudmask_ds1")
     p.add_argument("--to", required=True, help="s3://BUCKET/PREFIX (versions go to PREFIX/DATASET/vN/)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from scibench_data.cli.common import (
     add_conversion_options,
@@ -36,11 +37,11 @@ def _convert(args: argparse.Namespace) -> int:
     return run_conversion(args, convert_uno, UnoConversion, split_seed=args.split_seed)
 
 
-def _train_config(args: argparse.Namespace):  # noqa: ANN202
+def _train_config(args: argparse.Namespace):
     from reference_models.uno import UnoModelConfig
     from scibench_data.pipelines.uno import UnoTrainConfig
 
-    widths = {"tower": (args.width,) * 3, "dense": (args.width,) * 5} if args.width else {}
+    widths: dict[str, Any] = {"tower": (args.width,) * 3, "dense": (args.width,) * 5} if args.width else {}
     return UnoTrainConfig(model=UnoModelConfig(**widths), lr=args.lr, batch_size=args.batch_size,
                           max_epochs=args.epochs, patience=args.patience, seed=args.seed,
                           num_workers=args.num_workers, progress=args.progress, max_steps=args.max_steps or 0,
@@ -100,7 +101,7 @@ def _train_args(p: argparse.ArgumentParser, demo: bool) -> None:
     p.add_argument("--patience", type=int, default=3 if demo else 5, help="early stopping patience (epochs)")
 
 
-def register(cli) -> None:  # noqa: ANN001
+def register(cli) -> None:
     p = cli.dataset("generate", "uno", _generate, "synthetic CANDLE-UNO data: raw Pilot1 TSVs or the exported HDFStore")
     p.add_argument("--layout", choices=("raw", "export"), required=True)
     p.add_argument("dest", help="folder to write into")

@@ -26,7 +26,7 @@ class ConversionRun:
     progress: bool = True
     synthetic: str | None = None
 
-    def with_synthetic(self, generator: str | None):  # noqa: ANN201 - the same options class
+    def with_synthetic(self, generator: str | None):
         """These options, marked synthetic by ``generator`` (a marker found beside the sources) unless
         they already say what the sources are."""
         return self if self.synthetic or not generator else replace(self, synthetic=generator)

@@ -237,7 +237,7 @@ def encodings(ds: xr.Dataset, tile: int, codec: CodecChoice) -> dict[str, dict]:
     for v in ("source_name", "source_sha256"):
         enc[v] = {"chunks": (SCENE_COORD_CHUNK, ds.sizes[nchar_dim(v)])}
     for v in ("image", "cloud_mask", "summary_cloud"):
-        enc[v]["fill_value"] = ds[v].attrs.pop("_FillValue")
+        enc[v]["fill_value"] = ds[v].attrs["_FillValue"]
     return enc
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import xarray as xr
 
 from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
+from scibench_data.datasets.stemdl import split_of_material
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.stemdl import (
     N_CLASSES,
@@ -48,7 +49,6 @@ from scibench_data.formats.stemdl import (
     read_npz_sample,
     read_raw_file,
     scan_raw_file,
-    split_of_material,
 )
 from scibench_data.formats.synthetic_marker import find_marker
 from scibench_data.parallel import run_tasks
@@ -173,7 +173,7 @@ def encodings(ds: xr.Dataset, sample_chunk: int, codec: CodecChoice) -> dict[str
     enc = {}
     for v in ds.data_vars:
         enc[v] = encoding_for(4, (sample_chunk, *ds[v].shape[1:]), codec)
-        enc[v]["fill_value"] = ds[v].attrs.pop("_FillValue")
+        enc[v]["fill_value"] = ds[v].attrs["_FillValue"]
     return enc
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import xarray as xr
 
 from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
+from scibench_data.datasets.uno import split_codes
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.synthetic_marker import find_marker
 from scibench_data.formats.uno import (
@@ -57,7 +58,6 @@ from scibench_data.formats.uno import (
     read_feature_tsv,
     read_fingerprint_tsv,
     read_response_tsv,
-    split_codes,
 )
 from scibench_data.parallel import run_tasks
 from scibench_data.storage.encoding import CodecChoice, encoding_for
@@ -285,7 +285,7 @@ def encodings(ds: xr.Dataset, codec: CodecChoice) -> dict[str, dict]:
     enc = {}
     for name, var in ds.data_vars.items():
         enc[name] = encoding_for(var.dtype.itemsize, tuple(c[0] for c in var.chunks), codec)
-        enc[name]["fill_value"] = var.attrs.pop("_FillValue")
+        enc[name]["fill_value"] = var.attrs["_FillValue"]
     return enc
 
 

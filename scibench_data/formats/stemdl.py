@@ -22,7 +22,6 @@ import io
 import posixpath
 import re
 import zipfile
-import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +29,7 @@ import fsspec
 import h5py
 import numpy as np
 
+from scibench_data.datasets.stemdl import N_CLASSES
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.hdf5_safety import refuse_indirection
 
@@ -37,7 +37,6 @@ Layout = Literal["raw", "npz"]
 LAYOUTS: tuple[str, ...] = ("raw", "npz")
 N_PROJECTIONS = 3
 #: Space-group numbers are used directly as class indices: 0 is unused, 1..230 are real.
-N_CLASSES = 231
 RAW_PATTERN = 512
 PREPROCESSED_SIZE = 128
 LOG_FLOOR = -17.0
@@ -198,17 +197,6 @@ def discover_sources(fs: fsspec.AbstractFileSystem, root: str) -> SourceListing:
 def _sort_key(path: str) -> tuple:
     m = _NPZ_NAME.match(posixpath.basename(path))
     return (int(m.group(1)), path) if m else (-1, path)
-
-
-def split_of_material(material: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
-    """Split of a material when the source has no split folders: train/dev/test by a stable
-    hash of the material id, so a material never lands in two splits."""
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-9:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
-    u = (zlib.crc32(material.encode()) % 10_000) / 10_000
-    if u < fractions[0]:
-        return "train"
-    return "dev" if u < fractions[0] + fractions[1] else "test"
 
 
 # --------------------------------------------------------------------------- layout raw

@@ -34,13 +34,13 @@ import numcodecs
 import numpy as np
 import pandas as pd
 
+from scibench_data.datasets.uno import SPLITS
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.pickle_literal import UnsafePickleError, literal_from_pickle
 
 Layout = Literal["export", "raw"]
 LAYOUTS: tuple[str, ...] = ("export", "raw")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 EXPORT_NAME = "top_21_auc_1fold.uno.h5"
 N_GENES = 942
 N_DESCRIPTORS = 5270
@@ -97,17 +97,6 @@ class Responses:
         for name in ("cell", "drug", "split", "source_row"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"responses: {name} has {len(getattr(self, name))} rows, auc has {n}")
-
-
-def split_codes(n: int, seed: int) -> np.ndarray:
-    """Split codes (0 train, 1 val, 2 test) for ``n`` rows: a seeded 80/10/10 shuffle of the rows,
-    the proportions of the MLCommons export (423,952 / 52,994 / 52,994)."""
-    perm = np.random.default_rng([seed, 55]).permutation(n)
-    split = np.zeros(n, np.int8)
-    n_val = n // 10
-    split[perm[n - 2 * n_val: n - n_val]] = 1
-    split[perm[n - n_val:]] = 2
-    return split
 
 
 # --------------------------------------------------------------------------- layout export
@@ -171,7 +160,7 @@ class _TableReader:
         try:
             mask, raw = self.ds.id.read_direct_chunk((start,))
             buf = raw if mask & 1 else numcodecs.blosc.decompress(raw)
-        except Exception as err:  # noqa: BLE001 - corrupt chunk: name it
+        except Exception as err:
             raise SourceFormatError(self.path, f"node {self.ds.name!r} rows {start}-{stop}: cannot decode ({err})") from err
         return np.frombuffer(buf, dtype=self.ds.dtype)[: stop - start]
 
@@ -213,7 +202,7 @@ class ExportReader:
         self.path = str(path)
         self._file: h5py.File | None = None
 
-    def __enter__(self) -> "ExportReader":
+    def __enter__(self) -> ExportReader:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
@@ -322,7 +311,7 @@ def export_splits(path: str | Path) -> tuple[str, ...]:
         if not present and split in OPTIONAL_EXPORT_SPLITS:
             continue
         if len(present) != len(nodes):
-            missing = sorted(set(nodes) - set(present))[0]
+            missing = min(set(nodes) - set(present))
             raise SourceFormatError(str(path), f"missing node {missing!r} (found {sorted(keys)})")
         out.append(split)
     return tuple(out)
@@ -498,6 +487,6 @@ def concat_tables(tables: list[FeatureTable], what: str, paths: list[Path]) -> F
     for t, p in zip(tables, paths):
         clash = seen.intersection(t.names)
         if clash:
-            raise SourceFormatError(str(p), f"{what} row {sorted(clash)[0]!r} also appears in another file")
+            raise SourceFormatError(str(p), f"{what} row {min(clash)!r} also appears in another file")
         seen.update(t.names)
     return FeatureTable(tuple(names), first.columns, np.concatenate([t.values for t in tables]))

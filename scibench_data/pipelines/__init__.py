@@ -84,7 +84,7 @@ def epoch_desc(what: str, epoch: int, n_epochs: int, max_steps: int | None) -> s
     return f"{what} {epoch + 1}/{n_epochs}" + (f" ({max_steps}-step cap)" if max_steps else "")
 
 
-def is_synthetic(ds) -> bool:  # noqa: ANN001
+def is_synthetic(ds) -> bool:
     """Whether an opened store (xarray Dataset or attrs mapping) holds synthetic data."""
     attrs = getattr(ds, "attrs", ds)
     return bool(attrs.get(SYNTHETIC_ATTR))

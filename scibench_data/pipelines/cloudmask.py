@@ -8,28 +8,64 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 from tqdm.auto import tqdm
 
-from loaders.cloudmask import CloudMaskPatches, PatchSpec, patch_loader, read_scene, start_worker_server
+from loaders.cloudmask import (
+    CloudMaskPatches,
+    PatchSpec,
+    patch_loader,
+    read_scene,
+    start_worker_server,
+)
 from loaders.patches import inference_tiles, mosaic, pad_for_tiles
 from reference_models.training import (
-    Checkpoints, TrainingProgress, data_parallel, init_distributed, is_main_process, run_epoch,
+    Checkpoints,
+    TrainingProgress,
+    data_parallel,
+    init_distributed,
+    is_main_process,
+    run_epoch,
 )
-from reference_models.unet import UNet, n_parameters
-from scibench_data.catalog import entry_location, open_catalog
+from reference_models.layers import n_parameters
+from reference_models.unet import UNet
+from scibench_data.benchmarks import get
+from scibench_data.catalog import default_root, entry_location, open_catalog, store_url
+from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
+from scibench_data.datasets.cloudmask import (
+    PATCH,
+    SPLIT_SEED,
+    VAL_FRACTION,
+    split_scenes,
+)
 from scibench_data.pipelines import (
-    epoch_desc, epochs_to_run, is_synthetic, new_run, predictions_path, raw_dir,
+    epoch_desc,
+    epochs_to_run,
+    is_synthetic,
+    new_run,
+    predictions_path,
+    raw_dir,
 )
-from scibench_data.scoring.mllog import BenchmarkLog
-from scibench_data.scoring.report import format_table, write_scores
-from scibench_data.scoring.segmentation import average_scores, fit_single_channel_threshold, scene_scores
 from scibench_data.progress import bar_disable
+from scibench_data.scoring.mllog import BenchmarkLog
+from scibench_data.scoring.predictions import load_truth, save_predictions
+from scibench_data.scoring.report import format_table, write_scores
+from scibench_data.scoring.segmentation import (
+    average_scores,
+    fit_single_channel_threshold,
+    scene_scores,
+)
+from scibench_data.storage.location import StoreLocation
+from scibench_data.storage.records import store_state
+from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
 
 BENCHMARK = "cloudmask"
 #: What the demo data of ``run`` is, recorded in its stores (``scibench_synthetic``).
@@ -47,9 +83,9 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     seed: int = 1234
-    split_seed: int = 42
-    val_fraction: float = 0.2
-    patch: int = 256
+    split_seed: int = SPLIT_SEED
+    val_fraction: float = VAL_FRACTION
+    patch: int = PATCH
     mode: str = "fixed"
     patches_per_scene: int = 20
     num_workers: int = 0
@@ -72,26 +108,32 @@ class TrainConfig:
             raise ValueError(f"patch must be a multiple of 8 for the U-Net, got {self.patch}")
 
 
-def split_scenes(splits: np.ndarray, val_fraction: float, seed: int) -> dict[str, list[int]]:
-    """80/20 of the training scenes by file (seeded); test = the inference scenes, if any,
-    else the validation scenes."""
-    splits = np.array([str(s) for s in np.asarray(splits).ravel()])
-    training = np.flatnonzero(splits != "inference")
-    inference = np.flatnonzero(splits == "inference")
-    order = np.random.default_rng(seed).permutation(training)
-    n_val = int(round(len(order) * val_fraction)) if len(order) > 1 else 0
-    val, train = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
-    return {"train": train, "validation": val, "test": sorted(inference.tolist()) or val}
+@dataclass(frozen=True)
+class OpenedEntry:
+    """A catalog entry opened once: its name, lazy dataset and store location (passed down by ``run``
+    so that one run opens the catalog once)."""
+
+    entry: str
+    ds: xr.Dataset
+    location: StoreLocation
 
 
-def _open(root: str | None, entry: str):
+def open_entry(root: str | None, entry: str) -> OpenedEntry:
+    """Open the catalog under ``root`` and its ``entry`` (``KeyError`` when the catalog has none)."""
     cat = open_catalog(root=root)
     if entry not in cat:
         raise KeyError(f"catalog has no entry {entry!r}")
     ds = getattr(cat, entry).to_dask()
     location = entry_location(cat, entry)
     log_.info("opened catalog entry %s: %s, store %s", entry, dict(ds.sizes), location.url)
-    return ds, location
+    return OpenedEntry(entry, ds, location)
+
+
+def _open(root: str | None, entry: str, opened: OpenedEntry | None) -> tuple[xr.Dataset, StoreLocation]:
+    """``opened`` when it is ``entry``, else the entry opened now."""
+    if opened is None or opened.entry != entry:
+        opened = open_entry(root, entry)
+    return opened.ds, opened.location
 
 
 def masked_bce(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -111,7 +153,7 @@ class TrainResult:
 
 
 def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: BenchmarkLog | None = None,
-          progress: bool = True, resume: bool = False) -> TrainResult:
+          progress: bool = True, resume: bool = False, opened: OpenedEntry | None = None) -> TrainResult:
     """Train the U-Net on the catalog entry's training scenes; saves ``model.pt`` in ``outdir``.
 
     Under ``torchrun`` each rank trains on its share of every epoch (DistributedDataParallel);
@@ -123,7 +165,7 @@ def train(root: str | None, cfg: TrainConfig, outdir: str | Path, log: Benchmark
     torch.manual_seed(cfg.seed)
     if cfg.num_workers:
         start_worker_server()  # its start-up overlaps with opening the store
-    ds, location = _open(root, cfg.entry)  # before any output is written: a missing store writes nothing
+    ds, location = _open(root, cfg.entry, opened)  # before any output is written: a missing store writes nothing
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     splits = split_scenes(ds["split"].values, cfg.val_fraction, cfg.split_seed)
@@ -184,7 +226,7 @@ def load_model(path: str | Path) -> tuple[UNet, dict]:
     return model, ckpt
 
 
-def predict_scene(model: UNet, image: np.ndarray, patch: int = 256, stride: int = 176, batch: int = 8) -> np.ndarray:
+def predict_scene(model: UNet, image: np.ndarray, patch: int = PATCH, stride: int = 176, batch: int = 8) -> np.ndarray:
     """Cloud probability of a whole normalised scene ``(9, H, W)``: reference inference tiling."""
     h, w = image.shape[1:]
     tiles, padding = inference_tiles(h, w, patch, stride)
@@ -199,13 +241,16 @@ def predict_scene(model: UNet, image: np.ndarray, patch: int = 256, stride: int 
 
 def evaluate(root: str | None, model_path: str | Path, entry: str = "cloudmask_ds1", split: str = "test",
              outdir: str | Path | None = None, log: BenchmarkLog | None = None, progress: bool = True,
-             baseline: bool = True) -> dict:
+             baseline: bool = True, opened: OpenedEntry | None = None,
+             predictions: str | Path | None = None) -> dict:
     """Per-scene pixel accuracy, F1, IoU and log loss of a model, averaged over the split's scenes.
 
     With ``baseline``, the best single-channel threshold (fitted on the training
-    scenes) is scored on the same scenes.
+    scenes) is scored on the same scenes. Each scene of the split is read once. With
+    ``predictions``, the test split's probabilities are saved there too (``cloudmask`` prediction
+    format), from the scenes already predicted.
     """
-    ds, location = _open(root, entry)
+    ds, location = _open(root, entry, opened)
     model, ckpt = load_model(model_path)
     splits = split_scenes(ds["split"].values, ckpt["config"]["val_fraction"], ckpt["config"]["split_seed"])
     scenes = splits[split]
@@ -214,20 +259,25 @@ def evaluate(root: str | None, model_path: str | Path, entry: str = "cloudmask_d
     if log:
         log.start("eval_start", metadata={"split": split})
         log.event("eval_samples", len(scenes))
-    per_scene, probs = [], {}
+    rule = fit_single_channel_threshold(*_pixels(location, splits["train"]))[0] if baseline else None
+    per_scene: list[dict] = []
+    probs: dict[int, np.ndarray] = {}
+    base: list[dict] = []
     for s in tqdm(scenes, desc=f"evaluate {split}", unit="scene", disable=bar_disable(progress)):
         image, mask = read_scene(location, s)
         prob = predict_scene(model, image)
         probs[s] = prob
         per_scene.append({"scene": int(s), "source_name": str(ds["source_name"].values[s]), **scene_scores(prob, mask)})
+        if rule is not None:
+            base.append(scene_scores(rule.predict(image), mask))
     scores = average_scores([{k: v for k, v in r.items() if k not in ("scene", "source_name")} for r in per_scene])
-    out = {"scores": scores, "per_scene": per_scene, "split": split, "entry": entry}
-    if baseline:
-        rule, _ = fit_single_channel_threshold(*_pixels(location, splits["train"]))
-        base = [scene_scores(rule.predict(read_scene(location, s)[0]), read_scene(location, s)[1]) for s in scenes]
+    out: dict = {"scores": scores, "per_scene": per_scene, "split": split, "entry": entry}
+    if rule is not None:
         out["baseline_single_channel"] = {"channel": str(ds["channel"].values[rule.channel]),
                                           "threshold": rule.threshold, "sign": rule.sign,
                                           **average_scores(base)}
+    if predictions is not None:
+        save_test_predictions(ds, location, model, predictions, probs, progress)
     if log:
         log.end("eval_stop", metadata={"split": split})
         log.event("result", scores)
@@ -250,21 +300,30 @@ def _pixels(location, scenes: list[int], max_pixels: int = 400_000) -> tuple[np.
             np.stack([m[:shape[0], :shape[1]] for m in masks]))
 
 
+def save_test_predictions(ds: xr.Dataset, location: StoreLocation, model: UNet, out: str | Path,
+                          known: Mapping[int, np.ndarray], progress: bool = True) -> Path:
+    """The test split's cloud probabilities saved in the ``cloudmask`` prediction format; scenes in
+    ``known`` (scene -> probabilities) are not read or predicted again."""
+    b = get(BENCHMARK)
+    truth = load_truth(b, ds)
+    probs = np.stack([known[int(s)] if int(s) in known else predict_scene(model, read_scene(location, int(s))[0])
+                      for s in tqdm(truth.indices, desc="predict test", unit="scene", disable=bar_disable(progress))])
+    return save_predictions(out, b, probs.astype(np.float32), **truth.ids)
+
+
 def predict_test(root: str | None, model_path: str | Path, out: str | Path | None = None,
                  progress: bool = True) -> Path:
     """The test split's cloud probabilities of a trained model, saved in the ``cloudmask`` prediction
     format (default: ``predictions-cloudmask.npz`` next to the model)."""
-    from scibench_data.benchmarks import get
-    from scibench_data.scoring.predictions import load_truth, save_predictions
-
-    b = get(BENCHMARK)
-    ds, location = _open(root, b.entry)
+    ds, location = _open(root, get(BENCHMARK).entry, None)
     model, _ = load_model(model_path)
-    truth = load_truth(b, ds)
-    probs = np.stack([predict_scene(model, read_scene(location, int(s))[0])
-                      for s in tqdm(truth.indices, desc="predict test", unit="scene", disable=bar_disable(progress))])
     out = Path(out) if out else predictions_path(Path(model_path).parent, BENCHMARK)
-    return save_predictions(out, b, probs.astype(np.float32), **truth.ids)
+    return save_test_predictions(ds, location, model, out, {}, progress)
+
+
+def predict_model(model_path: str | Path, out: str | Path, root: str | None = None) -> Path:
+    """:func:`predict_test` without progress bars (``Benchmark.predict``: a run folder's model)."""
+    return predict_test(root, model_path, out, progress=False)
 
 
 def print_scores(result: dict) -> None:
@@ -298,14 +357,6 @@ class RunConfig:
 
 def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, fresh: bool = False) -> dict:
     """Generate -> convert -> open through the catalog -> train -> evaluate; returns a summary."""
-    import shutil
-
-    from scibench_data.catalog import default_root, store_url
-    from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
-    from scibench_data.storage.location import StoreLocation
-    from scibench_data.storage.records import store_state
-    from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
-
     root = root or default_root()
     raw = raw_dir(root, BENCHMARK)
     store = store_url(cfg.train.entry, root)
@@ -330,17 +381,21 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
             if not report.ok:
                 raise RuntimeError(f"conversion did not complete: {report.failed or report.rejected}")
     t_open = time.perf_counter()
-    ds = getattr(open_catalog(root=root), cfg.train.entry).to_dask()
+    opened = open_entry(root, cfg.train.entry)
+    ds = opened.ds
     print(f"opened {cfg.train.entry} through the catalog in {time.perf_counter() - t_open:.2f} s: "
           f"{dict(ds.sizes)}, image {ds['image'].dtype}, lazy={ds['image'].chunks is not None}"
           f"{', synthetic data' if is_synthetic(ds) else ''}")
-    result = train(root, cfg.train, outdir, log=log, progress=progress)
+    result = train(root, cfg.train, outdir, log=log, progress=progress, opened=opened)
     print(f"trained {result.samples} patches in {result.seconds:.0f} s (final loss {result.losses[-1]:.4f})")
-    scores = evaluate(root, result.model_path, cfg.train.entry, "test", outdir, log=log, progress=progress)
+    predictions = predictions_path(outdir, BENCHMARK)
+    scores = evaluate(root, result.model_path, cfg.train.entry, "test", outdir, log=log, progress=progress,
+                      opened=opened, predictions=predictions if cfg.train.entry == get(BENCHMARK).entry else None)
     log.end("run_stop", metadata={"status": "success"})
     log.close()
     elapsed = time.perf_counter() - t0
-    predictions = predict_test(root, result.model_path, predictions_path(outdir, BENCHMARK), progress=progress)
+    if cfg.train.entry != get(BENCHMARK).entry:
+        predictions = predict_test(root, result.model_path, predictions, progress=progress)
     print_scores(scores)
     summary = {"root": root, "raw": str(raw), "store": store, "outputs": str(outdir), "model": str(result.model_path),
                "predictions": str(predictions), "synthetic": True,

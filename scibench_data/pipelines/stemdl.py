@@ -26,17 +26,26 @@ from loaders.workers import worker_context
 from reference_models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from reference_models.resnet import build as build_resnet
 from reference_models.training import (
-    Checkpoints, TrainingProgress, data_parallel, init_distributed, is_main_process, run_epoch,
+    Checkpoints,
+    TrainingProgress,
+    data_parallel,
+    init_distributed,
+    is_main_process,
+    run_epoch,
 )
 from scibench_data.formats.stemdl import N_CLASSES
-from scibench_data.scoring.classification import classification_scores
 from scibench_data.pipelines import (
-    epoch_desc, epochs_to_run, new_run, predictions_path, raw_dir,
+    epoch_desc,
+    epochs_to_run,
+    new_run,
+    predictions_path,
+    raw_dir,
 )
+from scibench_data.progress import bar_disable
+from scibench_data.scoring.classification import classification_scores
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.reconstruction import mse, reconstruction_scores
 from scibench_data.scoring.report import format_table, write_scores
-from scibench_data.progress import bar_disable
 
 BENCHMARK = "stemdl"
 #: What the demo data of ``run`` is, recorded in its stores (``scibench_synthetic``).
@@ -282,7 +291,7 @@ def evaluate(root: str | None, model_path: str | Path, split: str = "test", outd
         data = from_catalog("classification", split, root, cfg.entry, mode=mode)
         logits, labels = predict(model, data, progress=progress, desc=f"evaluate {split}")
         scores = classification_scores(logits, labels)
-        extra = {"chance_top1": 1.0 / len(np.unique(labels)), "n_classes_present": int(len(np.unique(labels)))}
+        extra = {"chance_top1": 1.0 / len(np.unique(labels)), "n_classes_present": len(np.unique(labels))}
     else:
         data = from_catalog("reconstruction", split, root, cfg.entry)
         mean, std = ckpt["target_stats"]
@@ -302,6 +311,11 @@ def evaluate(root: str | None, model_path: str | Path, split: str = "test", outd
         write_scores(Path(outdir) / f"scores-{cfg.task}.json", BENCHMARK, scores,
                      **{k: v for k, v in result.items() if k != "scores"})
     return result
+
+
+def predict_model(model_path: str | Path, out: str | Path, root: str | None = None) -> Path:
+    """:func:`predict_test` without progress bars (``Benchmark.predict``: a run folder's model)."""
+    return predict_test(root, model_path, out, progress=False)
 
 
 def predict_test(root: str | None, model_path: str | Path, out: str | Path | None = None,
@@ -382,12 +396,12 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
             generate(raw, "raw", synth, progress=progress)
         # Both demo stores are preprocessed to ``size`` to fit a few CPU minutes; a real
         # stemdl_reconstruction store keeps the raw 512 x 512 intensities (no --preprocess).
-        for entry in stores:
+        for dest in stores.values():
             opts = STEMDLConversion(preprocess=True, size=cfg.size, progress=progress, synthetic=SYNTHETIC)
-            report = convert_stemdl(str(raw), stores[entry], opts)
+            report = convert_stemdl(str(raw), dest, opts)
             print("\n".join(report.lines()))
             if not report.ok:
-                raise RuntimeError(f"conversion into {stores[entry]} did not complete: {report.failed or report.rejected}")
+                raise RuntimeError(f"conversion into {dest} did not complete: {report.failed or report.rejected}")
     results, predictions = {}, {}
     for tcfg in (cfg.classification, cfg.reconstruction):
         trained = train(root, tcfg, outdir, log=log, progress=progress)

@@ -16,14 +16,34 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from loaders.uno import UnoArrays, UnoDataset, UnoSource, load_arrays, numpy_batches, uno_loader
-from reference_models.training import Checkpoints, TrainingProgress, data_parallel, init_distributed, is_main_process
-from reference_models.uno import UnoModel, UnoModelConfig, n_parameters
-from scibench_data.pipelines import epoch_desc, epochs_to_run, new_run, predictions_path, raw_dir
+from loaders.uno import (
+    UnoArrays,
+    UnoDataset,
+    UnoSource,
+    load_arrays,
+    numpy_batches,
+    uno_loader,
+)
+from reference_models.training import (
+    Checkpoints,
+    TrainingProgress,
+    data_parallel,
+    init_distributed,
+    is_main_process,
+)
+from reference_models.layers import n_parameters
+from reference_models.uno import UnoModel, UnoModelConfig
+from scibench_data.pipelines import (
+    epoch_desc,
+    epochs_to_run,
+    new_run,
+    predictions_path,
+    raw_dir,
+)
+from scibench_data.progress import bar_disable
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.regression import regression_scores
 from scibench_data.scoring.report import format_table, write_scores
-from scibench_data.progress import bar_disable
 
 BENCHMARK = "candle_uno"
 #: What the demo data of ``run`` is, recorded in its stores (``scibench_synthetic``).
@@ -115,7 +135,7 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
         log.event("opt_name", "adamax")
         log.event("opt_base_learning_rate", cfg.lr)
         log.event("train_samples", len(dataset))
-        log.event("eval_samples", int(len(arrays.rows("val"))))
+        log.event("eval_samples", len(arrays.rows("val")))
         log.event("model_parameters", n_parameters(model))
     ckpt = out / "uno_model.pt"
     # early stopping and the running epoch totals: saved with every checkpoint
@@ -198,6 +218,11 @@ def report(scores: dict[str, dict], out_dir: Path, **context: object) -> tuple[s
     table = format_table(flat, "CANDLE-UNO scores", {f"val_{k}": v for k, v in TARGET.items()})
     path = write_scores(out_dir / "scores.json", BENCHMARK, flat, **context)
     return table, path
+
+
+def predict_model(model_path: str | Path, out: str | Path, root: str | None = None) -> Path:
+    """:func:`predict_test` of the catalog's entry under ``root`` (``Benchmark.predict``: a run folder's model)."""
+    return predict_test(UnoSource(root=root), model_path, out)
 
 
 def predict_test(source: UnoSource, checkpoint: str | Path, out: str | Path | None = None) -> Path:

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mlperf_logging.mllog.mllog import MLLogger
 from mlperf_logging.mllog import constants as C
+from mlperf_logging.mllog.mllog import MLLogger
 
 SUBMISSION_VERSION = "1.0"
 #: Frames between a ``with log.interval(...)`` line and mllog's own logging call.
@@ -66,7 +66,7 @@ class BenchmarkLog:
         self._handler.close()
         self._logger.removeHandler(self._handler)
 
-    def __enter__(self) -> "BenchmarkLog":
+    def __enter__(self) -> BenchmarkLog:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,7 +2,7 @@
 
 A prediction file is a Zarr group (folder ``*.zarr``) or a NumPy ``.npz`` holding the
 benchmark's prediction variable and its id variables (see
-:class:`scibench_data.benchmarks.PredictionFormat` and ``docs/benchmarks.md``):
+:class:`scibench_data.datasets.base.PredictionFormat` and ``docs/benchmarks.md``):
 
 - ``cloudmask``: ``probability (scene, y, x)`` float + ``source_name (scene)`` str
 - ``stemdl``: ``scores (sample, class)`` float (231 classes) + ``source_file``, ``source_key (sample)`` str
@@ -21,89 +21,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
+import zarr
 
 from scibench_data.benchmarks import Benchmark, get
+from scibench_data.catalog import open_catalog, store_url
+from scibench_data.datasets.base import PredictionError, Truth, import_function
+from scibench_data.scoring.classification import macro_f1
 from scibench_data.strings import decode_strings
 
+__all__ = ["BACKENDS", "PredictionError", "ScoreResult", "Truth", "align", "compute_scores", "load_truth",
+           "macro_f1_from_scores", "open_entry", "read_predictions", "save_predictions", "score_predictions"]
+
 BACKENDS = ("numpy", "dask")
-
-
-class PredictionError(ValueError):
-    """Predictions that cannot be scored (missing variable, misaligned ids, wrong shape)."""
 
 
 def macro_f1_from_scores(scores: Any, labels: Any) -> float:
     """Macro F1 of the arg-max class of ``(N, C)`` scores (adapter over
     :func:`scibench_data.scoring.classification.macro_f1`)."""
-    from scibench_data.scoring.classification import macro_f1
-
     return macro_f1(labels, scores.argmax(axis=1), scores.shape[1])
-
-
-# --------------------------------------------------------------------------- ground truth
-
-
-@dataclass(frozen=True)
-class Truth:
-    """The test split of a benchmark's store: ids (NumPy), truth (lazy Dask), the per-sample shape
-    expected of a prediction, and the store indices of the samples."""
-
-    ids: dict[str, np.ndarray]
-    values: Any
-    sample_shape: tuple[int, ...]
-    indices: np.ndarray
-
-
-def _strings(a: Any) -> np.ndarray:
-    return np.asarray([str(s) for s in np.asarray(a).ravel()])
-
-
-def _truth_cloudmask(ds: Any) -> Truth:
-    from scibench_data.pipelines.cloudmask import split_scenes
-
-    idx = np.asarray(split_scenes(ds["split"].values, 0.2, 42)["test"], dtype=np.int64)
-    mask = ds["cloud_mask"].data[idx].astype(np.float32)
-    mask = _where(mask > 1, np.nan, mask)  # fill (255) = unlabelled
-    return Truth({"source_name": _strings(ds["source_name"].values)[idx]}, mask, tuple(mask.shape[1:]), idx)
-
-
-def _truth_stemdl(ds: Any, variable: str) -> Truth:
-    from loaders.stemdl import split_indices
-
-    idx = split_indices(ds["split"].values, "test")
-    ids = {k: _strings(ds[k].values)[idx] for k in ("source_file", "source_key")}
-    if variable == "label":
-        labels = ds["label"].data[idx].astype(np.int64)
-        n_classes = int(ds.attrs.get("scibench_n_classes", 231))
-        return Truth(ids, labels, (n_classes,), idx)
-    if "potential" not in ds:
-        raise PredictionError("the stemdl_reconstruction store has no 'potential' variable (convert without "
-                              "--preprocess from sources that carry one)")
-    pot = ds["potential"].data[idx]
-    return Truth(ids, pot, tuple(pot.shape[1:]), idx)
-
-
-def _truth_uno(ds: Any) -> Truth:
-    from scibench_data.formats.uno import SPLITS
-
-    idx = np.flatnonzero(np.asarray(ds["split"].values) == SPLITS.index("test"))
-    if idx.size == 0:
-        raise PredictionError("the candle_uno store has no test rows")
-    return Truth({"source_row": np.asarray(ds["source_row"].values)[idx].astype(np.int64)}, ds["auc"].data[idx], (),
-                 idx)
-
-
-def _where(cond: Any, a: Any, b: Any) -> Any:
-    import dask.array as da
-
-    return da.where(cond, a, b) if isinstance(b, da.Array) else np.where(cond, a, b)
 
 
 def open_entry(benchmark: Benchmark, root: str | None = None) -> Any:
     """The benchmark's catalog entry as a lazy xarray Dataset (a clear error if its store is missing)."""
-    from scibench_data.catalog import open_catalog, store_url
-
     cat = open_catalog(root=root)
     try:
         return getattr(cat, benchmark.entry).to_dask()
@@ -114,17 +55,10 @@ def open_entry(benchmark: Benchmark, root: str | None = None) -> Any:
 
 def load_truth(benchmark: Benchmark, ds: Any) -> Truth:
     """Ids and lazy truth of the benchmark's test split of ``ds`` (its catalog entry; ids stored as
-    codes or characters are decoded, :mod:`scibench_data.strings`)."""
-    ds = decode_strings(ds)
-    if benchmark.name == "cloudmask":
-        return _truth_cloudmask(ds)
-    if benchmark.name == "stemdl":
-        return _truth_stemdl(ds, "label")
-    if benchmark.name == "stemdl_reconstruction":
-        return _truth_stemdl(ds, "potential")
-    if benchmark.name == "candle_uno":
-        return _truth_uno(ds)
-    raise PredictionError(f"no ground-truth reader for benchmark {benchmark.name!r}")
+    codes or characters are decoded, :mod:`scibench_data.strings`), as its data set's module reads them."""
+    if not benchmark.truth:
+        raise PredictionError(f"no ground-truth reader for benchmark {benchmark.name!r}")
+    return import_function(benchmark.truth, f"benchmark {benchmark.name} truth")(decode_strings(ds))
 
 
 # --------------------------------------------------------------------------- predictions
@@ -150,8 +84,6 @@ def read_predictions(path: str | Path, benchmark: Benchmark, backend: str = "num
         except OSError as err:
             raise PredictionError(f"{path}: not a readable .npz file ({err})") from err
     elif path.is_dir():
-        import zarr
-
         try:
             group = zarr.open_group(str(path), mode="r")
         except Exception as err:  # zarr raises several types for a folder that is not a group
@@ -170,8 +102,6 @@ def read_predictions(path: str | Path, benchmark: Benchmark, backend: str = "num
             raise PredictionError(f"{path}: id {k} must be 1-D along {fmt.dims[0]}, got shape {out[k].shape}")
     values = raw[fmt.variable]
     if backend == "dask":
-        import dask.array as da
-
         chunks = (1, *values.shape[1:]) if len(values.shape) > 1 else (max(1, min(values.shape[0], 65536)),)
         out[fmt.variable] = da.from_array(values, chunks=chunks) if not isinstance(values, da.Array) else values
     else:
@@ -197,10 +127,10 @@ def align(pred_ids: Mapping[str, np.ndarray], truth_ids: Mapping[str, np.ndarray
     positions: dict[tuple, int] = {}
     repeated = []
     for i in range(n_pred):
-        k = key(pred_ids, i)
-        if k in positions:
-            repeated.append(k)
-        positions[k] = i
+        sample = key(pred_ids, i)
+        if sample in positions:
+            repeated.append(sample)
+        positions[sample] = i
     if repeated:
         raise PredictionError(f"{path}: {len(repeated)} repeated sample id(s) in {', '.join(names)}, e.g. {repeated[0]}")
     n_truth = len(truth_ids[names[0]])
@@ -266,12 +196,13 @@ def score_predictions(benchmark: str | Benchmark, predictions: str | Path, root:
     target = truth.values
     if backend == "numpy":
         target = np.asarray(target.compute() if hasattr(target, "compute") else target)
-    if b.name == "cloudmask":
-        bad = (values < 0) | (values > 1) | (values != values)
+    if fmt.value_range is not None:
+        lo, hi = fmt.value_range
+        bad = (values < lo) | (values > hi) | (values != values)
         if bool(bad.any()):
-            raise PredictionError(f"{predictions}: probability must be in [0, 1] (no NaN)")
+            raise PredictionError(f"{predictions}: {fmt.variable} must be in [{lo:g}, {hi:g}] (no NaN)")
     scores = compute_scores(b, values, target)
-    return ScoreResult(b.name, b.entry, b.test_split, int(len(order)), scores, str(predictions))
+    return ScoreResult(b.name, b.entry, b.test_split, len(order), scores, str(predictions))
 
 
 def save_predictions(path: str | Path, benchmark: str | Benchmark, values: np.ndarray, **ids: np.ndarray) -> Path:
@@ -287,10 +218,8 @@ def save_predictions(path: str | Path, benchmark: str | Benchmark, values: np.nd
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npz":
-        np.savez_compressed(path, **arrays)
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         return path
-    import zarr
-
     group = zarr.open_group(str(path), mode="w")
     for k, v in arrays.items():
         if v.dtype.kind == "U":

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 EPS = 1e-7
-METRICS = ("pixel_accuracy", "f1", "iou", "log_loss")
-HIGHER_IS_BETTER = {"pixel_accuracy": True, "f1": True, "iou": True, "log_loss": False}
 
 
 def _valid(truth):

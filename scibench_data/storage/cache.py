@@ -37,7 +37,13 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import WrapperStore
 
 from scibench_data.storage.integrity import (
-    MANIFEST_PATH, ChunkChecksumError, ChunkIntegrityError, array_codecs, array_of, checked_payload, has_checksum,
+    MANIFEST_PATH,
+    ChunkChecksumError,
+    ChunkIntegrityError,
+    array_codecs,
+    array_of,
+    checked_payload,
+    has_checksum,
 )
 
 MAX_BYTES_ENV = "SCIBENCH_CACHE_MAX_BYTES"
@@ -133,7 +139,7 @@ class ChunkCacheStore(WrapperStore[Store]):
         self._manifest: dict[str, tuple[int, str]] | None = None
         self._codecs: dict[str, list] | None = None
 
-    def _with_store(self, store: Store) -> "ChunkCacheStore":
+    def _with_store(self, store: Store) -> ChunkCacheStore:
         return type(self)(store, self.folder, self.max_bytes)
 
     def _path(self, key: str) -> Path:

@@ -13,7 +13,12 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
 
-from scibench_data.storage.integrity import NO_INVENTORY, Inventory, MissingChunkError, load_inventory
+from scibench_data.storage.integrity import (
+    NO_INVENTORY,
+    Inventory,
+    MissingChunkError,
+    load_inventory,
+)
 
 
 def _url(store: Store) -> str:
@@ -30,7 +35,7 @@ class CheckedStore(WrapperStore[Store]):
         super().__init__(store)
         self._inventory: Inventory | None = None
 
-    def _with_store(self, store: Store) -> "CheckedStore":
+    def _with_store(self, store: Store) -> CheckedStore:
         return type(self)(store)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:

@@ -87,7 +87,7 @@ def _inside(base: str, target: str) -> bool:
     if target == base:
         return True
     if base == ".":  # a relative root: anything relative that does not climb out
-        return not (is_url(target) or target.startswith("/") or target == ".." or target.startswith("../"))
+        return not (is_url(target) or target.startswith(("/", "../")) or target == "..")
     prefix = base if base.endswith("/") else base + "/"  # "/" and "s3://" end with "/" already
     return target.startswith(prefix)
 

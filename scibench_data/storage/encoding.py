@@ -1,7 +1,7 @@
 """Codec and chunk defaults for every store we write.
 
-One place decides how bytes are laid out, so the benchmarks in
-``benchmarks/codecs.py`` measure exactly what the converters use.
+One place decides how bytes are laid out, so the codec and chunking measurements of
+``benchmarks/chunking.py`` measure exactly what the converters use.
 """
 
 from __future__ import annotations

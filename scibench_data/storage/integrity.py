@@ -49,7 +49,7 @@ class MissingChunkError(ChunkIntegrityError):
     """A chunk that a complete store's manifest lists is absent."""
 
 
-def crc32c_of(data) -> bytes:  # noqa: ANN001 - bytes, or a uint8 NumPy array (e.g. over an mmap)
+def crc32c_of(data) -> bytes:
     """The CRC-32C of ``data`` as the 4 little-endian bytes the ``crc32c`` codec appends."""
     return np.uint32(google_crc32c.value(data)).astype("<u4").tobytes()
 
@@ -109,7 +109,7 @@ def inventory_from(root_bytes: bytes | None, manifest_bytes: bytes | None) -> In
     return Inventory(keys) if status in ("complete", "partial") else NO_INVENTORY
 
 
-async def load_inventory(store) -> Inventory:  # noqa: ANN001 - a zarr Store
+async def load_inventory(store) -> Inventory:
     """Read a store's inventory through its zarr store (two small reads)."""
     from zarr.core.buffer import default_buffer_prototype
 
@@ -144,13 +144,12 @@ def array_of(key: str, arrays: Iterable[str]) -> str | None:
         return None
     best = None
     for name in arrays:
-        if key.startswith(f"{name}/c/") or key == f"{name}/c":
-            if best is None or len(name) > len(best):
-                best = name
+        if (key.startswith(f"{name}/c/") or key == f"{name}/c") and (best is None or len(name) > len(best)):
+            best = name
     return best
 
 
-def check_chunk_checksums(location, workers: int = 8) -> ChecksumReport:  # noqa: ANN001 - a StoreLocation
+def check_chunk_checksums(location, workers: int = 8) -> ChecksumReport:
     """Read every chunk object of a complete store and check its crc32c (the ``verify`` of a store
     that has no manifest). Chunks of arrays without the codec are counted as unchecked."""
     from scibench_data.storage.manifest import list_objects
@@ -182,7 +181,7 @@ def check_chunk_checksums(location, workers: int = 8) -> ChecksumReport:  # noqa
     return ChecksumReport(len(checked_keys), tuple(bad), tuple(sorted(unchecked_arrays)), unchecked)
 
 
-def unchecked_note(location) -> str:  # noqa: ANN001 - a StoreLocation
+def unchecked_note(location) -> str:
     """A note naming the arrays whose chunks carry no checksum (stores written before crc32c), or ``""``."""
     codecs = array_codecs(location.read_json("zarr.json") or {})
     bare = sorted(name for name, chain in codecs.items() if not has_checksum(chain))
@@ -192,7 +191,7 @@ def unchecked_note(location) -> str:  # noqa: ANN001 - a StoreLocation
             "unchecked; only a manifest can vouch for them")
 
 
-def verify_checksums(location, workers: int = 8):  # noqa: ANN001, ANN201 - StoreLocation -> VerifyReport
+def verify_checksums(location, workers: int = 8):
     """``verify`` of a complete store that has no manifest: every chunk against its crc32c. Says plainly that
     there was no manifest, and is not ok when nothing could be verified."""
     from scibench_data.storage.manifest import VerifyReport

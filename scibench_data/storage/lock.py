@@ -182,7 +182,7 @@ class WriterLock:
                     pass
         self.held = False
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         self.acquire()
         return self
 

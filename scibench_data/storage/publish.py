@@ -33,26 +33,30 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from scibench_data.catalog import entry_metadata, open_catalog
+from scibench_data.progress import bar_disable
+from scibench_data.storage.anonymous import ANON_TEMPLATE, is_truthy
 from scibench_data.storage.confine import confine
+from scibench_data.storage.hashing import sha256_bytes
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.lock import WriterLock
 from scibench_data.storage.manifest import (
-    MANIFEST_KEY, Manifest, ManifestError, build_manifest, copy_verified, hash_objects, list_objects,
+    MANIFEST_KEY,
+    Manifest,
+    ManifestError,
+    build_manifest,
+    copy_verified,
+    hash_objects,
+    list_objects,
 )
-from scibench_data.storage.hashing import sha256_bytes
 from scibench_data.storage.records import StoreStateError, store_state
-from scibench_data.progress import bar_disable
 
 log = logging.getLogger(__name__)
 
 CATALOG_NAME = "catalog.yaml"
 PENDING_KEY = ("_scibench", "pending.json")
-ANON_ENV = "SCIBENCH_S3_ANON"
-#: Rendered by intake at open time: "true" when $SCIBENCH_S3_ANON is 1/true/yes, else "" (falsy for s3fs).
-ANON_TEMPLATE = "{{ 'true' if (env('" + ANON_ENV + "') or '') | lower in ['1', 'true', 'yes'] else '' }}"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 _VERSION = re.compile(r"^v([1-9][0-9]*)$")
-_TRUE = {"1", "true", "yes", "on"}
 
 
 class PublishAccessError(PermissionError):
@@ -154,10 +158,6 @@ def choose_version(states: Iterable[VersionState], content_sha256: str, requeste
         if s.content_sha256 == content_sha256:
             return s.version, "already" if s.complete else "resume"
     return max(by_version, default=0) + 1, "publish"
-
-
-def is_truthy(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.strip().lower() in _TRUE)
 
 
 def _describes_full_set(key: str) -> bool:
@@ -292,7 +292,6 @@ def store_dims(location: StoreLocation) -> dict[str, int]:
 
 def _base_metadata(dataset: str) -> dict:
     """Description and metadata of the shipped catalog's entry, if there is one."""
-    from scibench_data.catalog import entry_metadata, open_catalog
 
     try:
         cat = open_catalog()

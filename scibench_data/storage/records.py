@@ -268,6 +268,18 @@ class _RootCapture(WrapperStore[Store]):
         await self._store.set(key, value)
 
 
+
+def _writable(template: xr.Dataset, encoding: Mapping[str, dict]) -> xr.Dataset:
+    """A copy of ``template`` marked incomplete, without the ``_FillValue`` attrs that ``encoding``
+    carries as ``fill_value`` (the caller's template is left as it was)."""
+    out = template.copy(deep=False)
+    out.attrs = {**template.attrs, STATUS_ATTR: "incomplete"}
+    for name, enc in encoding.items():
+        if name in out.variables and "fill_value" in enc:
+            out.variables[name].attrs = {k: v for k, v in out.variables[name].attrs.items() if k != "_FillValue"}
+    return out
+
+
 class RecordStore:
     """Create, fill, resume and finalize a store along one record dimension."""
 
@@ -306,7 +318,7 @@ class RecordStore:
         if state.exists:  # a create that was killed before the plan was written: start over
             for p in _non_state_entries(self.location):
                 self.location.fs.rm(p, recursive=True)
-        template.attrs[STATUS_ATTR] = "incomplete"
+        template = _writable(template, encoding)
         try:
             template.to_zarr(self.location.zarr_store(), mode="a", compute=False, consolidated=False,
                              zarr_format=3, encoding=with_checksums(dict(encoding), list(template.variables)))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scibench_data.datasets.uno import split_codes
 from scibench_data.formats.synthetic_marker import write_marker
 from scibench_data.formats.uno import (
     DESCRIPTOR_SUFFIX,
@@ -38,7 +39,6 @@ from scibench_data.formats.uno import (
     RESPONSE_FILE,
     RNASEQ_FILE,
     SPLITS,
-    split_codes,
 )
 
 SOURCES = ("CCLE", "CTRP", "GDSC", "gCSI", "NCI60")
