@@ -129,7 +129,9 @@ def preflight(scheduler: str, *, source: str | None = None, source_storage_optio
     :class:`~scibench_data.storage.location.StoreLocation`). Raises :class:`ConnectionError` for
     an unreachable scheduler (:class:`~scibench_data.parallel.SchedulerUnreachableError`) and :class:`PreflightError` naming the first node that cannot (and
     how many more); returns the workers' thread counts."""
-    from scibench_data.parallel import connect  # here: the nodes import this module with nothing else of ours
+    from scibench_data.parallel import (
+        connect,  # here: the nodes import this module with nothing else of ours
+    )
 
     identity = code_identity()
     client = connect(scheduler)

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(DASK is None, reason="the `da
 def _unshare_works() -> bool:
     if shutil.which("unshare") is None:
         return False
-    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True, check=False)
     return done.returncode == 0
 
 
@@ -66,9 +66,10 @@ def external_cluster(tmp: Path, workers: list[list[str]], scheduler_env: dict | 
 
     tmp.mkdir(parents=True, exist_ok=True)
     info = tmp / "scheduler.json"
+    logs = ExitStack()  # the processes' stderr files, closed with the cluster
     procs = [subprocess.Popen([DASK, "scheduler", "--scheduler-file", str(info), "--host", "127.0.0.1", "--port", "0",
                                "--no-dashboard"], env=scheduler_env or _env(), cwd=tmp,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp / "scheduler.log", "w"))]
+                              stdout=subprocess.DEVNULL, stderr=logs.enter_context(open(tmp / "scheduler.log", "w")))]  # noqa: SIM115
     try:
         deadline = time.monotonic() + 120
         while not info.exists() or not info.read_text().strip():
@@ -80,7 +81,7 @@ def external_cluster(tmp: Path, workers: list[list[str]], scheduler_env: dict | 
             procs.append(subprocess.Popen([*prefix, DASK, "worker", "--scheduler-file", str(info), "--nthreads", "1",
                                            "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"],
                                           env=worker_env or _env(), cwd=tmp, stdout=subprocess.DEVNULL,
-                                          stderr=open(tmp / f"worker{i}.log", "w")))
+                                          stderr=logs.enter_context(open(tmp / f"worker{i}.log", "w"))))  # noqa: SIM115
         with Client(address) as client:
             client.wait_for_workers(len(workers), timeout=120)
         yield address
@@ -92,6 +93,7 @@ def external_cluster(tmp: Path, workers: list[list[str]], scheduler_env: dict | 
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        logs.close()
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +149,7 @@ def test_unreachable_scheduler_on_the_command_line_is_one_line_and_writes_no_sto
     done = subprocess.run([sys.executable, "-m", "scibench_data.cli", "convert", "cloudmask", "--layout", "hdf",
                            str(cloudmask_raw["hdf"]), str(dest), "--scheduler", "tcp://127.0.0.1:9", "--no-progress"],
                           capture_output=True, text=True, env=_env(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="1s"),
-                          timeout=300)
+                          timeout=300, check=False)
     assert done.returncode != 0
     said = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(said) == 1 and "cannot reach the dask scheduler at 'tcp://127.0.0.1:9'" in said[0], done.stderr
@@ -208,9 +210,9 @@ def test_preflight_names_a_scheduler_with_another_scibench_data(cloudmask_raw, t
     shutil.copy(REPO / "scibench_data" / "cluster.py", other / "cluster.py")
     dest = tmp_path / "x.zarr"
     env = {**_env(), "PYTHONPATH": str(other.parent)}
-    with external_cluster(tmp_path / "cluster", [[]], scheduler_env=env) as address:
-        with pytest.raises(PreflightError, match=r"the scheduler imports scibench-data 0\.0\.1 \(code [0-9a-f]+\), "
-                                                 r"this machine"):
+    with external_cluster(tmp_path / "cluster", [[]], scheduler_env=env) as address, \
+            pytest.raises(PreflightError, match=r"the scheduler imports scibench-data 0\.0\.1 \(code [0-9a-f]+\), "
+                                                r"this machine"):
             convert_cloudmask(str(cloudmask_raw["hdf"]), str(dest),
                               CloudMaskConversion(layout="hdf", scheduler=address, progress=False))
     assert not dest.exists()
@@ -223,12 +225,12 @@ def test_problems_name_each_node_in_one_line():
                       "tcp://a:1": {"identity": "0.9 (code bbb)"}, "tcp://c:3": {"identity": me},
                       "tcp://d:4": ModuleNotFoundError("No module named 'scibench_data'")})
     assert found == [
-        "the scheduler cannot run scibench-data's check (ModuleNotFoundError: No module named 'scibench_data'); "
-        "install this scibench-data on the scheduler too (it deserializes the tasks)",
+        ("the scheduler cannot run scibench-data's check (ModuleNotFoundError: No module named 'scibench_data'); "
+         "install this scibench-data on the scheduler too (it deserializes the tasks)"),
         "worker tcp://a:1 imports scibench-data 0.9 (code bbb), this machine 1.0 (code aaa)",
         "worker tcp://b:2 cannot read the source /x (PermissionError: no)",
-        "worker tcp://d:4 cannot run scibench-data's check (ModuleNotFoundError: No module named 'scibench_data'); "
-        "install this scibench-data on every worker"]
+        ("worker tcp://d:4 cannot run scibench-data's check (ModuleNotFoundError: No module named 'scibench_data'); "
+         "install this scibench-data on every worker")]
 
 
 def test_a_product_invisible_on_a_worker_is_not_reported_as_bad_input(cloudmask_raw, tmp_path):
@@ -276,13 +278,13 @@ def test_convert_and_subset_on_the_command_line_ship_s3_options_to_the_workers(c
         cmd = [sys.executable, "-m", "scibench_data.cli", "convert", "cloudmask", "--layout", "sen3",
                "s3://deploy/raw", "s3://deploy/cloudmask_ds2.zarr", "--scheduler", address, "--endpoint-url", s3_endpoint,
                "--profile", "ds2", "--no-progress"]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         subset = subprocess.run([sys.executable, "-m", "scibench_data.cli", "subset", "cloudmask_ds2",
                                  "--root", "s3://deploy", "--scenes", "0:2", "--window", "0:32,0:32",
                                  "--to", "s3://deploy/week.zarr", "--scheduler", address, "--endpoint-url",
                                  s3_endpoint, "--profile", "ds2", "--no-progress"],
-                                capture_output=True, text=True, env=env, timeout=600)
+                                capture_output=True, text=True, env=env, timeout=600, check=False)
     so = {"key": "test", "secret": "test", "client_kwargs": {"endpoint_url": s3_endpoint}}
     assert store_state(StoreLocation("s3://deploy/cloudmask_ds2.zarr", so)).complete
     got = xr.open_zarr(fs.get_mapper("deploy/cloudmask_ds2.zarr"), consolidated=True).load()
@@ -305,3 +307,32 @@ def test_s3_options_from_the_command_line():
     assert s3_storage_options(args, source=False) == {"client_kwargs": {"endpoint_url": "http://s3.local:9000"},
                                                       "profile": "hpc"}
     assert s3_storage_options(p.parse_args([]), source=True) == {}
+
+
+def test_the_slurm_recipe_of_the_docs_renders_the_intended_job_script(capsys):
+    """docs/ds2.md's dask-jobqueue block, run up to where it would submit jobs (no SLURM here): one
+    job is 8 one-thread workers of 4 GB with the memory variables set; the page's block test skips
+    it (fenced ``python cluster``)."""
+    import re
+
+    pytest.importorskip("dask_jobqueue")
+    page = (REPO / "docs" / "ds2.md").read_text()
+    blocks = re.findall(r"^```python cluster\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+    assert len(blocks) == 1
+    setup, _, submit = blocks[0].partition("# --- submit (needs SLURM) ---")
+    assert "cluster.scale(" in submit and "scheduler=cluster.scheduler_address" in submit
+    namespace: dict = {}
+    exec(compile(setup, "docs/ds2.md#slurm", "exec"), namespace)  # noqa: S102 - the page's own code
+    cluster = namespace["cluster"]
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert script in capsys.readouterr().out  # the block prints it
+    assert "#SBATCH --cpus-per-task=8" in script and "#SBATCH -p compute" in script
+    worker = next(line for line in script.splitlines() if "dask_worker" in line)
+    assert worker.startswith("/shared/venvs/scibench/bin/python -m distributed.cli.dask_worker")
+    assert "--nthreads 1" in worker and "--nworkers 8" in worker and "--memory-limit 3.73GiB" in worker
+    assert "export MALLOC_TRIM_THRESHOLD_=536870912 MALLOC_MMAP_THRESHOLD_=536870912 MALLOC_TOP_PAD_=67108864" \
+        in script.splitlines()
+    assert script.index("source /shared/venvs/scibench/bin/activate") < script.index("dask_worker")

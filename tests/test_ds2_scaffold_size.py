@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from scibench_data.convert.cloudmask import DS2_N_SCENES, CloudMaskConversion, scaffold_cloudmask
+from scibench_data.convert.cloudmask import (
+    DS2_N_SCENES,
+    CloudMaskConversion,
+    scaffold_cloudmask,
+)
 from scibench_data.storage.location import StoreLocation
 from scibench_data.subset import Selection, dry_run
 
@@ -24,7 +28,7 @@ def scaffold(cloudmask_raw, tmp_path_factory) -> tuple[Path, list[int]]:
     return dest, list(report.extra["filled_scenes"])
 
 
-def _bytes(paths) -> int:  # noqa: ANN001
+def _bytes(paths) -> int:
     return sum(p.stat().st_size for p in paths if p.is_file())
 
 
@@ -49,7 +53,7 @@ def test_scaffold_store_is_its_written_scenes_plus_the_metadata_docs_quote(scaff
 def test_dry_run_on_a_scaffold_also_says_what_the_full_data_set_would_decode(scaffold):
     """Issue 19: 'the dry-run estimate also says what the query would decode on the full data set,
     not only the scenes that hold data'."""
-    dest, filled = scaffold
+    dest, _ = scaffold
     sel = Selection.parse(scenes="0:100", channels="S1,S7", window="0:32,0:48")
     plan, _ = dry_run(StoreLocation(str(dest)), sel)
     assert plan.filled == (0,) and len(plan.scenes) == 100
