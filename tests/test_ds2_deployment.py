@@ -336,3 +336,23 @@ def test_the_slurm_recipe_of_the_docs_renders_the_intended_job_script(capsys):
     assert "export MALLOC_TRIM_THRESHOLD_=536870912 MALLOC_MMAP_THRESHOLD_=536870912 MALLOC_TOP_PAD_=67108864" \
         in script.splitlines()
     assert script.index("source /shared/venvs/scibench/bin/activate") < script.index("dask_worker")
+
+
+def _die_once(item: tuple[int, str]) -> int:
+    """Task body: the first time item 0 runs, its worker process dies (as an OOM-killed one would)."""
+    index, marker = item
+    if index == 0 and not os.path.exists(marker):
+        Path(marker).write_text("died")
+        os._exit(1)
+    time.sleep(0.2)
+    return index
+
+
+def test_a_product_bound_to_a_worker_that_dies_runs_on_another(plain_cluster, tmp_path):
+    """Tasks go to a worker with a free slot, bound loosely: when that worker dies, its product is
+    not stranded waiting for it; it runs elsewhere and every item completes."""
+    marker = str(tmp_path / "died")
+    items = [(i, marker) for i in range(6)]
+    results = run_tasks(_die_once, items, [f"p{i}" for i in range(6)], scheduler=plain_cluster, progress=False)
+    assert Path(marker).exists()
+    assert sorted(r.value for r in results if r.ok) == list(range(6)), [r.error for r in results]
