@@ -278,13 +278,13 @@ def test_convert_and_subset_on_the_command_line_ship_s3_options_to_the_workers(c
         cmd = [sys.executable, "-m", "scibench_data.cli", "convert", "cloudmask", "--layout", "sen3",
                "s3://deploy/raw", "s3://deploy/cloudmask_ds2.zarr", "--scheduler", address, "--endpoint-url", s3_endpoint,
                "--profile", "ds2", "--no-progress"]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         subset = subprocess.run([sys.executable, "-m", "scibench_data.cli", "subset", "cloudmask_ds2",
                                  "--root", "s3://deploy", "--scenes", "0:2", "--window", "0:32,0:32",
                                  "--to", "s3://deploy/week.zarr", "--scheduler", address, "--endpoint-url",
                                  s3_endpoint, "--profile", "ds2", "--no-progress"],
-                                capture_output=True, text=True, env=env, timeout=600, check=False)
+                                capture_output=True, text=True, env=env, timeout=1800, check=False)
     so = {"key": "test", "secret": "test", "client_kwargs": {"endpoint_url": s3_endpoint}}
     assert store_state(StoreLocation("s3://deploy/cloudmask_ds2.zarr", so)).complete
     got = xr.open_zarr(fs.get_mapper("deploy/cloudmask_ds2.zarr"), consolidated=True).load()
