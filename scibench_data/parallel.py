@@ -13,7 +13,7 @@ statistical profiler sampling the task thread every 10 ms under the GIL.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +48,7 @@ WORKER_CONFIG: dict[str, object] = {
 
 
 @contextmanager
-def environment(values: dict[str, str | None]) -> Iterator[None]:
+def environment(values: Mapping[str, str | None]) -> Iterator[None]:
     """This process's environment with ``values`` set (None: unset), restored on exit.
 
     Around starting a ``LocalCluster``: distributed's nanny prefers a variable already in
@@ -141,6 +141,27 @@ def _is_permanent(err: Exception) -> bool:
     return isinstance(err, (SourceFormatError, ValueError, KeyError, TypeError))
 
 
+class SchedulerUnreachableError(ConnectionError):
+    """The dask scheduler at the given address did not answer (nothing was written)."""
+
+
+def is_address(scheduler: str) -> bool:
+    """True for the address of an existing dask scheduler (anything but our named schedulers)."""
+    return scheduler not in (*LOCAL_SCHEDULERS, "local-cluster")
+
+
+def connect(scheduler: str) -> Any:
+    """A ``distributed.Client`` connected to the scheduler at ``scheduler``; an unreachable one is a
+    one-line :class:`SchedulerUnreachableError` naming the address (after ``distributed.comm.timeouts.connect``)."""
+    from distributed import Client
+
+    try:
+        return Client(scheduler)
+    except (OSError, TimeoutError) as err:
+        raise SchedulerUnreachableError(f"cannot reach the dask scheduler at {scheduler!r}: "
+                              f"{' '.join(str(err).split())}") from None
+
+
 @contextmanager
 def distributed_client(scheduler: str, n_workers: int | None = None) -> Iterator[Any]:
     """A ``distributed.Client``: a new ``LocalCluster`` of processes for ``"local-cluster"``,
@@ -156,13 +177,78 @@ def distributed_client(scheduler: str, n_workers: int | None = None) -> Iterator
             client.register_plugin(_worker_plugin())
             yield client
     else:
-        try:  # waits up to distributed.comm.timeouts.connect (30 s by default)
-            client = Client(scheduler)
-        except (OSError, TimeoutError) as err:
-            raise ConnectionError(f"cannot reach the dask scheduler at {scheduler!r}: {err}") from err
-        with client:
+        with connect(scheduler) as client:
             client.register_plugin(_worker_plugin())
             yield client
+
+
+def worker_slots(workers: Mapping[str, Mapping[str, Any]], task_memory: int | None = None) -> dict[str, int]:
+    """Tasks each worker may hold at once: one per thread, fewer where its ``memory_limit`` holds
+    fewer tasks of ``task_memory`` bytes, and at least one. ``workers``: the scheduler's
+    ``{address: {"nthreads": ..., "memory_limit": ...}}``."""
+    slots = {}
+    for address, info in workers.items():
+        n = max(1, int(info.get("nthreads") or 1))
+        limit = int(info.get("memory_limit") or 0)
+        if task_memory and limit:
+            n = min(n, max(1, limit // task_memory))
+        slots[address] = n
+    return slots
+
+
+def _pick_worker(slots: Mapping[str, int], busy: Mapping[str, int]) -> str | None:
+    """The worker with the most free slots (None when every slot is taken)."""
+    free = {a: n - busy.get(a, 0) for a, n in slots.items()}
+    best = max(free, key=lambda a: (free[a], a), default=None)
+    return best if best is not None and free[best] > 0 else None
+
+
+def _run_bounded(client: Any, fn: Callable[[Any], Any], items: Sequence[Any], keys: Sequence[str], retries: int,
+                 task_memory: int | None, done: Callable[[TaskResult], None]) -> None:
+    """Submit one task per item, never more at once than the workers have slots
+    (:func:`worker_slots`), each to a worker with a free slot; the next goes out as one finishes.
+
+    This holds on any cluster, whatever its ``worker-saturation``: a 1-thread worker holds one
+    product, not two queued. A task is bound to its worker loosely (``allow_other_workers``), so
+    a worker that dies does not strand it; the slots are read again from the scheduler as workers
+    come and go."""
+    from collections import Counter
+
+    from distributed import as_completed
+
+    pending = list(zip(items, keys))[::-1]
+    busy: Counter[str] = Counter()
+    placed: dict[Any, tuple[str | None, str]] = {}
+    ac = as_completed()
+
+    def fill() -> None:
+        slots = worker_slots(client.scheduler_info().get("workers", {}), task_memory)
+        while pending:
+            address = _pick_worker(slots, busy)
+            if address is None and placed:
+                return
+            item, key = pending.pop()
+            future = client.submit(attempt, fn, item, key, retries, key=f"task-{key}", pure=False,
+                                   workers=[address] if address else None, allow_other_workers=True)
+            if address:
+                busy[address] += 1
+            placed[future.key] = (address, key)
+            ac.add(future)
+            if address is None:  # no worker yet: one task waits at the scheduler for the first
+                return
+
+    fill()
+    for future in ac:
+        address, key = placed.pop(future.key)
+        if address:
+            busy[address] -= 1
+        try:
+            done(future.result())
+        except Exception as err:  # noqa: BLE001 - a worker died (e.g. KilledWorker): say which item
+            done(TaskResult(key=key, ok=False, error=f"worker failed: {type(err).__name__}: {err}"))
+        finally:
+            future.release()
+        fill()
 
 
 def run_tasks(
@@ -178,6 +264,7 @@ def run_tasks(
     progress: bool = True,
     on_result: Callable[[TaskResult], None] | None = None,
     bytes_of: Callable[[Any], int] | None = None,
+    task_memory: int | None = None,
 ) -> list[TaskResult]:
     """Run ``fn`` on every item, in parallel, and return one :class:`TaskResult` per item
     (in completion order). A failing item is retried, then reported; the rest go on. An item
@@ -188,7 +275,9 @@ def run_tasks(
     ``scheduler``: ``"sync"``, ``"threads"``, ``"local-cluster"`` or a scheduler address
     such as ``"tcp://10.0.0.5:8786"``. The progress bar shows items done, rate and ETA,
     and with ``bytes_of`` (bytes of a successful result's value) the bytes and MB/s.
-    On a cluster, items travel to the workers and only the (small) results come back.
+    On a cluster, items travel to the workers and only the (small) results come back, and no
+    worker holds more tasks than it has threads, nor more than its ``memory_limit`` holds tasks
+    of ``task_memory`` bytes (:func:`_run_bounded`), whatever the cluster's own settings.
     """
     import time
 
@@ -227,20 +316,8 @@ def run_tasks(
             with _Report():
                 dask.compute(*tasks, scheduler=scheduler, num_workers=n_workers)
         else:
-            from distributed import as_completed
-
             with distributed_client(scheduler, n_workers) as client:
-                futures = client.map(attempt, [fn] * len(items), items, keys, [retries] * len(items),
-                                     key=[f"task-{k}" for k in keys], pure=False)
-                by_key = {f.key: k for f, k in zip(futures, keys)}
-                for f in as_completed(futures):
-                    try:
-                        done(f.result())
-                    except Exception as err:  # noqa: BLE001 - a worker died (e.g. KilledWorker): say which item
-                        done(TaskResult(key=by_key.get(f.key, str(f.key)), ok=False,
-                                        error=f"worker failed: {type(err).__name__}: {err}"))
-                    finally:
-                        f.release()
+                _run_bounded(client, fn, items, keys, retries, task_memory, done)
     finally:
         bar.close()
     full = [r for r in results if r.full_disk]

@@ -149,6 +149,9 @@ class SubsetPlan:
     window: tuple[int, int, int, int]
     reads: tuple[VariableRead, ...]
     filled: tuple[int, ...] | None = None  # selected scenes that hold data, when the store says
+    #: on a store where only some scenes hold data (a scaffold): what the same query reads once every
+    #: selected scene holds data, i.e. on the full data set (``reads`` counts the scenes with data only)
+    full_reads: tuple[VariableRead, ...] | None = None
 
     @property
     def chunks(self) -> int:
@@ -174,14 +177,26 @@ class SubsetPlan:
                        f"{r.bytes_selected / 1e6:.1f} MB selected")
         ratio = self.bytes_decoded / self.bytes_selected if self.bytes_selected else 0.0
         out.append(f"total: {self.chunks} chunks, {self.bytes_decoded / 1e6:.1f} MB decoded for "
-                   f"{self.bytes_selected / 1e6:.1f} MB selected ({ratio:.2f}x)")
+                   f"{self.bytes_selected / 1e6:.1f} MB selected ({ratio:.2f}x)"
+                   + (f" in the {len(self.filled)} scene(s) that hold data" if self.filled is not None else ""))
+        if self.full_reads is not None:
+            chunks = sum(r.chunks for r in self.full_reads)
+            decoded = sum(r.bytes_decoded for r in self.full_reads)
+            selected = sum(r.bytes_selected for r in self.full_reads)
+            out.append(f"on the full data set (all {len(self.scenes)} selected scenes hold data): {chunks} chunks, "
+                       f"{decoded / 1e6:.1f} MB decoded for {selected / 1e6:.1f} MB selected")
         return out
 
     def as_dict(self) -> dict:
         return {"scenes": list(self.scenes), "channels": list(self.channels), "window": list(self.window),
                 "filled": list(self.filled) if self.filled is not None else None, "chunks": self.chunks,
                 "bytes_decoded": self.bytes_decoded, "bytes_selected": self.bytes_selected,
-                "reads": [r.__dict__ for r in self.reads]}
+                "reads": [r.__dict__ for r in self.reads],
+                "full_data_set": None if self.full_reads is None else {
+                    "chunks": sum(r.chunks for r in self.full_reads),
+                    "bytes_decoded": sum(r.bytes_decoded for r in self.full_reads),
+                    "bytes_selected": sum(r.bytes_selected for r in self.full_reads),
+                    "reads": [r.__dict__ for r in self.full_reads]}}
 
 
 # --------------------------------------------------------------------------- pure arithmetic
@@ -275,8 +290,12 @@ def plan_subset(sel: Selection, *, times: np.ndarray, names: Sequence[str], chan
     to_read = np.asarray(held if held is not None else scenes, dtype=np.int64)
     reads = tuple(variable_read(v, layouts[v], to_read, channels, window) if len(to_read) else
                   VariableRead(v, 0, 0, 0) for v in sel.variables)
+    full = None
+    if held is not None:  # the same query once every selected scene holds data
+        full = tuple(variable_read(v, layouts[v], np.asarray(scenes, dtype=np.int64), channels, window)
+                     if len(scenes) else VariableRead(v, 0, 0, 0) for v in sel.variables)
     return SubsetPlan(scenes=tuple(int(s) for s in scenes), channels=tuple(int(c) for c in channels),
-                      window=window, reads=reads, filled=held)
+                      window=window, reads=reads, filled=held, full_reads=full)
 
 
 # --------------------------------------------------------------------------- stores
@@ -424,7 +443,8 @@ def write_subset(source: Any, dest: Any, sel: Selection, *, scheduler: str = "th
     If the source is a scaffold and some selected scenes hold no data, the output is
     consolidated with status ``"scaffold"`` and lists the scenes that do.
     """
-    from scibench_data.parallel import run_tasks
+    from scibench_data.cluster import preflight
+    from scibench_data.parallel import is_address, run_tasks
     from scibench_data.storage.encoding import encoding_for
     from scibench_data.storage.location import StoreLocation
     from scibench_data.storage.lock import WriterLock
@@ -455,6 +475,11 @@ def write_subset(source: Any, dest: Any, sel: Selection, *, scheduler: str = "th
         enc["time"].update({"units": "milliseconds since 1970-01-01", "dtype": "int64"})
     keys = [summary.names[s] for s in plan.scenes]
     store = RecordStore(location, RECORD_DIM)
+    if is_address(scheduler):  # every worker reads the source's root and sees and writes dest, before any write
+        src_loc = source if isinstance(source, StoreLocation) else StoreLocation(str(source)) \
+            if isinstance(source, str) else None
+        preflight(scheduler, dest=location, source=src_loc.fs.unstrip_protocol(src_loc.path("zarr.json"))
+                  if src_loc else None, source_storage_options=src_loc.options if src_loc else None)
     with WriterLock(location, operation="subset"):
         state = store.prepare(tmpl, enc, keys, {"format": "subset", "source": _label(source),
                                                  "selection": sel.as_dict()})

@@ -119,6 +119,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
             FileExistsError, PermissionError, ValueError, KeyError)
 
 
+def cluster_errors() -> tuple[type[BaseException], ...]:
+    """A dask scheduler that does not answer, a cluster node that cannot run the job (preflight):
+    one line naming the address, exit code 4, nothing written."""
+    from scibench_data.cluster import PreflightError
+    from scibench_data.parallel import SchedulerUnreachableError
+
+    return (SchedulerUnreachableError, PreflightError)
+
+
 def storage_errors() -> tuple[type[BaseException], ...]:
     """Errors of the storage service (unreachable, reset) after every retry: one line, exit code 3."""
     from scibench_data.storage.retries import RemoteReadError
@@ -161,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"scibench-data: error: {message(err)}", file=sys.stderr)
         return 2
+    except cluster_errors() as err:  # before storage errors: an unreachable scheduler is no storage fault
+        if args.debug:
+            traceback.print_exc()
+        print(f"scibench-data: dask cluster: {message(err)}", file=sys.stderr)
+        return 4
     except storage_errors() as err:
         if args.debug:
             traceback.print_exc()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from scibench_data.cli.common import add_progress, add_root, add_scheduler, write_json
+from scibench_data.cli.common import (
+    add_progress,
+    add_root,
+    add_s3_options,
+    add_scheduler,
+    s3_storage_options,
+    write_json,
+)
 
 SUBSET_ENTRIES = ("cloudmask_ds2", "cloudmask_ds1")
 
@@ -13,13 +20,20 @@ def _options(args: argparse.Namespace):
     from scibench_data.convert.cloudmask import CloudMaskConversion
 
     return CloudMaskConversion(layout=args.layout, tile=args.tile, scheduler=args.scheduler, n_workers=args.workers,
-                               retries=args.retries, progress=args.progress)
+                               retries=args.retries, progress=args.progress,
+                               src_storage_options=s3_storage_options(args, source=True))
+
+
+def _dest(args: argparse.Namespace):
+    from scibench_data.storage.location import StoreLocation
+
+    return StoreLocation(args.dest, s3_storage_options(args, source=False))
 
 
 def _append(args: argparse.Namespace) -> int:
     from scibench_data.convert.cloudmask import append_cloudmask
 
-    report = append_cloudmask(args.src, args.dest, _options(args))
+    report = append_cloudmask(args.src, _dest(args), _options(args))
     print("\n".join(report.lines()))
     print(f"appended: {len(report.extra.get('appended', []))} product(s)")
     if args.report:
@@ -31,7 +45,7 @@ def _scaffold(args: argparse.Namespace) -> int:
     from scibench_data.convert.cloudmask import scaffold_cloudmask
 
     slots = [int(s) for s in args.slots.split(",")] if args.slots else None
-    report = scaffold_cloudmask(args.src, args.dest, _options(args), n_scenes=args.scenes, slots=slots)
+    report = scaffold_cloudmask(args.src, _dest(args), _options(args), n_scenes=args.scenes, slots=slots)
     lines = [line for line in report.lines() if not line.startswith("status:")]
     print("\n".join(lines))
     print(f"status: {report.extra['status']} ({len(report.extra['filled_scenes'])} of {report.total} scenes hold data: "
@@ -43,6 +57,7 @@ def _scaffold(args: argparse.Namespace) -> int:
 
 def _subset(args: argparse.Namespace) -> int:
     from scibench_data.catalog import entry_location, open_catalog
+    from scibench_data.storage.location import StoreLocation
     from scibench_data.subset import Selection, dry_run, write_subset
 
     sel = Selection.parse(time=args.time, scenes=args.scenes, channels=args.channels, window=args.window,
@@ -50,6 +65,8 @@ def _subset(args: argparse.Namespace) -> int:
     if not args.dry_run and not args.to:
         raise ValueError("give --to DEST to write the subset, or --dry-run to see what it would read")
     source = entry_location(open_catalog(root=args.root), args.entry)
+    if s3_storage_options(args, source=True):  # the command line's S3 access over the catalog's
+        source = StoreLocation(source.url, {**source.storage_options, **s3_storage_options(args, source=True)})
     plan, summary = dry_run(source, sel)
     print(f"source: {source.url}")
     print("\n".join(plan.lines(summary.names)))
@@ -57,7 +74,7 @@ def _subset(args: argparse.Namespace) -> int:
         write_json(args.json, {"source": source.url, "selection": sel.as_dict(), **plan.as_dict()})
     if args.dry_run:
         return 0
-    report = write_subset(source, args.to, sel, scheduler=args.scheduler, n_workers=args.workers,
+    report = write_subset(source, StoreLocation(args.to, s3_storage_options(args, source=False)), sel, scheduler=args.scheduler, n_workers=args.workers,
                           retries=args.retries, progress=args.progress)
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
@@ -71,6 +88,7 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retries", type=int, default=1, help="retries per product before it is reported failed")
     p.add_argument("--report", default=None, help="also write the report as JSON here")
     add_scheduler(p)
+    add_s3_options(p)
     add_progress(p)
 
 
@@ -100,4 +118,5 @@ def register(cli) -> None:  # noqa: ANN001
         p.add_argument("--json", default=None, help="also write the plan as JSON here")
         p.add_argument("--retries", type=int, default=1)
         add_scheduler(p)
+        add_s3_options(p)
         add_progress(p)

@@ -25,6 +25,31 @@ def add_scheduler(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="number of workers (threads or processes)")
 
 
+def add_s3_options(p: argparse.ArgumentParser) -> None:
+    """S3 access for the sources and the destination, shipped to every Dask worker as storage
+    options (credentials themselves are never taken on the command line)."""
+    p.add_argument("--endpoint-url", default=None,
+                   help="S3 endpoint of the sources and the destination (default: $AWS_ENDPOINT_URL on each node, "
+                        "else AWS); sent to the workers")
+    p.add_argument("--profile", default=None,
+                   help="AWS profile (~/.aws on each node) for the sources and the destination; sent to the workers")
+    p.add_argument("--anon", action="store_true", help="read the sources anonymously (a public bucket)")
+
+
+def s3_storage_options(args: argparse.Namespace, *, source: bool) -> dict[str, Any]:
+    """fsspec storage options from :func:`add_s3_options` (``--anon`` applies to the source only:
+    a destination is never written anonymously). Empty when none was given."""
+    so: dict[str, Any] = {}
+    if getattr(args, "endpoint_url", None):
+        so["client_kwargs"] = {"endpoint_url": args.endpoint_url}
+    if getattr(args, "profile", None):
+        so["profile"] = args.profile
+    if source and getattr(args, "anon", False):
+        so.pop("profile", None)
+        so["anon"] = True
+    return so
+
+
 def add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -36,11 +61,16 @@ def run_conversion(args: argparse.Namespace, convert: Callable, options: type, *
     from scibench_data.storage.location import StoreLocation
     from scibench_data.storage.lock import break_lock
 
-    if args.break_lock and break_lock(StoreLocation(args.dest)):
+    if args.break_lock and break_lock(StoreLocation(args.dest, s3_storage_options(args, source=False))):
         print(f"removed the lock of {args.dest}")
+    if "src_storage_options" in getattr(options, "__dataclass_fields__", {}):
+        fields = {**fields, "src_storage_options": s3_storage_options(args, source=True)}
+    elif s3_storage_options(args, source=True):
+        raise ValueError(f"--endpoint-url, --profile and --anon: {options.__name__} reads local sources only")
     opts = options(**fields, scheduler=args.scheduler, n_workers=args.workers, retries=args.retries,
                    progress=args.progress)
-    report = convert(args.src, args.dest, opts)
+    dest_options = s3_storage_options(args, source=False)
+    report = convert(args.src, StoreLocation(args.dest, dest_options) if dest_options else args.dest, opts)
     print("\n".join(report.lines()))
     if args.report:
         write_json(args.report, report.as_dict())
@@ -54,6 +84,7 @@ def add_conversion_options(p: argparse.ArgumentParser, unit: str = "task") -> No
     p.add_argument("--report", default=None, help="also write the conversion report as JSON here")
     p.add_argument("--break-lock", action="store_true", help="remove a lock left by a writer that is gone")
     add_scheduler(p)
+    add_s3_options(p)
     add_progress(p)
 
 

@@ -56,6 +56,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from scibench_data.cluster import preflight_products
 from scibench_data.convert import ConversionReport, ConversionRun, plan_layout
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.cloudmask import (
@@ -279,6 +280,27 @@ def common_grid(fs: fsspec.AbstractFileSystem, products: list[SourceProduct],
     return max(counts, key=lambda g: (counts[g], -grids.index(g)))
 
 
+#: Memory one product task may need on a worker (peak RSS of a 1-thread worker converting full-size
+#: ``sen3`` products: ~670 MB, docs/ds2.md); a worker holds no more products than its memory_limit fits.
+PRODUCT_MEMORY = 1 << 30
+
+
+class SourceUnavailableError(OSError):
+    """A product the coordinator listed is not visible on the node running its task."""
+
+    def __init__(self, path: str) -> None:
+        import socket
+
+        try:
+            from distributed import get_worker
+
+            where = f"worker {get_worker().address}"
+        except (ImportError, ValueError):
+            where = f"host {socket.gethostname()}"
+        super().__init__(f"{path}: not visible on {where} (the client listed it); every worker must see the "
+                         "sources at the same path or URL")
+
+
 @dataclass(frozen=True)
 class ConvertProduct:
     """The task run for one product: read, check, write the scene, then its marker. Picklable."""
@@ -295,7 +317,12 @@ class ConvertProduct:
         # every source file is read once: parsed from memory while a second thread hashes the same
         # bytes (files the reader does not parse are hashed in one streamed pass)
         with HashingReader(fs) as reader:
-            declared = grid_of(fs, product, reader)  # header only: a product of another grid is never decoded
+            try:
+                declared = grid_of(fs, product, reader)  # header only: a product of another grid is never decoded
+            except SourceFormatError:
+                if not fs.exists(product.path):  # not a bad product: this node does not see it (retried)
+                    raise SourceUnavailableError(product.path) from None
+                raise
             if declared != tuple(self.grid):
                 raise SourceFormatError(product.path, f"grid {declared} differs from the store's "
                                                       f"{tuple(self.grid)} (the products' majority); nothing read")
@@ -333,7 +360,8 @@ def _run(store: RecordStore, src: str, jobs: list[tuple[int, SourceProduct]], gr
 
     results = run_tasks(task, jobs, [p.name.name for _, p in jobs], scheduler=options.scheduler,
                         n_workers=options.n_workers, retries=options.retries, desc=desc, unit="product",
-                        progress=options.progress, bytes_of=lambda v: v["bytes"], on_result=record)
+                        progress=options.progress, bytes_of=lambda v: v["bytes"], on_result=record,
+                        task_memory=PRODUCT_MEMORY)
     failed = tuple((r.key, r.error) for r in results if not r.ok)
     if failed:
         inventory.flush()
@@ -390,6 +418,7 @@ def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCon
                   options.tile)
     enc = encodings(ds, options.tile, options.codec)
     store = RecordStore(location, RECORD_DIM)
+    preflight_products(options.scheduler, fs, products, options.src_storage_options, location)  # before any write
     with WriterLock(location, operation="convert cloudmask"):
         state = store.prepare(ds, enc, names, {"format": "cloudmask", "grid": list(grid), "tile": options.tile,
                                                  "layout": options.layout,
@@ -503,6 +532,7 @@ def append_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConv
     store = RecordStore(location, RECORD_DIM)
     fs, products, rejected_rows = _discover(src, options)
     options = options.with_synthetic(find_marker(fs, [posixpath.dirname(p.path) for p in products]))
+    preflight_products(options.scheduler, fs, products, options.src_storage_options, location)  # before any write
     with WriterLock(location, operation="append cloudmask"):
         plan, state = store.plan(), store_state(location)
         if plan is None or not state.ours or plan.get("format") != "cloudmask":
@@ -636,6 +666,7 @@ def scaffold_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCo
     ds = template(names, scene_times(times), splits, grid, options.tile)
     enc = encodings(ds, options.tile, options.codec)
     store = RecordStore(location, RECORD_DIM)
+    preflight_products(options.scheduler, fs, products, options.src_storage_options, location)  # before any write
     with WriterLock(location, operation="scaffold cloudmask"):
         state = store.prepare(ds, enc, names, {"format": "cloudmask", "grid": list(grid), "tile": options.tile,
                                                  "layout": options.layout, "splits": splits,
