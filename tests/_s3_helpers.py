@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
 
 import s3fs
 
@@ -25,3 +30,43 @@ def wait_for_objects(fs: s3fs.S3FileSystem, prefix: str, at_least: int, proc: su
         if len([p for p in fs.find(prefix, refresh=True) if "/_scibench/" not in p]) >= at_least:
             return
         time.sleep(pause)
+
+
+class LoggedS3Server:
+    """A ``moto_server`` whose request log (werkzeug's one line per request, on stderr) is kept in a
+    file, so a test can count what the server saw: ``requests()`` -> ``[(method, path), ...]``."""
+
+    def __init__(self, folder: Path) -> None:
+        from scibench_data.storage.local_s3 import free_port
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = folder / f"moto-{self.port}.log"
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen([shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1",
+                                      "-p", str(self.port)], stdout=self._out, stderr=subprocess.STDOUT)
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto_server did not start on {self.endpoint}")
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, unquoted path without the query) of every request logged so far."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            m = _REQUEST_LINE.search(line)
+            if m:
+                out.append((m.group(1), urllib.parse.unquote(m.group(2).split("?", 1)[0])))
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self._out.close()
+
+
+_REQUEST_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+"')
