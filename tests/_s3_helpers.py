@@ -36,7 +36,11 @@ class LoggedS3Server:
     """A ``moto_server`` whose request log (werkzeug's one line per request, on stderr) is kept in a
     file, so a test can count what the server saw: ``requests()`` -> ``[(method, path), ...]``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, env: dict | None = None) -> None:
+        """``env``: extra environment for the server (``INITIAL_NO_AUTH_ACTION_COUNT=0`` makes moto
+        check every request's credentials)."""
+        import os
+
         from scibench_data.storage.local_s3 import free_port
 
         self.port = free_port()
@@ -44,7 +48,8 @@ class LoggedS3Server:
         self.log = folder / f"moto-{self.port}.log"
         self._out = open(self.log, "wb")
         self.proc = subprocess.Popen([shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1",
-                                      "-p", str(self.port)], stdout=self._out, stderr=subprocess.STDOUT)
+                                      "-p", str(self.port)], stdout=self._out, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
         for _ in range(300):
             try:
                 urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1)

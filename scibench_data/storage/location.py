@@ -12,7 +12,7 @@ import fsspec
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
-from scibench_data.storage.s3_client import read_store, s3fs_options
+from scibench_data.storage.s3_client import read_store, s3fs_options, tune_s3fs
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class StoreLocation:
     @cached_property
     def _fs_root(self) -> tuple[fsspec.AbstractFileSystem, str]:
         fs, root = fsspec.core.url_to_fs(self.url, **self.options)
-        return fs, root.rstrip("/")
+        return tune_s3fs(fs), root.rstrip("/")
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
@@ -67,6 +67,7 @@ class StoreLocation:
             store = read_store(self.url, self.storage_options)
         else:
             store = FsspecStore.from_url(self.url, storage_options=self.options, read_only=read_only)
+            tune_s3fs(store.fs)
         if self.cache_dir and read_only:
             from scibench_data.storage.cache import ChunkCacheStore, cache_folder
 

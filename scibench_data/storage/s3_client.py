@@ -16,16 +16,22 @@ with jitter up to 20 s, ``connect_timeout`` 10 s, ``read_timeout`` 60 s (botocor
 ``$AWS_SECRET_ACCESS_KEY``, the endpoint from ``endpoint_url`` / ``client_kwargs`` or ``$AWS_ENDPOINT_URL``.
 
 s3fs reads: ``max_concurrency=1`` unless the caller set it, so ``cat_file`` of a whole object is
-one GET (with s3fs's default of 10 it sends a HEAD first, to split objects over 50 MB into ranges).
+one GET (with s3fs's default of 10 it sends a HEAD first, to split objects over 50 MB into ranges);
+a response cut mid-body is tried 10 times (``retries``; s3fs's default is 5), as obstore does.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+
+from zarr.abc.store import ByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import ObjectStore
 
 from scibench_data.storage.retries import DEFAULT_POLICY, RetryPolicy, with_retries
 
@@ -65,6 +71,14 @@ def s3fs_options(url: str, storage_options: Mapping[str, Any], policy: RetryPoli
     if is_s3(url):
         out.setdefault("max_concurrency", 1)
     return out
+
+
+def tune_s3fs(fs: Any, policy: RetryPolicy = DEFAULT_POLICY) -> Any:  # noqa: ANN401 - an fsspec filesystem
+    """Give an s3fs filesystem the policy's attempts at a response cut mid-body (s3fs's
+    ``retries`` class attribute, 5 by default, not a constructor option); other filesystems unchanged."""
+    if type(fs).__name__ == "S3FileSystem" and getattr(fs, "retries", policy.max_attempts) < policy.max_attempts:
+        fs.retries = policy.max_attempts
+    return fs
 
 
 @dataclass(frozen=True)
@@ -189,12 +203,12 @@ def read_store(url: str, storage_options: Mapping[str, Any], env: Mapping[str, s
     if choice != "s3fs":
         settings, why = obstore_settings(url, storage_options, env)
         if settings is not None:
-            from zarr.storage import ObjectStore
-
-            return ObjectStore(obstore_s3(settings), read_only=True)
+            return ObstoreReadStore(obstore_s3(settings), read_only=True)
         if choice == "obstore":
             raise ClientChoiceError(f"${CLIENT_ENV}=obstore cannot read {url}: {why}")
-    return FsspecStore.from_url(url, storage_options=s3fs_options(url, storage_options), read_only=True)
+    store = FsspecStore.from_url(url, storage_options=s3fs_options(url, storage_options), read_only=True)
+    tune_s3fs(store.fs)
+    return store
 
 
 def object_store_url(store) -> str | None:  # noqa: ANN001 - a zarr Store
@@ -205,3 +219,58 @@ def object_store_url(store) -> str | None:  # noqa: ANN001 - a zarr Store
         return None
     prefix = str(getattr(inner, "prefix", None) or "").strip("/")
     return f"s3://{config['bucket']}/{prefix}".rstrip("/")
+
+
+class ObstoreReadStore(ObjectStore):
+    """zarr's :class:`~zarr.storage.ObjectStore` whose failures are one-line Python errors, as
+    s3fs's are: refused credentials -> :class:`PermissionError`; an unreachable server ->
+    :class:`ConnectionError` (``Could not connect to the endpoint URL: ...``, botocore's words);
+    a timeout -> :class:`TimeoutError`; any other failure after the retries -> :class:`ConnectionError`.
+    obstore's messages carry a multi-line debug dump (never the secret); only its first line is kept."""
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        try:
+            return await super().get(key, prototype, byte_range)
+        except Exception as err:  # noqa: BLE001 - obstore's errors are translated, others re-raised
+            raise translate_error(err, self._url(key)) from None
+
+    async def get_partial_values(self, prototype: BufferPrototype,
+                                 key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
+        key_ranges = list(key_ranges)
+        try:
+            return await super().get_partial_values(prototype, key_ranges)
+        except Exception as err:  # noqa: BLE001
+            raise translate_error(err, self._url(key_ranges[0][0] if key_ranges else "")) from None
+
+    async def exists(self, key: str) -> bool:
+        try:
+            return await super().exists(key)
+        except Exception as err:  # noqa: BLE001
+            raise translate_error(err, self._url(key)) from None
+
+    def _url(self, key: str) -> str:
+        return f"{object_store_url(self)}/{key}"
+
+
+_XML_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
+
+
+def translate_error(err: Exception, url: str) -> Exception:
+    """A one-line Python error for an obstore failure reading ``url``; other errors as they are."""
+    from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
+
+    if not isinstance(err, BaseError) or isinstance(err, FileNotFoundError):
+        return err
+    text = str(err)
+    first = text.split("\n", 1)[0].strip().removeprefix("Generic S3 error: ").strip().rstrip(":")
+    code, said = _XML_CODE.search(text), _XML_MESSAGE.search(text)
+    if isinstance(err, (PermissionDeniedError, UnauthenticatedError)):
+        why = f"{code.group(1)}: {said.group(1) if said else ''}".rstrip(": ") if code else first
+        return PermissionError(f"{url}: access denied by the server ({why}); check the credentials "
+                               "(key/secret, $AWS_ACCESS_KEY_ID) or read anonymously (anon=True) if the data is public")
+    if "kind: Connect" in text or "ConnectError" in text:
+        return ConnectionError(f"Could not connect to the endpoint URL for {url}: {first}")
+    if "TimedOut" in text or "kind: Timeout" in text or "timed out" in first.lower():
+        return TimeoutError(f"{url}: timed out: {first}")
+    return ConnectionError(f"{url}: {first}")
