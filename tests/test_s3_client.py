@@ -11,14 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from _s3_helpers import LoggedS3Server, bucket_client
+
 from loaders.cloudmask import CloudMaskPatches, PatchSpec
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
 from scibench_data.storage.location import StoreLocation
 from scibench_data.storage.publish import PublishOptions, publish
 from scibench_data.storage.retries import RemoteReadError
-from scibench_data.storage.s3_client import ClientChoiceError, ObstoreReadStore, obstore_settings, read_store
+from scibench_data.storage.s3_client import (
+    ClientChoiceError,
+    ObstoreReadStore,
+    obstore_settings,
+    read_store,
+)
 
 BUCKET = "client"
 ENDPOINT = "http://127.0.0.1:9000"

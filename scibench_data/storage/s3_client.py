@@ -73,7 +73,7 @@ def s3fs_options(url: str, storage_options: Mapping[str, Any], policy: RetryPoli
     return out
 
 
-def tune_s3fs(fs: Any, policy: RetryPolicy = DEFAULT_POLICY) -> Any:  # noqa: ANN401 - an fsspec filesystem
+def tune_s3fs(fs: Any, policy: RetryPolicy = DEFAULT_POLICY) -> Any:
     """Give an s3fs filesystem the policy's attempts at a response cut mid-body (s3fs's
     ``retries`` class attribute, 5 by default, not a constructor option); other filesystems unchanged."""
     if type(fs).__name__ == "S3FileSystem" and getattr(fs, "retries", policy.max_attempts) < policy.max_attempts:
@@ -186,15 +186,16 @@ def _attempts(config_kwargs: Mapping[str, Any], env: Mapping[str, str], policy: 
     return n
 
 
-def obstore_s3(settings: ObstoreSettings):  # noqa: ANN201 - an obstore.store.S3Store
+def obstore_s3(settings: ObstoreSettings):
     """An obstore ``S3Store`` rooted at the settings' prefix (builds a client; no request is sent)."""
     from obstore.store import S3Store
 
-    return S3Store(settings.bucket, prefix=settings.prefix or None, config=settings.config,
-                   client_options=settings.client_options, retry_config=settings.retry_config)
+    options: dict[str, Any] = {"prefix": settings.prefix or None, "config": settings.config,
+                               "client_options": settings.client_options, "retry_config": settings.retry_config}
+    return S3Store(settings.bucket, **options)
 
 
-def read_store(url: str, storage_options: Mapping[str, Any], env: Mapping[str, str] = os.environ):  # noqa: ANN201
+def read_store(url: str, storage_options: Mapping[str, Any], env: Mapping[str, str] = os.environ):
     """A read-only zarr store of ``url`` (``s3://``): obstore's where it can honour the options
     (:func:`obstore_settings`), else s3fs's ``FsspecStore`` (with :func:`s3fs_options`)."""
     from zarr.storage import FsspecStore
@@ -211,7 +212,7 @@ def read_store(url: str, storage_options: Mapping[str, Any], env: Mapping[str, s
     return store
 
 
-def object_store_url(store) -> str | None:  # noqa: ANN001 - a zarr Store
+def object_store_url(store) -> str | None:
     """``s3://bucket/prefix`` of a zarr ``ObjectStore`` over an obstore ``S3Store``, else None."""
     inner = getattr(store, "store", None)
     config = getattr(inner, "config", None)
@@ -258,7 +259,11 @@ _XML_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
 
 def translate_error(err: Exception, url: str) -> Exception:
     """A one-line Python error for an obstore failure reading ``url``; other errors as they are."""
-    from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
+    from obstore.exceptions import (
+        BaseError,
+        PermissionDeniedError,
+        UnauthenticatedError,
+    )
 
     if not isinstance(err, BaseError) or isinstance(err, FileNotFoundError):
         return err
