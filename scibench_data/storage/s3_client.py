@@ -6,8 +6,11 @@ docs/performance.md) whenever the caller's s3fs storage options mean the same th
 s3fs stays for writes, listings, pull and verify, and for reads whose options only s3fs
 understands: a named ``profile``, credentials that only botocore's chain finds (``~/.aws``,
 instance metadata, SSO), real AWS without a known region (botocore follows the bucket's region
-redirect, obstore does not), or any option not translated here. ``$SCIBENCH_S3_CLIENT``
-chooses: ``auto`` (default), ``s3fs``, or ``obstore`` (an option it cannot honour is then an error).
+redirect, obstore does not), any option not translated here, and a process forked from one that
+had used obstore (its tokio runtime does not survive ``fork``: DataLoader workers forked after the
+parent read through obstore read through s3fs; workers started with ``forkserver`` or ``spawn``
+use obstore). ``$SCIBENCH_S3_CLIENT`` chooses: ``auto`` (default), ``s3fs``, or ``obstore`` (an
+option it cannot honour is then an error).
 
 Both clients behave as :mod:`scibench_data.storage.retries` documents: the same number of attempts
 (``config_kwargs={"retries": {"max_attempts": N}}`` or ``$AWS_MAX_ATTEMPTS``), exponential backoff
@@ -186,12 +189,27 @@ def _attempts(config_kwargs: Mapping[str, Any], env: Mapping[str, str], policy: 
     return n
 
 
+#: the process that started obstore's (tokio) runtime here; a fork of it must not use obstore:
+#: the child inherits a runtime without its threads, and its first request never returns
+_obstore_pid: int | None = None
+
+
+def forked_after_obstore() -> bool:
+    """True in a process forked from one that had created an obstore store (its runtime is unusable here)."""
+    return _obstore_pid is not None and _obstore_pid != os.getpid()
+
+
 def obstore_s3(settings: ObstoreSettings):
     """An obstore ``S3Store`` rooted at the settings' prefix (builds a client; no request is sent)."""
     from obstore.store import S3Store
 
     options: dict[str, Any] = {"prefix": settings.prefix or None, "config": settings.config,
                                "client_options": settings.client_options, "retry_config": settings.retry_config}
+    global _obstore_pid
+    if forked_after_obstore():
+        raise ClientChoiceError("obstore cannot be used in a process forked from one that had started its runtime "
+                                "(tokio is not fork-safe); start workers with forkserver or spawn")
+    _obstore_pid = os.getpid()
     return S3Store(settings.bucket, **options)
 
 
@@ -203,6 +221,9 @@ def read_store(url: str, storage_options: Mapping[str, Any], env: Mapping[str, s
     choice = chosen_client(env)
     if choice != "s3fs":
         settings, why = obstore_settings(url, storage_options, env)
+        if settings is not None and forked_after_obstore():
+            settings, why = None, ("this process was forked from one that had started obstore's runtime "
+                                   "(tokio is not fork-safe); start workers with forkserver or spawn")
         if settings is not None:
             return ObstoreReadStore(obstore_s3(settings), read_only=True)
         if choice == "obstore":
