@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from _s3_helpers import LoggedS3Server, bucket_client
 
@@ -169,3 +170,32 @@ def test_a_server_that_stays_away_is_a_remote_read_error_through_obstore(monkeyp
     message = str(info.value)
     assert message.startswith(f"{public_url}: reading scene ") and "failed after retries" in message
     assert "Could not connect to the endpoint URL" in message and "Debug source" not in message
+
+
+class _StoreKind(torch.utils.data.Dataset):
+    """Each patch's sum and the class of the store that read it (in the worker that read it)."""
+
+    def __init__(self, data: CloudMaskPatches) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[str, float]:
+        image, _ = self.data[i]
+        return type(self.data.handle.group.store).__name__, float(np.asarray(image, np.float64).sum())
+
+
+def test_workers_forked_after_an_obstore_read_use_s3fs_and_read_the_same(monkeypatch, s3_endpoint, public_url):
+    """obstore's tokio runtime does not survive fork: a forked worker whose parent read through
+    obstore would hang on its first request; it reads through s3fs instead, the same values."""
+    _clean_env(monkeypatch)
+    so = {"anon": True, "client_kwargs": {"endpoint_url": s3_endpoint}}
+    data = CloudMaskPatches(StoreLocation(public_url, so), spec=PatchSpec(mode="random", patch=16, patches_per_scene=2),
+                            as_torch=False)
+    want = [("ObstoreReadStore", float(np.asarray(data[i][0], np.float64).sum())) for i in range(len(data))]
+    loader = torch.utils.data.DataLoader(_StoreKind(data), batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork", timeout=120)
+    got = list(loader)
+    assert [kind for kind, _ in got] == ["FsspecStore"] * len(data)
+    assert [total for _, total in got] == [total for _, total in want]
