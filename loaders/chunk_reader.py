@@ -47,6 +47,7 @@ from scibench_data.storage.integrity import (
     NO_INVENTORY, ChunkChecksumError, Inventory, MissingChunkError, checked_payload, chunk_where, load_inventory,
 )
 from scibench_data.storage.regions import chunks_touched
+from scibench_data.storage.s3_client import object_store_url
 
 Slices = tuple[slice, ...]  # one step-1 slice per dimension
 _MMAP_MIN_BYTES = 256 * 1024
@@ -241,7 +242,7 @@ def store_url(store) -> str:  # noqa: ANN001 - a zarr Store, possibly wrapped
         return str(inner.root)
     if isinstance(inner, FsspecStore):
         return inner.fs.unstrip_protocol(inner.path)
-    return repr(inner)
+    return object_store_url(inner) or repr(inner)
 
 
 def _local_dir(store_path) -> str | None:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -32,47 +33,55 @@ def wait_for_objects(fs: s3fs.S3FileSystem, prefix: str, at_least: int, proc: su
         time.sleep(pause)
 
 
-class LoggedMotoServer:
-    """A ``moto_server`` of its own whose request log (werkzeug: one line per request) goes to a file,
-    so a test can count the requests the server answered, by method and key."""
+class LoggedS3Server:
+    """A ``moto_server`` whose request log (werkzeug's one line per request, on stderr) is kept in a
+    file, so a test can count what the server saw: ``requests()`` -> ``[(method, path), ...]``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, env: dict | None = None) -> None:
+        """``env``: extra environment for the server (``INITIAL_NO_AUTH_ACTION_COUNT=0`` makes moto
+        check every request's credentials)."""
+        import os
+
         from scibench_data.storage.local_s3 import free_port
 
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = folder / f"moto-{self.port}.log"
-        self._out = open(self.log, "wb")  # noqa: SIM115 (the server writes to it until stop() closes it)
+        self._out = open(self.log, "wb")  # noqa: SIM115 - held open for the server's life, closed in stop()
         self.proc = subprocess.Popen([shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1",
-                                      "-p", str(self.port)], stdout=self._out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
+                                      "-p", str(self.port)], stdout=self._out, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        for _ in range(300):
             try:
                 urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1)
-                break
+                return
             except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"moto_server did not start on {self.endpoint}") from None
                 time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto_server did not start on {self.endpoint}")
 
-    def requests(self) -> list[str]:
-        """``METHOD /path?query`` of every S3 request answered so far (the server's own calls excluded)."""
+    def request_lines(self) -> list[str]:
+        """``METHOD /path?query`` of every S3 request logged so far (the server's own API excluded)."""
         out = []
         for line in self.log.read_text(errors="replace").splitlines():
-            m = _REQUEST.search(line)
+            m = _REQUEST_LINE.search(line)
             if m and not m.group(2).startswith("/moto-api"):
                 out.append(f"{m.group(1)} {m.group(2)}")
         return out
 
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, unquoted path without the query) of every request logged so far."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            m = _REQUEST_LINE.search(line)
+            if m:
+                out.append((m.group(1), urllib.parse.unquote(m.group(2).split("?", 1)[0])))
+        return out
+
     def stop(self) -> None:
         self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.proc.wait(timeout=10)
         self._out.close()
 
 
-_REQUEST = re.compile(r'"([A-Z]+) (\S+) HTTP/')
+_REQUEST_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+"')

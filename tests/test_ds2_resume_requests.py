@@ -21,15 +21,15 @@ from scibench_data.storage.records import store_state
 from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _s3_helpers import LoggedMotoServer, bucket_client
+from _s3_helpers import LoggedS3Server, bucket_client
 
 BUCKET = "resume-requests"
 SIZES = (2, 7)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[LoggedMotoServer]:
-    s = LoggedMotoServer(tmp_path_factory.mktemp("moto_log"))
+def server(tmp_path_factory) -> Iterator[LoggedS3Server]:
+    s = LoggedS3Server(tmp_path_factory.mktemp("moto_log"))
     try:
         bucket_client(storage_options(s.endpoint), BUCKET)
         yield s
@@ -58,10 +58,10 @@ def _folder(raw: dict[str, Path], dest: Path, n: int, late: bool = False, broken
     return dest
 
 
-def _counted(server: LoggedMotoServer, fn) -> tuple[object, list[str]]:
-    before = len(server.requests())
+def _counted(server: LoggedS3Server, fn) -> tuple[object, list[str]]:
+    before = len(server.request_lines())
     out = fn()
-    return out, server.requests()[before:]
+    return out, server.request_lines()[before:]
 
 
 def _markers_read(requests: list[str]) -> list[str]:

@@ -82,6 +82,13 @@ def streamed(fs, s3_storage_options, stores) -> str:
 SPEC = PatchSpec(mode="random", patch=16, patches_per_scene=4, seed=2)
 
 
+@pytest.fixture(params=["obstore", "s3fs"])
+def client(request, monkeypatch) -> str:
+    """The client that reads chunks (``$SCIBENCH_S3_CLIENT``, issue 20): both retry the same way."""
+    monkeypatch.setenv("SCIBENCH_S3_CLIENT", request.param)
+    return request.param
+
+
 def _assert_same(remote: list, local: CloudMaskPatches) -> None:
     assert len(remote) == len(local)
     for i, (image, mask) in enumerate(remote):
@@ -102,7 +109,7 @@ def test_retry_defaults_leave_callers_settings_alone(monkeypatch):
     assert "retries" not in with_retries("s3://b/x", {})["config_kwargs"]
 
 
-def test_streaming_rides_out_a_server_outage_and_cut_responses(proxy, streamed, stores):
+def test_streaming_rides_out_a_server_outage_and_cut_responses(proxy, streamed, stores, client):
     """The reader keeps its open store while the server goes away for 1 s, then while responses are
     cut off mid-body: every patch equals the local store's."""
     local = CloudMaskPatches(StoreLocation(str(stores["t16"])), spec=SPEC, as_torch=False)
@@ -125,7 +132,7 @@ def test_streaming_rides_out_a_server_outage_and_cut_responses(proxy, streamed, 
     _assert_same(got, local)
 
 
-def test_streaming_fails_clearly_when_the_server_stays_away(proxy, streamed, s3_storage_options):
+def test_streaming_fails_clearly_when_the_server_stays_away(proxy, streamed, s3_storage_options, client):
     short = {**storage_options(proxy.endpoint),
              "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 2}}
     remote = CloudMaskPatches(StoreLocation(streamed, short), spec=SPEC, as_torch=False)

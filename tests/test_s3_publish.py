@@ -140,7 +140,8 @@ def test_dataloader_two_workers_from_s3(published, s3_storage_options, tiled_sto
     np.testing.assert_array_equal(got.numpy(), np.stack([local[i][0].numpy() for i in range(len(local))]))
 
 
-def test_patch_reads_are_concurrent_and_cache_serves_repeats(published, s3_storage_options, tmp_path):
+def test_patch_reads_are_concurrent_and_cache_serves_repeats(published, s3_storage_options, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCIBENCH_S3_CLIENT", "s3fs")  # counts s3fs's requests (obstore: tests/test_s3_requests.py)
     loc = StoreLocation(f"s3://{BUCKET}/main/cloudmask_ds1/v1", dict(s3_storage_options))
     win = Window(16, 16, 32)  # spans 2 x 2 chunks of 32
     store = loc.zarr_store(read_only=True)

@@ -12,7 +12,7 @@ import fsspec
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
-from scibench_data.storage.retries import with_retries
+from scibench_data.storage.s3_client import read_store, s3fs_options, tune_s3fs
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class StoreLocation:
     @property
     def options(self) -> dict[str, Any]:
         """The storage options the filesystem is opened with: the caller's, plus S3 retry
-        defaults where they set none (:mod:`scibench_data.storage.retries`)."""
-        return with_retries(self.url, self.storage_options)
+        defaults and one GET per object read where they set none (:func:`~scibench_data.storage.s3_client.s3fs_options`)."""
+        return s3fs_options(self.url, self.storage_options)
 
     @property
     def is_local(self) -> bool:
@@ -45,7 +45,7 @@ class StoreLocation:
     @cached_property
     def _fs_root(self) -> tuple[fsspec.AbstractFileSystem, str]:
         fs, root = fsspec.core.url_to_fs(self.url, **self.options)
-        return fs, root.rstrip("/")
+        return tune_s3fs(fs), root.rstrip("/")
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
@@ -59,9 +59,15 @@ class StoreLocation:
         return posixpath.join(self.root, *parts)
 
     def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
+        """The zarr store; a read-only one on S3 reads through obstore where it can
+        (:func:`~scibench_data.storage.s3_client.read_store`), writes through s3fs."""
         if self.is_local:
             return LocalStore(self.root, read_only=read_only)
-        store = FsspecStore.from_url(self.url, storage_options=self.options, read_only=read_only)
+        if read_only and self.url.startswith(("s3://", "s3a://")):
+            store = read_store(self.url, self.storage_options)
+        else:
+            store = FsspecStore.from_url(self.url, storage_options=self.options, read_only=read_only)
+            tune_s3fs(store.fs)
         if self.cache_dir and read_only:
             from scibench_data.storage.cache import ChunkCacheStore, cache_folder
 

@@ -11,7 +11,13 @@ loopback server, see ``tests/test_reliability_faults.py``):
   a minute is ridden out. ``connect_timeout=10`` s keeps a server that accepts
   nothing from hanging a reader for botocore's default 60 s per attempt.
 * s3fs retries a request whose connection was cut mid-answer (``retries``,
-  default 5, short waits); we leave it as it is.
+  short waits): we set 10 attempts where the caller set none (s3fs's default is 5;
+  :func:`scibench_data.storage.s3_client.s3fs_options`).
+
+Read-only stores on S3 are read through obstore where the options allow
+(:mod:`scibench_data.storage.s3_client`); it gets the same attempts, backoff
+(exponential with jitter, at most 20 s) and ``connect_timeout``, and retries
+connection failures, 5xx answers and responses cut mid-body itself.
 
 The defaults apply only to ``s3://`` URLs and only where the caller did not
 already choose: their ``config_kwargs`` win, and so do botocore's own
