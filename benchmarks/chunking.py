@@ -28,7 +28,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
-from scibench_data.storage.integrity import checked_payload
+from scibench_data.storage.store.integrity import checked_payload
 from scibench_data.synthetic.cloudmask import SyntheticCloudMask, draw_truth
 
 

@@ -39,15 +39,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scibench_data.convert import plan_layout  # noqa: E402
-from scibench_data.convert.cloudmask import (  # noqa: E402
-    RECORD_DIM, CloudMaskConversion, append_cloudmask, encodings, scene_times, template,
+from scibench_data.convert import plan_layout
+from scibench_data.convert.cloudmask import (
+    RECORD_DIM,
+    CloudMaskConversion,
+    append_cloudmask,
+    encodings,
+    scene_times,
+    template,
 )
-from scibench_data.formats.cloudmask import product_name  # noqa: E402
-from scibench_data.storage.local_s3 import moto_server, storage_options  # noqa: E402
-from scibench_data.storage.location import StoreLocation  # noqa: E402
-from scibench_data.storage.records import (  # noqa: E402
-    CHECKPOINT_EVERY, DONE_DIR, RecordStore, marker_key,
+from scibench_data.formats.cloudmask import product_name
+from scibench_data.storage.distribution.local_s3 import moto_server, storage_options
+from scibench_data.storage.store.location import StoreLocation
+from scibench_data.storage.store.records import (
+    CHECKPOINT_EVERY,
+    DONE_DIR,
+    RecordStore,
+    marker_key,
 )
 
 REQUEST = re.compile(r'"([A-Z]+) (\S+) HTTP/')

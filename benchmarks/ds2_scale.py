@@ -107,11 +107,16 @@ def untuned_worker(src: Path, layout: str, work: Path) -> dict:
     from distributed import Client, LocalCluster
 
     from scibench_data.convert.cloudmask import (
-        RECORD_DIM, CloudMaskConversion, ConvertProduct, common_grid, encodings, template,
+        RECORD_DIM,
+        CloudMaskConversion,
+        ConvertProduct,
+        common_grid,
+        encodings,
+        template,
     )
     from scibench_data.formats.cloudmask import discover_products
-    from scibench_data.storage.location import StoreLocation
-    from scibench_data.storage.records import RecordStore
+    from scibench_data.storage.store.location import StoreLocation
+    from scibench_data.storage.store.records import RecordStore
 
     fs = fsspec.filesystem("file")
     products = discover_products(fs, str(src), layout)[0]
@@ -179,8 +184,12 @@ def ceiling(src: Path, layout: str) -> dict:
     import h5py
     from numcodecs import Blosc
 
-    from scibench_data.formats.cloudmask import BT_CHANNELS, REFLECTANCE_CHANNELS, discover_products
-    from scibench_data.storage.encoding import DEFAULT_CODEC
+    from scibench_data.formats.cloudmask import (
+        BT_CHANNELS,
+        REFLECTANCE_CHANNELS,
+        discover_products,
+    )
+    from scibench_data.storage.store.encoding import DEFAULT_CODEC
 
     fs = fsspec.filesystem("file")
     product = discover_products(fs, str(src), layout)[0][0]
@@ -251,19 +260,19 @@ class _CountingStore:
         from zarr.storage import LocalStore, WrapperStore
 
         class Counting(WrapperStore):
-            def __init__(self, store) -> None:  # noqa: ANN001
+            def __init__(self, store) -> None:
                 super().__init__(store)
                 self.reads: collections.Counter = collections.Counter()
                 self.bytes = 0
 
-            async def get(self, key, prototype, byte_range=None):  # noqa: ANN001
+            async def get(self, key, prototype, byte_range=None):
                 buf = await self._store.get(key, prototype, byte_range)
                 if "/c/" in key and key.split("/")[0] in ("image", "cloud_mask", "summary_cloud"):
                     self.reads[key] += 1
                     self.bytes += len(buf) if buf is not None else 0
                 return buf
 
-            def _with_store(self, store):  # noqa: ANN001
+            def _with_store(self, store):
                 return Counting(store)
 
         return Counting(LocalStore(path, read_only=True))
@@ -274,8 +283,12 @@ def open_and_subset(src: Path, work: Path) -> dict:
     import xarray as xr
 
     from scibench_data.catalog import open_catalog
-    from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask, scaffold_cloudmask
-    from scibench_data.subset import Selection, write_subset
+    from scibench_data.convert.cloudmask import (
+        CloudMaskConversion,
+        convert_cloudmask,
+        scaffold_cloudmask,
+    )
+    from scibench_data.subset.cloudmask import Selection, write_subset
 
     opts = CloudMaskConversion(layout="sen3", progress=False)
     sub = _subfolder(src, 4, work / "open-src")

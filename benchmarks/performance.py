@@ -41,14 +41,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from loaders.cloudmask import (
-    CloudMaskPatches, PatchSpec, ScenePatchStream, normalise, patch_loader, plan_patches, start_worker_server,
+    CloudMaskPatches,
+    PatchSpec,
+    ScenePatchStream,
+    normalise,
+    patch_loader,
+    plan_patches,
+    start_worker_server,
 )
 from loaders.patches import fixed_windows
 from scibench_data.catalog import entry_location
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
-from scibench_data.storage.local_s3 import moto_server, storage_options
-from scibench_data.storage.location import StoreLocation
-from scibench_data.storage.regions import chunks_touched
+from scibench_data.storage.distribution.local_s3 import moto_server, storage_options
+from scibench_data.storage.store.location import StoreLocation
+from scibench_data.storage.store.regions import chunks_touched
 from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
 
 BATCH = 16
@@ -370,7 +376,10 @@ def main() -> None:
             fs = s3fs.S3FileSystem(**so)
             fs.mkdir("bench")
             fs.put(str(raw) + "/", "bench/raw/", recursive=True)
-            from scibench_data.storage.publish import PublishOptions, publish
+            from scibench_data.storage.distribution.publish import (
+                PublishOptions,
+                publish,
+            )
 
             publish("cloudmask_ds1", StoreLocation(str(store)), "s3://bench/pub", storage_options=so,
                     options=PublishOptions(progress=False))
@@ -529,7 +538,7 @@ def link_throughput(args, store: Path, workers: int) -> dict:
     same objects (what the link and the server deliver with nothing else to do)."""
     import s3fs
 
-    from scibench_data.storage.publish import PublishOptions, publish
+    from scibench_data.storage.distribution.publish import PublishOptions, publish
 
     rate = args.link_mbit * 1e6 / 8
     out: dict = {"link_mbit": args.link_mbit, "rtt_ms": args.link_rtt_ms, "workers": workers, "epochs": []}

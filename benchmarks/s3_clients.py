@@ -56,10 +56,14 @@ def _windows(shape: tuple[int, int], scenes: int, per_scene: int) -> list[tuple[
     return [(s, *win.slices) for s, win in plan_patches(list(range(scenes)), shape, spec)]
 
 
-def _store(path: str, url: str, so: dict):  # noqa: ANN202 - a zarr Store
+def _store(path: str, url: str, so: dict):
     from zarr.storage import FsspecStore, ObjectStore
 
-    from scibench_data.storage.s3_client import obstore_s3, obstore_settings, read_store
+    from scibench_data.storage.store.s3_client import (
+        obstore_s3,
+        obstore_settings,
+        read_store,
+    )
 
     if path.endswith("mc=1"):
         return FsspecStore.from_url(url, storage_options={**so, "max_concurrency": 1}, read_only=True)
@@ -123,12 +127,12 @@ def run_one(path: str, url: str, so: dict, scenes: int, per_scene: int) -> dict:
             "patches": len(wins)}
 
 
-async def _obstore_get(obs, store, key: str):  # noqa: ANN001, ANN202
+async def _obstore_get(obs, store, key: str):
     resp = await obs.get_async(store, key)
     return await resp.bytes_async()
 
 
-def _batch_keys(wins, image, mask, window_pieces) -> list[list[str]]:  # noqa: ANN001
+def _batch_keys(wins, image, mask, window_pieces) -> list[list[str]]:
     """The distinct chunk keys (relative to the store) of each batch, as the chunk reader fetches them."""
     out = []
     for b in range(0, len(wins), BATCH):
@@ -159,11 +163,11 @@ def main() -> None:
         return
 
     import s3fs
-
     from _s3_helpers import LoggedS3Server
+
     from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
-    from scibench_data.storage.local_s3 import storage_options
-    from scibench_data.storage.publish import PublishOptions, publish
+    from scibench_data.storage.distribution.local_s3 import storage_options
+    from scibench_data.storage.distribution.publish import PublishOptions, publish
     from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
 
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]

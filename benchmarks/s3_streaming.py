@@ -46,7 +46,12 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
 
 def epoch(location, workers: int) -> tuple[int, float]:
-    from loaders.cloudmask import CloudMaskPatches, PatchSpec, ScenePatchStream, patch_loader
+    from loaders.cloudmask import (
+        CloudMaskPatches,
+        PatchSpec,
+        ScenePatchStream,
+        patch_loader,
+    )
 
     data = CloudMaskPatches(location, spec=PatchSpec(mode="fixed", patch=256))
     # as training uses it: each worker streams its scenes (forkserver workers; fork is unsafe with zarr 3)
@@ -65,8 +70,8 @@ def main() -> None:
     import torch
 
     from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
-    from scibench_data.storage.location import StoreLocation
-    from scibench_data.storage.publish import PublishOptions, publish
+    from scibench_data.storage.distribution.publish import PublishOptions, publish
+    from scibench_data.storage.store.location import StoreLocation
     from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
 
     torch.set_num_threads(1)

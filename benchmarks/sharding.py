@@ -32,8 +32,8 @@ from loaders.chunk_reader import ChunkReader, window_pieces
 from loaders.cloudmask import CloudMaskPatches, PatchSpec, patch_loader
 from loaders.sharding import ShardSpec
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
-from scibench_data.storage.local_s3 import moto_server, storage_options
-from scibench_data.storage.location import StoreLocation
+from scibench_data.storage.distribution.local_s3 import moto_server, storage_options
+from scibench_data.storage.store.location import StoreLocation
 from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
 
 BATCH = 32

@@ -17,9 +17,9 @@ The fast path covers the codec chain our stores are written with (``bytes``
 in native byte order + ``blosc`` + ``crc32c``, regular chunks, no sharding;
 stores written before checksums lack the ``crc32c``). Every chunk's CRC-32C
 is checked before it is decoded, as zarr's codec does: a mismatch raises
-:class:`~scibench_data.storage.integrity.ChunkChecksumError` naming the store,
+:class:`~scibench_data.storage.store.integrity.ChunkChecksumError` naming the store,
 the array and the chunk key. A chunk absent from a complete store whose
-manifest lists it raises :class:`~scibench_data.storage.integrity.MissingChunkError`;
+manifest lists it raises :class:`~scibench_data.storage.store.integrity.MissingChunkError`;
 one the manifest does not list (all fill, never written), or any absent chunk
 of a store without a manifest, reads as the fill value, as in zarr. Any other
 chain falls back to zarr's own reads, with the same results; tests compare
@@ -43,11 +43,17 @@ from numcodecs import blosc
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from scibench_data.storage.integrity import (
-    NO_INVENTORY, ChunkChecksumError, Inventory, MissingChunkError, checked_payload, chunk_where, load_inventory,
+from scibench_data.storage.store.integrity import (
+    NO_INVENTORY,
+    ChunkChecksumError,
+    Inventory,
+    MissingChunkError,
+    checked_payload,
+    chunk_where,
+    load_inventory,
 )
-from scibench_data.storage.regions import chunks_touched
-from scibench_data.storage.s3_client import object_store_url
+from scibench_data.storage.store.regions import chunks_touched
+from scibench_data.storage.store.s3_client import object_store_url
 
 Slices = tuple[slice, ...]  # one step-1 slice per dimension
 _MMAP_MIN_BYTES = 256 * 1024
@@ -161,7 +167,6 @@ class ChunkReader:
                                     "(deleted, lost in a copy, or not pulled into this partial copy); re-pull or reconvert the store")
             err.chunk = coords
             raise err
-        return None
 
     def decode(self, raw, coords: tuple[int, ...] | None = None, into: np.ndarray | None = None) -> np.ndarray:
         """A chunk's values in ``into`` (C-contiguous, the chunk's shape and dtype) or, without it, in a
@@ -231,7 +236,7 @@ def _close(raw) -> None:
         raw.close()
 
 
-def store_url(store) -> str:  # noqa: ANN001 - a zarr Store, possibly wrapped
+def store_url(store) -> str:
     """The URL (or local path) of a zarr store, for error messages."""
     from zarr.storage import FsspecStore, LocalStore
 

@@ -20,13 +20,18 @@ from torch.utils.data import get_worker_info
 from loaders.chunk_reader import ChunkReader, batch_buffer, read_regions
 from loaders.common import numpy_batches  # noqa: F401 - re-exported
 from loaders.patches import Window, fixed_windows, random_windows
-from loaders.sharding import ResumableLoader, ShardedBatches, ShardSpec, distributed_rank
-from scibench_data.storage.integrity import ChunkIntegrityError
+from loaders.sharding import (
+    ResumableLoader,
+    ShardedBatches,
+    ShardSpec,
+    distributed_rank,
+)
+from loaders.workers import worker_context
 from scibench_data.datasets.cloudmask import PATCH
-from loaders.workers import worker_context  # noqa: F401 - re-exported: the one start-method choice
-from scibench_data.storage.location import StoreLocation
-from scibench_data.storage.records import require_complete
-from scibench_data.storage.retries import RemoteReadError
+from scibench_data.storage.store.integrity import ChunkIntegrityError
+from scibench_data.storage.store.location import StoreLocation
+from scibench_data.storage.store.records import require_complete
+from scibench_data.storage.store.retries import RemoteReadError
 
 N_REFLECTANCE = 6
 N_CHANNELS = 9
@@ -67,7 +72,7 @@ def mask_values_(mask: np.ndarray) -> np.ndarray:
 class StoreHandle:
     """A zarr group opened on first use in each process (a pid check), never pickled open.
 
-    The first open refuses a store that is not complete (:func:`~scibench_data.storage.records.require_complete`:
+    The first open refuses a store that is not complete (:func:`~scibench_data.storage.store.records.require_complete`:
     the status and the command that finishes it); copies sent to DataLoader workers do not ask again."""
 
     def __init__(self, location: StoreLocation) -> None:
@@ -263,7 +268,7 @@ class CloudMaskPatches:
                 px = slice(win.x0 - xs.start, win.x0 - xs.start + win.size)
                 image[k] = crop_image[0, :, py, px]
                 mask[k] = crop_mask[0, py, px]
-        except Exception as err:  # noqa: BLE001 - any failure below zarr: name what was being read
+        except Exception as err:
             raise self._read_error(items, err) from err
 
     def _read_error(self, items: list, err: Exception) -> Exception:

@@ -29,7 +29,7 @@ from loaders.sharding import (
 )
 from scibench_data.datasets.stemdl import split_indices
 from scibench_data.formats.stemdl import CLIP_MAX, log_scale
-from scibench_data.storage.location import StoreLocation
+from scibench_data.storage.store.location import StoreLocation
 
 MODES = ("stack", "random_projection", "projections")
 DEFAULT_ENTRY = {"classification": "stemdl", "reconstruction": "stemdl_reconstruction"}

@@ -46,9 +46,9 @@ class UnoSource:
 
     def open(self) -> Any:
         """The store as a lazy xarray Dataset, through the catalog only; an unfinished store is refused
-        (:func:`~scibench_data.storage.records.require_complete`)."""
+        (:func:`~scibench_data.storage.store.records.require_complete`)."""
         from scibench_data.catalog import entry_location, open_catalog
-        from scibench_data.storage.records import require_complete
+        from scibench_data.storage.store.records import require_complete
 
         cat = open_catalog(self.catalog, root=self.root)
         require_complete(entry_location(cat, self.entry))

@@ -26,15 +26,15 @@ from intake.catalog.local import YAMLFileCatalog
 from intake.utils import yaml_load
 
 from scibench_data import catalog_path
-from scibench_data.storage.anonymous import ANON_ENV, ANON_TEMPLATE, is_truthy
-from scibench_data.storage.confine import (
+from scibench_data.storage.store.anonymous import ANON_ENV, ANON_TEMPLATE, is_truthy
+from scibench_data.storage.store.confine import (
     PathEscapeError,
     check_chain,
     check_within,
     confine,
     relative_part,
 )
-from scibench_data.storage.location import StoreLocation
+from scibench_data.storage.store.location import StoreLocation
 
 ROOT_ENV = "SCIBENCH_DATA_ROOT"
 #: Storage options a catalog we did not ship may set; all else comes from the reader.
@@ -66,7 +66,7 @@ def store_url(entry: str, root: str | None = None, allow_escape: bool = False) -
     """The URL of an entry's store under ``root`` (same rule as the catalog).
 
     An entry name that would leave ``root`` (``..``, an absolute path, a URL) is refused
-    with :class:`~scibench_data.storage.confine.PathEscapeError` unless ``allow_escape``.
+    with :class:`~scibench_data.storage.store.confine.PathEscapeError` unless ``allow_escape``.
     """
     root = root or default_root()
     if not allow_escape:

@@ -126,7 +126,7 @@ def preflight(scheduler: str, *, source: str | None = None, source_storage_optio
     """Connect to the scheduler at ``scheduler`` and check, before anything is written, that the
     scheduler and every worker import the same scibench-data as this machine, that every worker
     can read ``source`` (one file, a URL) and can see and write the destination ``dest`` (a
-    :class:`~scibench_data.storage.location.StoreLocation`). Raises :class:`ConnectionError` for
+    :class:`~scibench_data.storage.store.location.StoreLocation`). Raises :class:`ConnectionError` for
     an unreachable scheduler (:class:`~scibench_data.parallel.SchedulerUnreachableError`) and :class:`PreflightError` naming the first node that cannot (and
     how many more); returns the workers' thread counts."""
     from scibench_data.parallel import (

@@ -9,11 +9,11 @@ decoded (:func:`open_path`):
 
 * a store that does not exist is :class:`~scibench_data.catalog_source.MissingStoreError`, one
   line naming the entry and the command that creates it;
-* an unfinished store is refused with :func:`~scibench_data.storage.records.require_complete`'s
+* an unfinished store is refused with :func:`~scibench_data.storage.store.records.require_complete`'s
   message (its status and the command that finishes it);
-* the store is read through :class:`~scibench_data.storage.checked.CheckedStore`, so a chunk that
+* the store is read through :class:`~scibench_data.storage.store.checked.CheckedStore`, so a chunk that
   the store's manifest lists but the store lacks raises
-  :class:`~scibench_data.storage.integrity.MissingChunkError` instead of reading as the fill value.
+  :class:`~scibench_data.storage.store.integrity.MissingChunkError` instead of reading as the fill value.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import xarray as xr
 from intake_xarray.xzarr import ZarrSource
 
 from scibench_data.catalog_source import MissingStoreError, missing_store
-from scibench_data.storage.checked import CheckedStore
-from scibench_data.storage.location import StoreLocation
-from scibench_data.storage.records import require_complete
+from scibench_data.storage.store.checked import CheckedStore
+from scibench_data.storage.store.location import StoreLocation
+from scibench_data.storage.store.records import require_complete
 from scibench_data.strings import decode_strings
 
 #: Coordinate of the catalog's time-sorted view of a store whose scenes are not in time order: each

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scibench_data.benchmarks import REGISTRY, Benchmark, get
+from scibench_data.registry import REGISTRY, Benchmark, get
 from scibench_data.submission import find_submissions, validate
 
 

@@ -22,7 +22,7 @@ import dask
 from tqdm.auto import tqdm
 
 from scibench_data.progress import bar_disable
-from scibench_data.storage.records import StoreFullError, is_full_disk
+from scibench_data.storage.store.records import StoreFullError, is_full_disk
 
 LOCAL_SCHEDULERS = ("sync", "threads")
 
@@ -269,7 +269,7 @@ def run_tasks(
     """Run ``fn`` on every item, in parallel, and return one :class:`TaskResult` per item
     (in completion order). A failing item is retried, then reported; the rest go on. An item
     that failed on a full disk is not retried, and once all are done the run raises one
-    :class:`~scibench_data.storage.records.StoreFullError` line instead (the items written stay
+    :class:`~scibench_data.storage.store.records.StoreFullError` line instead (the items written stay
     written; the same command resumes once there is space).
 
     ``scheduler``: ``"sync"``, ``"threads"``, ``"local-cluster"`` or a scheduler address
@@ -307,7 +307,7 @@ def run_tasks(
             names = {f"task-{i}" for i in range(len(items))}
 
             class _Report(Callback):  # dask runs _posttask in the calling thread
-                def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001
+                def _posttask(self, key, result, dsk, state, worker_id):
                     if key in names:
                         done(result)
 

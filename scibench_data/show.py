@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from scibench_data.benchmarks import get
+from scibench_data.registry import get
 from scibench_data.scoring.predictions import (
     PredictionError,
     load_truth,

@@ -155,7 +155,7 @@ class FetchResult:
 
 
 def fetch_raw(name: str, dest: str | os.PathLike, endpoint_url: str | None = None, progress: bool = True,
-              echo=print, storage_options: Mapping[str, Any] | None = None) -> FetchResult:  # noqa: ANN001
+              echo=print, storage_options: Mapping[str, Any] | None = None) -> FetchResult:
     """Copy a raw source under ``dest``; files already there with the right size are kept (resume)."""
     source = get_source(name)
     plan = plan_fetch(source, endpoint_url)

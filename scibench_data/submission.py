@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from scibench_data.benchmarks import REGISTRY, get
 from scibench_data.datasets.base import import_function
+from scibench_data.registry import REGISTRY, get
 from scibench_data.scoring.mllog import BenchmarkLog, read_events
 
 SUBMISSION_KEYS = ("submission_benchmark", "submission_org", "submission_division", "submission_version",

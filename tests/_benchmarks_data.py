@@ -38,6 +38,7 @@ def cloudmask_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stemdl_uno_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``root/{stemdl,stemdl_reconstruction,candle_uno}.zarr`` from the other modules' tiny generators."""
     from _stemdl_data import TINY, write_tiny
+
     from scibench_data.convert.stemdl import STEMDLConversion, convert_stemdl
     from scibench_data.convert.uno import UnoConversion, convert_uno
     from scibench_data.synthetic.uno import SyntheticUno, generate

@@ -42,12 +42,12 @@ class LoggedS3Server:
         check every request's credentials)."""
         import os
 
-        from scibench_data.storage.local_s3 import free_port
+        from scibench_data.storage.distribution.local_s3 import free_port
 
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = folder / f"moto-{self.port}.log"
-        self._out = open(self.log, "wb")  # noqa: SIM115 - held open for the server's life, closed in stop()
+        self._out = open(self.log, "wb")
         self.proc = subprocess.Popen([shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1",
                                       "-p", str(self.port)], stdout=self._out, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})

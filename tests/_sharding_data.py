@@ -1,4 +1,4 @@
-"""Tiny stores of the three benchmarks and their sharded loaders, for tests/test_sharding.py and the
+"""Tiny stores of the three benchmarks and their sharded loaders, for tests/loaders/test_sharding.py and the
 processes it starts (imported, not collected)."""
 
 from __future__ import annotations
@@ -7,12 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _stemdl_data import write_tiny
-from scibench_data.synthetic.stemdl import SyntheticSTEMDL
-from loaders.cloudmask import CloudMaskPatches, PatchSpec, ScenePatchStream, patch_loader
+
+from loaders.cloudmask import (
+    CloudMaskPatches,
+    PatchSpec,
+    ScenePatchStream,
+    patch_loader,
+)
 from loaders.stemdl import STEMDLClassification, split_indices, stemdl_loader
 from loaders.uno import UnoDataset, UnoSource, uno_loader
+from scibench_data.synthetic.stemdl import SyntheticSTEMDL
 
 BENCHMARKS = ("cloudmask_fixed", "cloudmask_random", "stemdl", "uno")
 BATCH = 4

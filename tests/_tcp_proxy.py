@@ -38,7 +38,7 @@ class TcpProxy:
     def running(self) -> bool:
         return self._listener is not None
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         if self._listener is not None:
             return self
         s = socket.socket()

@@ -64,7 +64,7 @@ def cloudmask_training_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A ``moto_server`` on 127.0.0.1 (a free port) for the session; stopped by its process."""
-    from scibench_data.storage.local_s3 import moto_server
+    from scibench_data.storage.distribution.local_s3 import moto_server
 
     with moto_server() as endpoint:
         yield endpoint
@@ -73,6 +73,6 @@ def s3_endpoint():
 @pytest.fixture(scope="session")
 def s3_storage_options(s3_endpoint) -> dict:
     """s3fs storage options for the moto server (any key and secret)."""
-    from scibench_data.storage.local_s3 import storage_options
+    from scibench_data.storage.distribution.local_s3 import storage_options
 
     return storage_options(s3_endpoint)

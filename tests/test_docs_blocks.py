@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 #: ``scibench-data run cloudmask`` at test size (the README's first command, smaller and shorter).
 RUN_CLOUDMASK = ["run", "cloudmask", "--products", "2", "--test-products", "1", "--height", "256", "--width", "320",
                  "--max-steps", "2", "-q"]

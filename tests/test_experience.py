@@ -342,8 +342,8 @@ def test_test_only_libraries_are_not_runtime_dependencies():
 
 
 def test_mllog_checks_run_through_mlperf_logging_compliance_checker(tmp_path):
+    from scibench_data.registry import REGISTRY
     from scibench_data.scoring.mllog import COMPLIANCE_DIR, check_compliance
-    from scibench_data.benchmarks import REGISTRY
 
     assert {p.stem for p in COMPLIANCE_DIR.glob("*.yaml")} == {"common", *REGISTRY}
     good = run_folder(tmp_path / "good", "cloudmask", CLOUD_SCORES) / "result-0.txt"

@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {
     "scibench_data/datasets": ("loaders", "reference_models", "scibench_data.pipelines", "scibench_data.scoring",
                                "scibench_data.cli", "scibench_data.convert", "scibench_data.storage",
-                               "scibench_data.benchmarks", "scibench_data.submission"),
+                               "scibench_data.registry", "scibench_data.submission"),
     "scibench_data/formats": ("loaders", "reference_models", "scibench_data.pipelines", "scibench_data.scoring",
-                              "scibench_data.cli", "scibench_data.convert", "scibench_data.benchmarks"),
+                              "scibench_data.cli", "scibench_data.convert", "scibench_data.registry"),
     "scibench_data/scoring": ("loaders", "reference_models", "scibench_data.pipelines", "scibench_data.cli",
                               "scibench_data.submission"),
     "loaders": ("scibench_data.pipelines", "scibench_data.scoring", "scibench_data.cli", "scibench_data.submission"),
@@ -53,5 +53,5 @@ def _name_comparisons(path: Path) -> list[str]:
 
 def test_scoring_does_not_branch_on_a_benchmark_name():
     hits = [h for p in sorted((ROOT / "scibench_data/scoring").rglob("*.py")) for h in _name_comparisons(p)]
-    hits += _name_comparisons(ROOT / "scibench_data/benchmarks.py")
+    hits += _name_comparisons(ROOT / "scibench_data/registry.py")
     assert not hits, hits

@@ -13,8 +13,8 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any
 from collections.abc import Callable, Sequence
+from typing import Any
 
 #: Modules with a ``register(cli: Commands)`` function.
 MODULES: tuple[str, ...] = (
@@ -23,7 +23,7 @@ MODULES: tuple[str, ...] = (
     "scibench_data.cli.storage",
     "scibench_data.cli.stemdl",
     "scibench_data.cli.uno",
-    "scibench_data.cli.benchmarks",
+    "scibench_data.cli.scoring",
 )
 
 VERB_HELP = {
@@ -111,9 +111,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     ``KeyError`` is an unknown name (a catalog entry, a data set); ``ValueError`` covers bad
     values and names that would leave the configured root (``PathEscapeError``)."""
     from scibench_data.formats import SourceFormatError
-    from scibench_data.storage.lock import StoreLockedError
-    from scibench_data.storage.records import StoreStateError
-    from scibench_data.storage.regions import MisalignedRegionError
+    from scibench_data.storage.store.lock import StoreLockedError
+    from scibench_data.storage.store.records import StoreStateError
+    from scibench_data.storage.store.regions import MisalignedRegionError
 
     return (SourceFormatError, StoreStateError, StoreLockedError, MisalignedRegionError, FileNotFoundError,
             FileExistsError, PermissionError, ValueError, KeyError)
@@ -130,7 +130,7 @@ def cluster_errors() -> tuple[type[BaseException], ...]:
 
 def storage_errors() -> tuple[type[BaseException], ...]:
     """Errors of the storage service (unreachable, reset) after every retry: one line, exit code 3."""
-    from scibench_data.storage.retries import RemoteReadError
+    from scibench_data.storage.store.retries import RemoteReadError
 
     errors: tuple[type[BaseException], ...] = (RemoteReadError, ConnectionError, TimeoutError)
     try:

@@ -25,7 +25,7 @@ def _options(args: argparse.Namespace):
 
 
 def _dest(args: argparse.Namespace):
-    from scibench_data.storage.location import StoreLocation
+    from scibench_data.storage.store.location import StoreLocation
 
     return StoreLocation(args.dest, s3_storage_options(args, source=False))
 
@@ -57,8 +57,8 @@ def _scaffold(args: argparse.Namespace) -> int:
 
 def _subset(args: argparse.Namespace) -> int:
     from scibench_data.catalog import entry_location, open_catalog
-    from scibench_data.storage.location import StoreLocation
-    from scibench_data.subset import Selection, dry_run, write_subset
+    from scibench_data.storage.store.location import StoreLocation
+    from scibench_data.subset.cloudmask import Selection, dry_run, write_subset
 
     sel = Selection.parse(time=args.time, scenes=args.scenes, channels=args.channels, window=args.window,
                           variables=args.variables)
@@ -92,7 +92,7 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     add_progress(p)
 
 
-def register(cli) -> None:  # noqa: ANN001
+def register(cli) -> None:
     p = cli.dataset("append", "cloudmask", _append,
                     "append the products of SRC that DEST lacks (later in time) to a complete CloudMask store")
     _add_conversion_options(p)

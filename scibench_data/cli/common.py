@@ -58,8 +58,8 @@ def run_conversion(args: argparse.Namespace, convert: Callable, options: type, *
     """A ``convert`` command: break a stale lock if asked, run ``convert(src, dest, options(...))``
     with ``fields`` and the options of :func:`add_conversion_options`, print the report (and
     write it as JSON with ``--report``). Exit status 0 when the store is complete."""
-    from scibench_data.storage.location import StoreLocation
-    from scibench_data.storage.lock import break_lock
+    from scibench_data.storage.store.location import StoreLocation
+    from scibench_data.storage.store.lock import break_lock
 
     if args.break_lock and break_lock(StoreLocation(args.dest, s3_storage_options(args, source=False))):
         print(f"removed the lock of {args.dest}")

@@ -41,7 +41,7 @@ def _catalog(args: argparse.Namespace) -> str:
 
 def _publish(args: argparse.Namespace) -> int:
     from scibench_data.catalog import store_url
-    from scibench_data.storage.publish import PublishOptions, publish
+    from scibench_data.storage.distribution.publish import PublishOptions, publish
 
     store = args.store or store_url(args.dataset, args.root)
     opts = PublishOptions(version=args.version, public=args.public, workers=args.workers, progress=args.progress,
@@ -54,11 +54,11 @@ def _publish(args: argparse.Namespace) -> int:
 def _verify_local(path: str, workers: int):
     """A local store against its manifest (written when its conversion finished, or pulled); without one,
     a complete store's chunks against their checksums, saying so."""
-    from scibench_data.storage.integrity import unchecked_note, verify_checksums
-    from scibench_data.storage.location import StoreLocation
-    from scibench_data.storage.manifest import MANIFEST_KEY
-    from scibench_data.storage.pull import verify_local
-    from scibench_data.storage.records import store_state
+    from scibench_data.storage.distribution.pull import verify_local
+    from scibench_data.storage.store.integrity import unchecked_note, verify_checksums
+    from scibench_data.storage.store.location import StoreLocation
+    from scibench_data.storage.store.manifest import MANIFEST_KEY
+    from scibench_data.storage.store.records import store_state
 
     loc = StoreLocation(str(path))
     if not loc.fs.exists(loc.path(*MANIFEST_KEY)) and loc.read_json("_scibench", "pull.json") is None \
@@ -70,7 +70,7 @@ def _verify_local(path: str, workers: int):
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from scibench_data.storage.pull import verify_published
+    from scibench_data.storage.distribution.pull import verify_published
 
     if args.store:
         report = _verify_local(args.store, workers=args.workers)
@@ -91,7 +91,12 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from scibench_data.storage.pull import Subset, parse_indices, pull, verify_local
+    from scibench_data.storage.distribution.pull import (
+        Subset,
+        parse_indices,
+        pull,
+        verify_local,
+    )
 
     records = None
     if args.scenes and args.samples:

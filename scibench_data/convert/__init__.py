@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
-from scibench_data.storage.encoding import DEFAULT_CODEC, CodecChoice
+from scibench_data.storage.store.encoding import DEFAULT_CODEC, CodecChoice
 
 #: Root attribute naming the generator of a store's synthetic sources (absent for real data).
 SYNTHETIC_ATTR = "scibench_synthetic"

@@ -72,11 +72,16 @@ from scibench_data.formats.cloudmask import (
 )
 from scibench_data.formats.synthetic_marker import find_marker
 from scibench_data.parallel import TaskResult, run_tasks
-from scibench_data.storage.encoding import CodecChoice, encoding_for
-from scibench_data.storage.hashing import HashingReader, combined_digest
-from scibench_data.storage.location import StoreLocation
-from scibench_data.storage.lock import WriterLock
-from scibench_data.storage.records import InventoryCheckpoint, RecordStore, StoreStateError, store_state
+from scibench_data.storage.store.encoding import CodecChoice, encoding_for
+from scibench_data.storage.store.hashing import HashingReader, combined_digest
+from scibench_data.storage.store.location import StoreLocation
+from scibench_data.storage.store.lock import WriterLock
+from scibench_data.storage.store.records import (
+    InventoryCheckpoint,
+    RecordStore,
+    StoreStateError,
+    store_state,
+)
 from scibench_data.strings import flag_codes, nchar_dim, utf8_attrs, utf8_chars
 
 TILE = 256

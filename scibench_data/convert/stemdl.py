@@ -52,11 +52,11 @@ from scibench_data.formats.stemdl import (
 )
 from scibench_data.formats.synthetic_marker import find_marker
 from scibench_data.parallel import run_tasks
-from scibench_data.storage.encoding import CodecChoice, encoding_for
-from scibench_data.storage.hashing import combined_digest, sha256_file
-from scibench_data.storage.location import StoreLocation
-from scibench_data.storage.lock import WriterLock
-from scibench_data.storage.records import RecordStore
+from scibench_data.storage.store.encoding import CodecChoice, encoding_for
+from scibench_data.storage.store.hashing import combined_digest, sha256_file
+from scibench_data.storage.store.location import StoreLocation
+from scibench_data.storage.store.lock import WriterLock
+from scibench_data.storage.store.records import RecordStore
 from scibench_data.strings import (
     flag_attrs,
     flag_codes,

@@ -26,7 +26,7 @@ drug's first row); tasks 1.. write blocks of response rows (multiples of the
 response chunk), and for the export check every x row of their block against
 the stored feature row it now points to, so a store that claims to reproduce
 the export has been compared with all of it. Markers, the lock and finalize
-come from :class:`~scibench_data.storage.records.RecordStore`.
+come from :class:`~scibench_data.storage.store.records.RecordStore`.
 """
 
 from __future__ import annotations
@@ -60,10 +60,10 @@ from scibench_data.formats.uno import (
     read_response_tsv,
 )
 from scibench_data.parallel import run_tasks
-from scibench_data.storage.encoding import CodecChoice, encoding_for
-from scibench_data.storage.location import StoreLocation
-from scibench_data.storage.lock import WriterLock
-from scibench_data.storage.records import RecordStore
+from scibench_data.storage.store.encoding import CodecChoice, encoding_for
+from scibench_data.storage.store.location import StoreLocation
+from scibench_data.storage.store.lock import WriterLock
+from scibench_data.storage.store.records import RecordStore
 from scibench_data.strings import flag_codes, nchar_dim, utf8_attrs, utf8_chars
 
 FORMAT_VERSION = 1

@@ -15,27 +15,31 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import ThreadPoolExecutor
 import posixpath
 import re
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import IO, Any, Literal
 
 import fsspec
 import h5py
 import numpy as np
 import xarray as xr
-
 from fsspec.implementations.local import LocalFileSystem
 
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.hdf5_memory import values_in_memory
 from scibench_data.formats.hdf5_safety import refuse_indirection
-from scibench_data.formats.slstr import GridGeometry, block_mean, cos_zenith, interpolate_tie_points
-from scibench_data.storage.hashing import FileBytes, HashingReader
+from scibench_data.formats.slstr import (
+    GridGeometry,
+    block_mean,
+    cos_zenith,
+    interpolate_tie_points,
+)
+from scibench_data.storage.store.hashing import FileBytes, HashingReader
 
 Layout = Literal["hdf", "sen3"]
 LAYOUTS: tuple[str, ...] = ("hdf", "sen3")
@@ -136,7 +140,7 @@ class ProductName:
     extension: str
 
     @classmethod
-    def parse(cls, name: str) -> "ProductName":
+    def parse(cls, name: str) -> ProductName:
         m = _NAME.match(name)
         if m is None:
             raise ValueError(

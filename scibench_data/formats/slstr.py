@@ -14,7 +14,7 @@ bilinear interpolation at fractional tie-point indices.
 
 Real products' ``cartesian_*`` files hold x decreasing along columns (the x
 above with its sign turned); the sign cancels when one grid is mapped onto
-another, and tests/test_sen3_third_party.py checks this rule against the
+another, and tests/formats/test_sen3_third_party.py checks this rule against the
 cartesian files and satpy's interpolation.
 """
 
@@ -40,7 +40,7 @@ class GridGeometry:
             raise ValueError(f"grid resolution must be positive, got {self.resolution_across}, {self.resolution_along}")
 
     @classmethod
-    def from_attrs(cls, attrs: dict, where: str = "netCDF file") -> "GridGeometry":
+    def from_attrs(cls, attrs: dict, where: str = "netCDF file") -> GridGeometry:
         """Build from a file's global attributes (``resolution``, ``track_offset``, ``start_offset``)."""
         missing = [k for k in ("resolution", "track_offset", "start_offset") if k not in attrs]
         if missing:

@@ -27,6 +27,7 @@ from loaders.cloudmask import (
     start_worker_server,
 )
 from loaders.patches import inference_tiles, mosaic, pad_for_tiles
+from reference_models.layers import n_parameters
 from reference_models.training import (
     Checkpoints,
     TrainingProgress,
@@ -35,9 +36,7 @@ from reference_models.training import (
     is_main_process,
     run_epoch,
 )
-from reference_models.layers import n_parameters
 from reference_models.unet import UNet
-from scibench_data.benchmarks import get
 from scibench_data.catalog import default_root, entry_location, open_catalog, store_url
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
 from scibench_data.datasets.cloudmask import (
@@ -55,6 +54,7 @@ from scibench_data.pipelines import (
     raw_dir,
 )
 from scibench_data.progress import bar_disable
+from scibench_data.registry import get
 from scibench_data.scoring.mllog import BenchmarkLog
 from scibench_data.scoring.predictions import load_truth, save_predictions
 from scibench_data.scoring.report import format_table, write_scores
@@ -63,8 +63,8 @@ from scibench_data.scoring.segmentation import (
     fit_single_channel_threshold,
     scene_scores,
 )
-from scibench_data.storage.location import StoreLocation
-from scibench_data.storage.records import store_state
+from scibench_data.storage.store.location import StoreLocation
+from scibench_data.storage.store.records import store_state
 from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
 
 BENCHMARK = "cloudmask"

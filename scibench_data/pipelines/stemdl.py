@@ -323,8 +323,8 @@ def predict_test(root: str | None, model_path: str | Path, out: str | Path | Non
     """A trained model's predictions of the test split, saved in its task's prediction format
     (``stemdl``: class scores; ``stemdl_reconstruction``: potentials); default
     ``predictions-{benchmark}.npz`` next to the model."""
-    from scibench_data.benchmarks import get
     from scibench_data.catalog import open_catalog
+    from scibench_data.registry import get
     from scibench_data.scoring.predictions import load_truth, save_predictions
 
     model, cfg, ckpt = load_model(model_path)

@@ -24,6 +24,7 @@ from loaders.uno import (
     numpy_batches,
     uno_loader,
 )
+from reference_models.layers import n_parameters
 from reference_models.training import (
     Checkpoints,
     TrainingProgress,
@@ -31,7 +32,6 @@ from reference_models.training import (
     init_distributed,
     is_main_process,
 )
-from reference_models.layers import n_parameters
 from reference_models.uno import UnoModel, UnoModelConfig
 from scibench_data.pipelines import (
     epoch_desc,
@@ -228,7 +228,7 @@ def predict_model(model_path: str | Path, out: str | Path, root: str | None = No
 def predict_test(source: UnoSource, checkpoint: str | Path, out: str | Path | None = None) -> Path:
     """A checkpoint's AUC predictions of the test split, saved in the ``candle_uno`` prediction format
     (default: ``predictions-candle_uno.npz`` next to the checkpoint)."""
-    from scibench_data.benchmarks import get
+    from scibench_data.registry import get
     from scibench_data.scoring.predictions import load_truth, save_predictions
 
     ds = source.open()

@@ -25,9 +25,9 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from scibench_data.benchmarks import Benchmark, get
 from scibench_data.catalog import open_catalog, store_url
 from scibench_data.datasets.base import PredictionError, Truth, import_function
+from scibench_data.registry import Benchmark, get
 from scibench_data.scoring.classification import macro_f1
 from scibench_data.strings import decode_strings
 

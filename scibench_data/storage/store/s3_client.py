@@ -1,0 +1,306 @@
+"""Which client reads chunks from S3, and with which settings (issue 20).
+
+Read-only Zarr stores on ``s3://`` are read through zarr's :class:`zarr.storage.ObjectStore`
+over obstore's ``S3Store`` (Rust, one GET per chunk, ~2.5x less client CPU per GB than s3fs;
+docs/performance.md) whenever the caller's s3fs storage options mean the same thing to obstore.
+s3fs stays for writes, listings, pull and verify, and for reads whose options only s3fs
+understands: a named ``profile``, credentials that only botocore's chain finds (``~/.aws``,
+instance metadata, SSO), real AWS without a known region (botocore follows the bucket's region
+redirect, obstore does not), any option not translated here, and a process forked from one that
+had used obstore (its tokio runtime does not survive ``fork``: DataLoader workers forked after the
+parent read through obstore read through s3fs; workers started with ``forkserver`` or ``spawn``
+use obstore). ``$SCIBENCH_S3_CLIENT`` chooses: ``auto`` (default), ``s3fs``, or ``obstore`` (an
+option it cannot honour is then an error).
+
+Both clients behave as :mod:`scibench_data.storage.store.retries` documents: the same number of attempts
+(``config_kwargs={"retries": {"max_attempts": N}}`` or ``$AWS_MAX_ATTEMPTS``), exponential backoff
+with jitter up to 20 s, ``connect_timeout`` 10 s, ``read_timeout`` 60 s (botocore's), anonymous
+(unsigned) requests for ``anon=True``, keys from the options or ``$AWS_ACCESS_KEY_ID`` /
+``$AWS_SECRET_ACCESS_KEY``, the endpoint from ``endpoint_url`` / ``client_kwargs`` or ``$AWS_ENDPOINT_URL``.
+
+s3fs reads: ``max_concurrency=1`` unless the caller set it, so ``cat_file`` of a whole object is
+one GET (with s3fs's default of 10 it sends a HEAD first, to split objects over 50 MB into ranges);
+a response cut mid-body is tried 10 times (``retries``; s3fs's default is 5), as obstore does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from zarr.abc.store import ByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import ObjectStore
+
+from scibench_data.storage.store.retries import (
+    DEFAULT_POLICY,
+    RetryPolicy,
+    with_retries,
+)
+
+CLIENT_ENV = "SCIBENCH_S3_CLIENT"
+CLIENTS = ("auto", "s3fs", "obstore")
+_S3_SCHEMES = ("s3://", "s3a://")
+#: botocore's read timeout (seconds per socket read), which s3fs uses unless told otherwise
+READ_TIMEOUT_S = 60.0
+#: the longest one request may take, body included (obstore's own default is 30 s)
+REQUEST_TIMEOUT_S = 300.0
+#: obstore stops retrying this long after the first attempt (botocore has no such bound;
+#: 10 attempts with backoff up to 20 s take at most about this long)
+RETRY_TIMEOUT_S = 180.0
+_TRUE = ("1", "true", "yes", "on")
+
+
+class ClientChoiceError(ValueError):
+    """``$SCIBENCH_S3_CLIENT=obstore`` with storage options obstore cannot honour, or a bad value."""
+
+
+def is_s3(url: str) -> bool:
+    return str(url).startswith(_S3_SCHEMES)
+
+
+def chosen_client(env: Mapping[str, str] = os.environ) -> str:
+    value = env.get(CLIENT_ENV, "auto").strip().lower() or "auto"
+    if value not in CLIENTS:
+        raise ClientChoiceError(f"${CLIENT_ENV}={value!r}: expected one of {', '.join(CLIENTS)}")
+    return value
+
+
+def s3fs_options(url: str, storage_options: Mapping[str, Any], policy: RetryPolicy = DEFAULT_POLICY) -> dict[str, Any]:
+    """s3fs storage options for our reads and writes: the retry defaults
+    (:func:`~scibench_data.storage.store.retries.with_retries`) and ``max_concurrency=1`` (one GET
+    per whole-object read), each only where the caller set none; other URLs unchanged."""
+    out = with_retries(url, storage_options, policy)
+    if is_s3(url):
+        out.setdefault("max_concurrency", 1)
+    return out
+
+
+def tune_s3fs(fs: Any, policy: RetryPolicy = DEFAULT_POLICY) -> Any:
+    """Give an s3fs filesystem the policy's attempts at a response cut mid-body (s3fs's
+    ``retries`` class attribute, 5 by default, not a constructor option); other filesystems unchanged."""
+    if type(fs).__name__ == "S3FileSystem" and getattr(fs, "retries", policy.max_attempts) < policy.max_attempts:
+        fs.retries = policy.max_attempts
+    return fs
+
+
+@dataclass(frozen=True)
+class ObstoreSettings:
+    """What an obstore ``S3Store`` is built from; no secret appears in its ``repr``."""
+
+    bucket: str
+    prefix: str
+    config: dict[str, Any] = field(repr=False)
+    client_options: dict[str, Any]
+    retry_config: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ValueError("an S3 URL needs a bucket")
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in _TRUE) or value == 1
+
+
+def _seconds(value: Any, what: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of seconds, got {value!r}") from None
+    if out <= 0:
+        raise ValueError(f"{what} must be > 0, got {value!r}")
+    return out
+
+
+_TOP_KEYS = frozenset({"anon", "key", "secret", "token", "endpoint_url", "client_kwargs", "config_kwargs",
+                       "max_concurrency", "use_listings_cache", "skip_instance_cache", "asynchronous", "loop"})
+_CLIENT_KEYS = frozenset({"endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key",
+                          "aws_session_token"})
+_CONFIG_KEYS = frozenset({"retries", "connect_timeout", "read_timeout"})
+
+
+def obstore_settings(url: str, storage_options: Mapping[str, Any], env: Mapping[str, str] = os.environ,
+                     policy: RetryPolicy = DEFAULT_POLICY) -> tuple[ObstoreSettings | None, str]:
+    """The obstore settings that mean what ``storage_options`` mean to s3fs, or ``(None, reason)``
+    where only s3fs can honour them."""
+    if not is_s3(url):
+        return None, f"{url} is not an s3:// URL"
+    so = dict(storage_options)
+    unknown = sorted(set(so) - _TOP_KEYS)
+    ck = dict(so.get("client_kwargs") or {})
+    cfg = dict(so.get("config_kwargs") or {})
+    unknown += [f"client_kwargs.{k}" for k in sorted(set(ck) - _CLIENT_KEYS)]
+    unknown += [f"config_kwargs.{k}" for k in sorted(set(cfg) - _CONFIG_KEYS)]
+    if unknown:
+        return None, f"storage options obstore does not take here: {', '.join(unknown)}"
+    bucket, _, prefix = url.split("://", 1)[1].partition("/")
+    config: dict[str, Any] = {}
+    anon = _truthy(so.get("anon", False))
+    key = so.get("key") or ck.get("aws_access_key_id")
+    secret = so.get("secret") or ck.get("aws_secret_access_key")
+    token = so.get("token") or ck.get("aws_session_token")
+    if anon:
+        config["skip_signature"] = True
+    elif key and secret:
+        config.update(access_key_id=key, secret_access_key=secret)
+        if token:
+            config["session_token"] = token
+    elif env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY") and not so.get("key"):
+        config.update(access_key_id=env["AWS_ACCESS_KEY_ID"], secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        if env.get("AWS_SESSION_TOKEN"):
+            config["session_token"] = env["AWS_SESSION_TOKEN"]
+    else:
+        return None, "credentials only botocore's chain can find (profile, ~/.aws, instance metadata)"
+    endpoint = so.get("endpoint_url") or ck.get("endpoint_url") or env.get("AWS_ENDPOINT_URL_S3") \
+        or env.get("AWS_ENDPOINT_URL")
+    region = ck.get("region_name") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if endpoint:
+        config["endpoint"] = str(endpoint).rstrip("/")
+        config["region"] = region or "us-east-1"
+    elif region:
+        config["region"] = region
+    else:
+        return None, "AWS without a region (botocore follows the bucket's region redirect; obstore does not)"
+    attempts = _attempts(cfg, env, policy)
+    retry = {"max_retries": attempts - 1, "retry_timeout": timedelta(seconds=RETRY_TIMEOUT_S),
+             "backoff": {"init_backoff": timedelta(seconds=1), "max_backoff": timedelta(seconds=20), "base": 2}}
+    connect = _seconds(cfg.get("connect_timeout", policy.connect_timeout), "connect_timeout")
+    read = _seconds(cfg.get("read_timeout", READ_TIMEOUT_S), "read_timeout")
+    client = {"connect_timeout": timedelta(seconds=connect), "read_timeout": timedelta(seconds=read),
+              "timeout": timedelta(seconds=max(REQUEST_TIMEOUT_S, read)),
+              "allow_http": str(config.get("endpoint", "")).startswith("http://")}
+    return ObstoreSettings(bucket, prefix.rstrip("/"), config, client, retry), ""
+
+
+def _attempts(config_kwargs: Mapping[str, Any], env: Mapping[str, str], policy: RetryPolicy) -> int:
+    """Attempts per request, as botocore would count them: the caller's ``retries``, else
+    ``$AWS_MAX_ATTEMPTS``, else the policy's."""
+    retries = config_kwargs.get("retries") or {}
+    value = retries.get("max_attempts") if isinstance(retries, Mapping) else None
+    if value is None:
+        value = env.get("AWS_MAX_ATTEMPTS") or policy.max_attempts
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"max_attempts must be an integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {n}")
+    return n
+
+
+#: the process that started obstore's (tokio) runtime here; a fork of it must not use obstore:
+#: the child inherits a runtime without its threads, and its first request never returns
+_obstore_pid: int | None = None
+
+
+def forked_after_obstore() -> bool:
+    """True in a process forked from one that had created an obstore store (its runtime is unusable here)."""
+    return _obstore_pid is not None and _obstore_pid != os.getpid()
+
+
+def obstore_s3(settings: ObstoreSettings):
+    """An obstore ``S3Store`` rooted at the settings' prefix (builds a client; no request is sent)."""
+    from obstore.store import S3Store
+
+    options: dict[str, Any] = {"prefix": settings.prefix or None, "config": settings.config,
+                               "client_options": settings.client_options, "retry_config": settings.retry_config}
+    global _obstore_pid
+    if forked_after_obstore():
+        raise ClientChoiceError("obstore cannot be used in a process forked from one that had started its runtime "
+                                "(tokio is not fork-safe); start workers with forkserver or spawn")
+    _obstore_pid = os.getpid()
+    return S3Store(settings.bucket, **options)
+
+
+def read_store(url: str, storage_options: Mapping[str, Any], env: Mapping[str, str] = os.environ):
+    """A read-only zarr store of ``url`` (``s3://``): obstore's where it can honour the options
+    (:func:`obstore_settings`), else s3fs's ``FsspecStore`` (with :func:`s3fs_options`)."""
+    from zarr.storage import FsspecStore
+
+    choice = chosen_client(env)
+    if choice != "s3fs":
+        settings, why = obstore_settings(url, storage_options, env)
+        if settings is not None and forked_after_obstore():
+            settings, why = None, ("this process was forked from one that had started obstore's runtime "
+                                   "(tokio is not fork-safe); start workers with forkserver or spawn")
+        if settings is not None:
+            return ObstoreReadStore(obstore_s3(settings), read_only=True)
+        if choice == "obstore":
+            raise ClientChoiceError(f"${CLIENT_ENV}=obstore cannot read {url}: {why}")
+    store = FsspecStore.from_url(url, storage_options=s3fs_options(url, storage_options), read_only=True)
+    tune_s3fs(store.fs)
+    return store
+
+
+def object_store_url(store) -> str | None:
+    """``s3://bucket/prefix`` of a zarr ``ObjectStore`` over an obstore ``S3Store``, else None."""
+    inner = getattr(store, "store", None)
+    config = getattr(inner, "config", None)
+    if not isinstance(config, Mapping) or "bucket" not in config:
+        return None
+    prefix = str(getattr(inner, "prefix", None) or "").strip("/")
+    return f"s3://{config['bucket']}/{prefix}".rstrip("/")
+
+
+class ObstoreReadStore(ObjectStore):
+    """zarr's :class:`~zarr.storage.ObjectStore` whose failures are one-line Python errors, as
+    s3fs's are: refused credentials -> :class:`PermissionError`; an unreachable server ->
+    :class:`ConnectionError` (``Could not connect to the endpoint URL: ...``, botocore's words);
+    a timeout -> :class:`TimeoutError`; any other failure after the retries -> :class:`ConnectionError`.
+    obstore's messages carry a multi-line debug dump (never the secret); only its first line is kept."""
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        try:
+            return await super().get(key, prototype, byte_range)
+        except Exception as err:  # noqa: BLE001 - obstore's errors are translated, others re-raised
+            raise translate_error(err, self._url(key)) from None
+
+    async def get_partial_values(self, prototype: BufferPrototype,
+                                 key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
+        key_ranges = list(key_ranges)
+        try:
+            return await super().get_partial_values(prototype, key_ranges)
+        except Exception as err:  # noqa: BLE001
+            raise translate_error(err, self._url(key_ranges[0][0] if key_ranges else "")) from None
+
+    async def exists(self, key: str) -> bool:
+        try:
+            return await super().exists(key)
+        except Exception as err:  # noqa: BLE001
+            raise translate_error(err, self._url(key)) from None
+
+    def _url(self, key: str) -> str:
+        return f"{object_store_url(self)}/{key}"
+
+
+_XML_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
+
+
+def translate_error(err: Exception, url: str) -> Exception:
+    """A one-line Python error for an obstore failure reading ``url``; other errors as they are."""
+    from obstore.exceptions import (
+        BaseError,
+        PermissionDeniedError,
+        UnauthenticatedError,
+    )
+
+    if not isinstance(err, BaseError) or isinstance(err, FileNotFoundError):
+        return err
+    text = str(err)
+    first = text.split("\n", 1)[0].strip().removeprefix("Generic S3 error: ").strip().rstrip(":")
+    code, said = _XML_CODE.search(text), _XML_MESSAGE.search(text)
+    if isinstance(err, (PermissionDeniedError, UnauthenticatedError)):
+        why = f"{code.group(1)}: {said.group(1) if said else ''}".rstrip(": ") if code else first
+        return PermissionError(f"{url}: access denied by the server ({why}); check the credentials "
+                               "(key/secret, $AWS_ACCESS_KEY_ID) or read anonymously (anon=True) if the data is public")
+    if "kind: Connect" in text or "ConnectError" in text:
+        return ConnectionError(f"Could not connect to the endpoint URL for {url}: {first}")
+    if "TimedOut" in text or "kind: Timeout" in text or "timed out" in first.lower():
+        return TimeoutError(f"{url}: timed out: {first}")
+    return ConnectionError(f"{url}: {first}")

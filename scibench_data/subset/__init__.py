@@ -1,0 +1,1 @@
+"""Subsets of a store (one module per data set): :mod:`.cloudmask`."""

@@ -1,0 +1,201 @@
+"""The obstore read path (issue 20, item 2) behaves as the s3fs one is documented to (README "Data
+safety", storage/retries.py): the same settings from the same storage options, anonymous reads of a
+public store, a refused credential as one line naming the store, and s3fs where only it can honour
+the options. Retries of an outage and of cut responses: tests/storage/test_reliability_faults.py, on both clients."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from _s3_helpers import LoggedS3Server, bucket_client
+
+from loaders.cloudmask import CloudMaskPatches, PatchSpec
+from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
+from scibench_data.storage.distribution.publish import PublishOptions, publish
+from scibench_data.storage.store.location import StoreLocation
+from scibench_data.storage.store.retries import RemoteReadError
+from scibench_data.storage.store.s3_client import (
+    ClientChoiceError,
+    ObstoreReadStore,
+    obstore_settings,
+    read_store,
+)
+
+BUCKET = "client"
+ENDPOINT = "http://127.0.0.1:9000"
+SECRET = "PLANTED-SECRET-client-7a1c"
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory) -> Path:
+    from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
+
+    base = tmp_path_factory.mktemp("client")
+    generate(base / "raw", "hdf", SyntheticCloudMask(n_products=2, grid=(32, 48), seed=51))
+    dest = base / "s.zarr"
+    assert convert_cloudmask(str(base / "raw"), str(dest), CloudMaskConversion(layout="hdf", tile=16,
+                                                                                 progress=False)).ok
+    return dest
+
+
+@pytest.fixture(scope="module")
+def public_url(s3_storage_options, local_store) -> str:
+    bucket_client(s3_storage_options, BUCKET)
+    return publish("cloudmask_ds1", str(local_store), f"s3://{BUCKET}/public", storage_options=s3_storage_options,
+                   options=PublishOptions(progress=False, public=True)).url
+
+
+@pytest.fixture(scope="module")
+def private_url(s3_storage_options, local_store) -> str:
+    bucket_client(s3_storage_options, BUCKET)
+    return publish("cloudmask_ds1", str(local_store), f"s3://{BUCKET}/private", storage_options=s3_storage_options,
+                   options=PublishOptions(progress=False)).url
+
+
+def _clean_env(monkeypatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                 "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_REGION", "AWS_DEFAULT_REGION",
+                 "AWS_PROFILE", "SCIBENCH_S3_CLIENT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_obstore_gets_the_retry_timeout_and_credential_settings_s3fs_gets(monkeypatch):
+    _clean_env(monkeypatch)
+    so = {"key": "k", "secret": SECRET, "client_kwargs": {"endpoint_url": ENDPOINT}}
+    got, why = obstore_settings("s3://b/p/x.zarr", so)
+    assert why == "" and (got.bucket, got.prefix) == ("b", "p/x.zarr")
+    assert got.retry_config["max_retries"] == 9  # 10 attempts, as botocore's standard mode here
+    assert got.retry_config["backoff"]["max_backoff"] == timedelta(seconds=20)
+    assert got.client_options["connect_timeout"] == timedelta(seconds=10) and got.client_options["allow_http"]
+    assert got.config["access_key_id"] == "k" and got.config["endpoint"] == ENDPOINT
+    assert SECRET not in repr(got)
+    mine = {**so, "config_kwargs": {"retries": {"max_attempts": 2}, "connect_timeout": 3}}
+    got, _ = obstore_settings("s3://b/x", mine)
+    assert got.retry_config["max_retries"] == 1 and got.client_options["connect_timeout"] == timedelta(seconds=3)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "4")
+    assert obstore_settings("s3://b/x", so)[0].retry_config["max_retries"] == 3
+    anon, _ = obstore_settings("s3://b/x", {"anon": "true", "endpoint_url": ENDPOINT})
+    assert anon.config.get("skip_signature") is True and "access_key_id" not in anon.config
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-s")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", ENDPOINT)
+    assert obstore_settings("s3://b/x", {})[0].config["access_key_id"] == "env-k"
+
+
+@pytest.mark.parametrize("options, reason", [
+    ({"profile": "p", "client_kwargs": {"endpoint_url": ENDPOINT}}, "profile"),
+    ({"client_kwargs": {"endpoint_url": ENDPOINT}}, "botocore's chain"),
+    ({"key": "k", "secret": "s"}, "region"),
+    ({"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": ENDPOINT, "verify": False}}, "client_kwargs.verify"),
+])
+def test_options_only_s3fs_honours_keep_s3fs(monkeypatch, options, reason):
+    _clean_env(monkeypatch)
+    settings, why = obstore_settings("s3://b/x", options)
+    assert settings is None and reason in why
+    assert type(read_store("s3://b/x", options)).__name__ == "FsspecStore"
+    monkeypatch.setenv("SCIBENCH_S3_CLIENT", "obstore")
+    with pytest.raises(ClientChoiceError, match=f"obstore cannot read s3://b/x: .*{reason}"):
+        read_store("s3://b/x", options)
+    monkeypatch.setenv("SCIBENCH_S3_CLIENT", "boto")
+    with pytest.raises(ClientChoiceError, match="expected one of auto, s3fs, obstore"):
+        read_store("s3://b/x", options)
+
+
+def test_anonymous_reads_of_a_public_store_through_obstore(monkeypatch, s3_endpoint, public_url, private_url,
+                                                           local_store):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("SCIBENCH_S3_CLIENT", "obstore")
+    anon = {"anon": True, "client_kwargs": {"endpoint_url": s3_endpoint}}
+    spec = PatchSpec(mode="random", patch=16, patches_per_scene=3, seed=5)
+    remote = CloudMaskPatches(StoreLocation(public_url, anon), spec=spec, as_torch=False)
+    assert isinstance(remote.handle.group.store, ObstoreReadStore)
+    local = CloudMaskPatches(StoreLocation(str(local_store)), spec=spec, as_torch=False)
+    got, want = remote.batch(list(range(len(remote)))), local.batch(list(range(len(local))))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    # the private version: the server refuses unsigned reads, and the error says so in one line
+    with pytest.raises(PermissionError) as info:
+        zarr.open_group(StoreLocation(private_url, anon).zarr_store(read_only=True), mode="r")
+    message = str(info.value)
+    assert message.startswith(f"{private_url}/") and "access denied by the server" in message and "403 Forbidden" in message
+    assert "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def checking_server(tmp_path_factory):
+    """A moto server that checks every request's credentials (it knows no access key)."""
+    s = LoggedS3Server(tmp_path_factory.mktemp("auth"), env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("client", ["obstore", "s3fs"])
+def test_a_refused_credential_is_one_line_naming_the_store_and_not_the_secret(monkeypatch, checking_server, client):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("SCIBENCH_S3_CLIENT", client)
+    url = "s3://somebucket/x.zarr"
+    bad = {"key": "no-such-key", "secret": SECRET, "client_kwargs": {"endpoint_url": checking_server.endpoint}}
+    with pytest.raises(PermissionError) as info:
+        zarr.open_group(StoreLocation(url, bad).zarr_store(read_only=True), mode="r")
+    message = str(info.value)
+    assert "\n" not in message and SECRET not in message
+    assert "does not exist in our records" in message  # the server's own words (InvalidAccessKeyId)
+    if client == "obstore":
+        assert message.startswith(f"{url}/") and "InvalidAccessKeyId" in message
+    assert checking_server.requests(), "the server saw no request"
+
+
+def test_a_server_that_stays_away_is_a_remote_read_error_through_obstore(monkeypatch, local_store, public_url,
+                                                                        s3_endpoint):
+    """The loader's error names the store and window; obstore's multi-line debug dump is not in it."""
+    from scibench_data.storage.distribution.local_s3 import free_port
+
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("SCIBENCH_S3_CLIENT", "obstore")
+    so = {"anon": True, "client_kwargs": {"endpoint_url": s3_endpoint}}
+    remote = CloudMaskPatches(StoreLocation(public_url, so), spec=PatchSpec(mode="random", patch=16), as_torch=False)
+    dead = {"anon": True, "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{free_port()}"},
+            "config_kwargs": {"retries": {"max_attempts": 2}, "connect_timeout": 1}}
+    remote.handle = type(remote.handle)(StoreLocation(public_url, dead))
+    remote.handle._checked = True  # the store was checked complete above; now the server is gone
+    with pytest.raises(RemoteReadError) as info:
+        remote[0]
+    message = str(info.value)
+    assert message.startswith(f"{public_url}: reading scene ") and "failed after retries" in message
+    assert "Could not connect to the endpoint URL" in message and "Debug source" not in message
+
+
+class _StoreKind(torch.utils.data.Dataset):
+    """Each patch's sum and the class of the store that read it (in the worker that read it)."""
+
+    def __init__(self, data: CloudMaskPatches) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[str, float]:
+        image, _ = self.data[i]
+        return type(self.data.handle.group.store).__name__, float(np.asarray(image, np.float64).sum())
+
+
+def test_workers_forked_after_an_obstore_read_use_s3fs_and_read_the_same(monkeypatch, s3_endpoint, public_url):
+    """obstore's tokio runtime does not survive fork: a forked worker whose parent read through
+    obstore would hang on its first request; it reads through s3fs instead, the same values."""
+    _clean_env(monkeypatch)
+    so = {"anon": True, "client_kwargs": {"endpoint_url": s3_endpoint}}
+    data = CloudMaskPatches(StoreLocation(public_url, so), spec=PatchSpec(mode="random", patch=16, patches_per_scene=2),
+                            as_torch=False)
+    want = [("ObstoreReadStore", float(np.asarray(data[i][0], np.float64).sum())) for i in range(len(data))]
+    loader = torch.utils.data.DataLoader(_StoreKind(data), batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork", timeout=120)
+    got = list(loader)
+    assert [kind for kind, _ in got] == ["FsspecStore"] * len(data)
+    assert [total for _, total in got] == [total for _, total in want]
