@@ -52,7 +52,8 @@ def _hide(folder: Path, empty: Path) -> list[str]:
 
 def _env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DASK_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests")])
+    # the workers unpickle this module's task functions by its name: its own folder goes on their path
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), str(Path(__file__).resolve().parent)])
     env.update(extra)
     return env
 

@@ -22,6 +22,7 @@ import pytest
 import s3fs
 import xarray as xr
 
+from loaders import chunk_reader
 from loaders.cloudmask import CloudMaskPatches, PatchSpec
 from scibench_data.catalog import entry_location, entry_metadata
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
@@ -109,9 +110,11 @@ def test_retry_defaults_leave_callers_settings_alone(monkeypatch):
     assert "retries" not in with_retries("s3://b/x", {})["config_kwargs"]
 
 
-def test_streaming_rides_out_a_server_outage_and_cut_responses(proxy, streamed, stores, client):
+def test_streaming_rides_out_a_server_outage_and_cut_responses(proxy, streamed, stores, client, monkeypatch):
     """The reader keeps its open store while the server goes away for 1 s, then while responses are
-    cut off mid-body: every patch equals the local store's."""
+    cut off mid-body: every patch equals the local store's. Readers here keep no decoded chunks
+    (a kept chunk never goes to the server, and these scenes are only 2 x 3 chunks)."""
+    monkeypatch.setattr(chunk_reader, "KEEP_DECODED_BYTES", 0)
     local = CloudMaskPatches(StoreLocation(str(stores["t16"])), spec=SPEC, as_torch=False)
     remote = CloudMaskPatches(StoreLocation(streamed, storage_options(proxy.endpoint)), spec=SPEC, as_torch=False)
     got = [remote[i] for i in range(3)]
