@@ -35,7 +35,9 @@ def _append(args: argparse.Namespace) -> int:
 
     report = append_cloudmask(args.src, _dest(args), _options(args))
     print("\n".join(report.lines()))
-    print(f"appended: {len(report.extra.get('appended', []))} product(s)")
+    extra = report.extra
+    print(f"appended: {len(extra.get('appended', []))} product(s), replaced by a reprocessed version: "
+          f"{len(extra.get('replaced', []))}, older versions skipped: {len(extra.get('superseded', []))}")
     if args.report:
         write_json(args.report, report.as_dict())
     return 0 if report.ok else 1
@@ -94,7 +96,8 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
 
 def register(cli) -> None:
     p = cli.dataset("append", "cloudmask", _append,
-                    "append the products of SRC that DEST lacks (later in time) to a complete CloudMask store")
+                    "append the products of SRC that DEST lacks (any time: late products too) to a complete CloudMask "
+                    "store; a reprocessed version of a scene replaces it")
     _add_conversion_options(p)
 
     p = cli.dataset("scaffold", "cloudmask_ds2", _scaffold,
