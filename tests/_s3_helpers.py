@@ -60,6 +60,11 @@ class LoggedS3Server:
         self.stop()
         raise RuntimeError(f"moto_server did not start on {self.endpoint}")
 
+    def log_lines(self) -> list[str]:
+        """Every logged line that quotes something (request lines and any other), unparsed: what a
+        test searches for a secret that must never reach the server."""
+        return [line for line in self.log.read_text(errors="replace").splitlines() if '"' in line]
+
     def request_lines(self) -> list[str]:
         """``METHOD /path?query`` of every S3 request logged so far (the server's own API excluded)."""
         out = []
@@ -85,3 +90,16 @@ class LoggedS3Server:
 
 
 _REQUEST_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+"')
+
+
+def tiny_cloudmask_store(base: Path, *, grid: tuple[int, int], tile: int, seed: int) -> Path:
+    """Two synthetic hdf products of ``grid`` converted with ``tile`` chunks into ``base/s.zarr``."""
+    from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
+    from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
+
+    generate(base / "raw", "hdf", SyntheticCloudMask(n_products=2, grid=grid, seed=seed))
+    dest = base / "s.zarr"
+    if not convert_cloudmask(str(base / "raw"), str(dest), CloudMaskConversion(layout="hdf", tile=tile,
+                                                                               progress=False)).ok:
+        raise RuntimeError(f"the tiny test store {dest} did not convert")
+    return dest

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,9 +18,9 @@ import pytest
 import s3fs
 import xarray as xr
 import yaml
+from _s3_helpers import LoggedS3Server, tiny_cloudmask_store
 
-from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
-from scibench_data.storage.distribution.local_s3 import free_port, storage_options
+from scibench_data.storage.distribution.local_s3 import storage_options
 from scibench_data.storage.distribution.publish import PublishOptions, publish
 from scibench_data.storage.distribution.pull import Subset, pull, verify_local
 
@@ -31,64 +30,24 @@ SECRET = "PLANTED-SECRET-hostile-5c1e77"
 KEY_ID = "planted-key-id-hostile"
 
 
-class Server:
-    """A ``moto_server`` whose stderr (werkzeug's one line per request) goes to a file."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log = folder / f"moto-{self.port}.log"
-        self._out = open(self.log, "wb")
-        self.proc = subprocess.Popen([shutil.which("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=self._out, stderr=subprocess.STDOUT)
-
-    def wait(self) -> None:
-        import time
-        import urllib.request
-
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"moto_server did not start on {self.endpoint}")
-
-    def requests(self) -> list[str]:
-        """The request lines logged so far."""
-        return [line for line in self.log.read_text(errors="replace").splitlines() if '"' in line]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self._out.close()
-
-
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory) -> Iterator[dict[str, Server]]:
+def servers(tmp_path_factory) -> Iterator[dict[str, LoggedS3Server]]:
     folder = tmp_path_factory.mktemp("moto_logs")
-    out = {"main": Server(folder), "other": Server(folder)}
+    out = {"main": LoggedS3Server(folder)}
     try:
-        for s in out.values():
-            s.wait()
+        out["other"] = LoggedS3Server(folder)
         yield out
     finally:
         for s in out.values():
             s.stop()
 
 
-def _options(server: Server) -> dict:
+def _options(server: LoggedS3Server) -> dict:
     return storage_options(server.endpoint)
 
 
 def _store(base: Path, seed: int) -> Path:
-    from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
-
-    generate(base / "raw", "hdf", SyntheticCloudMask(n_products=2, grid=(32, 48), seed=seed))
-    dest = base / "s.zarr"
-    assert convert_cloudmask(str(base / "raw"), str(dest), CloudMaskConversion(layout="hdf", tile=16,
-                                                                             progress=False)).ok
-    return dest
+    return tiny_cloudmask_store(base, grid=(32, 48), tile=16, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +74,7 @@ def _plant_catalog(published: dict, name: str, change) -> str:
     return f"s3://{BUCKET}/sci/{name}.yaml"
 
 
-def _env(server: Server, **extra: str) -> dict:
+def _env(server: LoggedS3Server, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "SCIBENCH_S3_ANON"}
     env.update({"AWS_ENDPOINT_URL": server.endpoint, "AWS_EC2_METADATA_DISABLED": "true", "TQDM_DISABLE": "1",
                 "PYTHONPATH": str(REPO), "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
@@ -140,7 +99,7 @@ def _refused_in_one_line(done: subprocess.CompletedProcess, *words: str) -> str:
 
 def _no_secret_anywhere(servers: dict, *outputs: bytes) -> None:
     for s in servers.values():
-        lines = s.requests()
+        lines = s.log_lines()
         assert lines, s.log
         assert not [line for line in lines if SECRET in line], s.log
     for out in outputs:
@@ -186,14 +145,14 @@ def test_catalog_endpoint_redirection_to_another_server_is_refused(servers, publ
             client_kwargs={"endpoint_url": servers["other"].endpoint})
 
     evil = _plant_catalog(published, "evil-redirect", redirect)
-    before = len(servers["other"].requests())
+    before = len(servers["other"].log_lines())
     env = _env(servers["main"])
     for args in (["verify", "cloudmask_ds1", "--catalog", evil],
                  ["pull", "cloudmask_ds1", "--catalog", evil, "--to", str(tmp_path / "copy"), "--no-progress"]):
         _refused_in_one_line(_cli(args, env), "evil-redirect.yaml", "client_kwargs", "anon")
     with pytest.raises(ValueError, match="client_kwargs"):
         open_catalog(evil, storage_options=_options(servers["main"])).cloudmask_ds1.to_dask()
-    assert servers["other"].requests()[before:] == []  # nothing was read from the other server
+    assert servers["other"].log_lines()[before:] == []  # nothing was read from the other server
     assert not (tmp_path / "copy").exists()
 
 

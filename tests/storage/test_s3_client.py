@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from _s3_helpers import LoggedS3Server, bucket_client
+from _s3_helpers import LoggedS3Server, bucket_client, tiny_cloudmask_store
 
 from loaders.cloudmask import CloudMaskPatches, PatchSpec
-from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
 from scibench_data.storage.distribution.publish import PublishOptions, publish
 from scibench_data.storage.store.location import StoreLocation
 from scibench_data.storage.store.retries import RemoteReadError
@@ -33,14 +32,7 @@ SECRET = "PLANTED-SECRET-client-7a1c"
 
 @pytest.fixture(scope="module")
 def local_store(tmp_path_factory) -> Path:
-    from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
-
-    base = tmp_path_factory.mktemp("client")
-    generate(base / "raw", "hdf", SyntheticCloudMask(n_products=2, grid=(32, 48), seed=51))
-    dest = base / "s.zarr"
-    assert convert_cloudmask(str(base / "raw"), str(dest), CloudMaskConversion(layout="hdf", tile=16,
-                                                                                 progress=False)).ok
-    return dest
+    return tiny_cloudmask_store(tmp_path_factory.mktemp("client"), grid=(32, 48), tile=16, seed=51)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from _s3_helpers import LoggedS3Server, bucket_client
+from _s3_helpers import LoggedS3Server, bucket_client, tiny_cloudmask_store
 
 from loaders.chunk_reader import window_pieces
-from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
 from scibench_data.storage.distribution.local_s3 import storage_options
 from scibench_data.storage.distribution.publish import PublishOptions, publish
 
@@ -43,14 +42,7 @@ def so(server) -> dict:
 
 @pytest.fixture(scope="module")
 def local_store(tmp_path_factory) -> Path:
-    from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
-
-    base = tmp_path_factory.mktemp("requests")
-    generate(base / "raw", "hdf", SyntheticCloudMask(n_products=2, grid=(64, 96), seed=41))
-    dest = base / "s.zarr"
-    assert convert_cloudmask(str(base / "raw"), str(dest), CloudMaskConversion(layout="hdf", tile=32,
-                                                                                 progress=False)).ok
-    return dest
+    return tiny_cloudmask_store(tmp_path_factory.mktemp("requests"), grid=(64, 96), tile=32, seed=41)
 
 
 @pytest.fixture(scope="module")
