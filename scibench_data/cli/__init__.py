@@ -20,10 +20,12 @@ from typing import Any
 MODULES: tuple[str, ...] = (
     "scibench_data.cli.cloudmask",
     "scibench_data.cli.cloudmask_ds2",
+    "scibench_data.cli.subset",
     "scibench_data.cli.storage",
     "scibench_data.cli.stemdl",
     "scibench_data.cli.uno",
     "scibench_data.cli.scoring",
+    "scibench_data.cli.show",
 )
 
 VERB_HELP = {

@@ -1,4 +1,6 @@
-"""``scibench-data {generate,convert,train,evaluate,predict,run} cloudmask``."""
+"""``scibench-data {generate,convert,append,train,evaluate,predict,run} cloudmask``.
+
+The data stack is imported inside the commands: ``--help`` stays fast."""
 
 from __future__ import annotations
 
@@ -10,10 +12,14 @@ from scibench_data.cli.common import (
     add_resume_options,
     add_run_options,
     add_training_options,
+    break_lock_if_asked,
+    dest_location,
     model_out,
     require_store,
     run_conversion,
     run_training,
+    s3_storage_options,
+    write_json,
 )
 from scibench_data.datasets.cloudmask import PATCH
 
@@ -37,6 +43,29 @@ def _convert(args: argparse.Namespace) -> int:
 
     return run_conversion(args, append_cloudmask if args.append else convert_cloudmask, CloudMaskConversion,
                           layout=args.layout, tile=args.tile)
+
+
+def conversion_options(args: argparse.Namespace):
+    """The ``CloudMaskConversion`` of ``append cloudmask`` and ``scaffold cloudmask_ds2``."""
+    from scibench_data.convert.cloudmask import CloudMaskConversion
+
+    return CloudMaskConversion(layout=args.layout, tile=args.tile, scheduler=args.scheduler, n_workers=args.workers,
+                               retries=args.retries, progress=args.progress,
+                               src_storage_options=s3_storage_options(args, source=True))
+
+
+def _append(args: argparse.Namespace) -> int:
+    from scibench_data.convert.cloudmask import append_cloudmask
+
+    break_lock_if_asked(args)
+    report = append_cloudmask(args.src, dest_location(args), conversion_options(args))
+    print("\n".join(report.lines()))
+    extra = report.extra
+    print(f"appended: {len(extra.get('appended', []))} product(s), replaced by a reprocessed version: "
+          f"{len(extra.get('replaced', []))}, older versions skipped: {len(extra.get('superseded', []))}")
+    if args.report:
+        write_json(args.report, report.as_dict())
+    return 0 if report.ok else 1
 
 
 def _train_config(args: argparse.Namespace):
@@ -105,6 +134,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="scenes whose patches are shuffled together (default 1: best read locality)")
 
 
+def add_source_options(p: argparse.ArgumentParser, dest_help: str = "the Zarr store (local path or fsspec URL)") -> None:
+    """``--layout SRC DEST --tile``: what the CloudMask conversions (convert, append, scaffold) read and write."""
+    p.add_argument("--layout", choices=("hdf", "sen3"), required=True)
+    p.add_argument("src", help="folder (local path or fsspec URL) holding the products")
+    p.add_argument("dest", help=dest_help)
+    p.add_argument("--tile", type=int, default=256, help="y/x chunk size (default 256)")
+
+
 def register(cli) -> None:
     p = cli.dataset("generate", "cloudmask", _generate, "synthetic SLSTR products in layout hdf or sen3")
     p.add_argument("--layout", choices=("hdf", "sen3"), required=True)
@@ -115,10 +152,7 @@ def register(cli) -> None:
     p.add_argument("--seed", type=int, default=0)
 
     p = cli.dataset("convert", "cloudmask", _convert, "a folder of CloudMask products -> one Zarr store")
-    p.add_argument("--layout", choices=("hdf", "sen3"), required=True)
-    p.add_argument("src", help="folder (local path or fsspec URL) holding the products")
-    p.add_argument("dest", help="the Zarr store to create or resume (local path or fsspec URL)")
-    p.add_argument("--tile", type=int, default=256, help="y/x chunk size (default 256)")
+    add_source_options(p, "the Zarr store to create or resume (local path or fsspec URL)")
     p.add_argument("--append", action="store_true",
                    help="add the products DEST lacks (later in time) to a complete store (= append cloudmask)")
     add_conversion_options(p, unit="product")
@@ -146,3 +180,10 @@ def register(cli) -> None:
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--layout", choices=("hdf", "sen3"), default="hdf")
+
+    # after run: the verbs keep the order of --help
+    p = cli.dataset("append", "cloudmask", _append,
+                    "append the products of SRC that DEST lacks (any time: late products too) to a complete CloudMask "
+                    "store; a reprocessed version of a scene replaces it")
+    add_source_options(p)
+    add_conversion_options(p, unit="product")

@@ -99,3 +99,20 @@ def test_break_lock_removes_a_live_writers_lock(cloudmask_raw, tmp_path, capsys)
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("command", [["append", "cloudmask"], ["scaffold", "cloudmask_ds2", "--scenes", "4"]])
+def test_a_locked_append_or_scaffold_takes_the_break_lock_its_error_names(cloudmask_raw, tmp_path, capsys, command):
+    dest = tmp_path / "locked.zarr"
+    src = str(cloudmask_raw["hdf"])
+    if command[0] == "append":
+        assert main(["convert", "cloudmask", "--layout", "hdf", src, str(dest), "--no-progress"]) == 0
+    (dest / "_scibench").mkdir(parents=True, exist_ok=True)
+    (dest / "_scibench" / "lock.json").write_text(json.dumps(
+        {"pid": 1, "host": "another-host", "operation": "convert", "since": "2026-01-01T00:00:00Z"}))
+    capsys.readouterr()
+    args = command + ["--layout", "hdf", src, str(dest), "--no-progress"]
+    assert main(args) == 2
+    assert "--break-lock" in capsys.readouterr().err
+    assert main(args + ["--break-lock"]) == 0
+    assert f"removed the lock of {dest}" in capsys.readouterr().out
