@@ -17,6 +17,8 @@ from pathlib import Path
 
 import fsspec
 
+from scibench_data.atomic import write_json
+
 MARKER_NAME = "SCIBENCH_SYNTHETIC.json"
 #: A marker is a few bytes; a larger file is not one of ours.
 _MAX_BYTES = 4096
@@ -25,10 +27,8 @@ _UNKNOWN = "unknown synthetic generator"
 
 def write_marker(folder: str | Path, generator: str) -> Path:
     """Say in ``folder`` that ``generator`` wrote the files in it."""
-    path = Path(folder) / MARKER_NAME
-    path.write_text(json.dumps({"generator": generator, "note": "synthetic data written by scibench-data, not a "
-                                "real archive"}) + "\n")
-    return path
+    return write_json(Path(folder) / MARKER_NAME, {"generator": generator,
+                                                   "note": "synthetic data written by scibench-data, not a real archive"})
 
 
 def find_marker(fs: fsspec.AbstractFileSystem, folders: Iterable[str]) -> str | None:

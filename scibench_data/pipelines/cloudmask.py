@@ -6,7 +6,6 @@ parameter); patches stream from the entry's Zarr store.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -37,6 +36,7 @@ from reference_models.training import (
     run_epoch,
 )
 from reference_models.unet import UNet
+from scibench_data.atomic import write_json
 from scibench_data.catalog import default_root, entry_location, open_catalog, store_url
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
 from scibench_data.datasets.cloudmask import (
@@ -335,12 +335,6 @@ def print_scores(result: dict) -> None:
               f"pixel accuracy {b['pixel_accuracy']:.4f}")
 
 
-def save_json(path: Path, obj: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    return path
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """The end-to-end demo: a few small synthetic products, converted, opened via the catalog,
@@ -401,7 +395,7 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
                "predictions": str(predictions), "synthetic": True,
                "scores_json": str(outdir / "scores.json"), "mllog": str(log.path), "seconds": round(elapsed, 1),
                "scores": scores["scores"], "baseline_single_channel": scores.get("baseline_single_channel")}
-    save_json(outdir / "run.json", summary)
+    write_json(outdir / "run.json", summary, sort_keys=False)
     print(f"\nraw products: {raw}\nZarr store:   {store}\nmodel:        {result.model_path}\n"
           f"scores:       {outdir / 'scores.json'}\npredictions:  {predictions}\nmllog:        {log.path}\n"
           f"total time:   {elapsed:.0f} s (synthetic data)")

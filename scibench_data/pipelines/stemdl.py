@@ -33,6 +33,7 @@ from reference_models.training import (
     is_main_process,
     run_epoch,
 )
+from scibench_data.atomic import write_json
 from scibench_data.formats.stemdl import N_CLASSES
 from scibench_data.pipelines import (
     epoch_desc,
@@ -423,7 +424,7 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
           f"classification chance top-1: {results['classification']['chance_top1']:.3f}")
     summary = {"root": root, "raw": str(raw), "stores": stores, "outputs": str(outdir), "mllog": str(log.path),
                "seconds": round(elapsed, 1), "results": results, "predictions": predictions, "synthetic": True}
-    (outdir / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_json(outdir / "run.json", summary, sort_keys=False)
     print(json.dumps({t: r["scores"] for t, r in results.items()}, indent=2))
     print(f"\nraw files:   {raw}\nZarr stores: {stores['stemdl']}\n             {stores['stemdl_reconstruction']}\n"
           f"outputs:     {outdir} (models, scores-*.json, predictions-*.npz, run.json)\nmllog:       {log.path}\n"

@@ -6,7 +6,6 @@ catalog-level ``root``). Each step is a plain function; the CLI is a thin shell.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ from reference_models.training import (
     is_main_process,
 )
 from reference_models.uno import UnoModel, UnoModelConfig
+from scibench_data.atomic import write_json
 from scibench_data.pipelines import (
     epoch_desc,
     epochs_to_run,
@@ -190,7 +190,7 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
         checkpoints.save(epoch_done=True)
     history = state["history"]
     if main:
-        (out / "train_history.json").write_text(json.dumps(history, indent=2) + "\n")
+        write_json(out / "train_history.json", history, sort_keys=False)
     return TrainResult(ckpt, len(history), state["best_epoch"], state["best"], history, time.perf_counter() - t0)
 
 
@@ -284,7 +284,7 @@ def run(root: str | None, cfg: UnoTrainConfig, fresh: bool = False, seed: int = 
     summary = {"root": root, "raw": str(raw), "store": store, "outputs": str(outdir), "model": str(result.checkpoint),
                "scores_json": str(path), "predictions": str(predictions), "mllog": str(log.path),
                "seconds": round(elapsed, 1), "scores": scores, "synthetic": True}
-    (outdir / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_json(outdir / "run.json", summary, sort_keys=False)
     print(table)
     print(f"\nraw data:    {raw}\nZarr store:  {store}\nmodel:       {result.checkpoint}\nscores:      {path}\n"
           f"predictions: {predictions}\nmllog:       {log.path}\ntotal time:  {elapsed:.0f} s (synthetic data)")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from scibench_data.atomic import write_json
 
 
 def format_table(scores: Mapping[str, float], title: str, target: Mapping[str, float] | None = None) -> str:
@@ -24,8 +25,4 @@ def format_table(scores: Mapping[str, float], title: str, target: Mapping[str, f
 
 def write_scores(path: str | Path, benchmark: str, scores: Mapping[str, float], **context: Any) -> Path:
     """Write ``{"benchmark", "scores", ...context}`` as JSON; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"benchmark": benchmark, "scores": dict(scores), **context}, indent=2,
-                               sort_keys=True, default=str) + "\n")
-    return path
+    return write_json(path, {"benchmark": benchmark, "scores": dict(scores), **context})

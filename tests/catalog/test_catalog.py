@@ -79,3 +79,32 @@ def test_incomplete_store_does_not_open(root_with_ds1):
     zj.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="[Cc]onsolidated"):
         open_catalog(root=str(root_with_ds1)).cloudmask_ds1.to_dask()
+
+
+@pytest.mark.parametrize("env_root", [None, "/data/scibench"])
+def test_the_catalog_template_and_default_root_name_the_same_folder(env_root, tmp_path, monkeypatch):
+    """The default root is declared in ``catalog.default_root``; the template, which intake renders
+    without our code, must say the same for every entry (``$SCIBENCH_DATA_ROOT``, else ``$HOME/scibench-data``)."""
+    from scibench_data.catalog import default_root, store_url
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if env_root:
+        monkeypatch.setenv("SCIBENCH_DATA_ROOT", env_root)
+    else:
+        monkeypatch.delenv("SCIBENCH_DATA_ROOT", raising=False)
+    cat = intake.open_catalog(scibench_data.catalog_path())
+    entries = list(cat)
+    assert entries
+    rendered = {e: getattr(cat, e).urlpath for e in entries}
+    assert rendered == {e: store_url(e) for e in entries}
+    assert default_root() == (env_root or str(tmp_path / "scibench-data"))
+
+
+def test_the_default_root_is_built_in_one_place():
+    """Only ``catalog.default_root`` turns ``$HOME`` into a folder for the stores."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "scibench_data"
+    hits = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))
+            if any(s in p.read_text() for s in ("Path.home()", "expanduser(", "environ[\"HOME\"]", "getenv(\"HOME\")"))]
+    assert hits == ["catalog.py"]

@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from scibench_data.atomic import write_bytes, write_json
 from scibench_data.progress import bar_disable
 from scibench_data.storage.distribution.publish import is_truthy
 from scibench_data.storage.store.confine import (
@@ -317,7 +318,7 @@ def claim_destination(dest: Path, info: Mapping[str, Any]) -> None:
                 f"{dest} holds v{held.get('version')} of {held.get('dataset')} (manifest "
                 f"{str(held['manifest_sha256'])[:12]}...); refusing to pull {what}v{info.get('version')} over it: "
                 "pull into another --to folder (or delete that copy)")
-    _write_atomic(marker, json.dumps({**info, "complete": False}, indent=1).encode())
+    write_json(marker, {**info, "complete": False}, sort_keys=False)
 
 
 @dataclass(frozen=True)
@@ -336,19 +337,12 @@ def _local_ok(path: Path, size: int, sha: str) -> bool:
     return path.is_file() and path.stat().st_size == size and sha256_bytes(path.read_bytes()) == sha
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def download(src: StoreLocation, dest: Path, manifest: Manifest, keys: Iterable[str], workers: int,
              bar: tqdm) -> int:
     """Fetch ``keys`` concurrently, each checked against the manifest before it lands."""
     expected = manifest.by_key
     return copy_verified(
-        src, keys, manifest, put=lambda key, data: _write_atomic(Path(confine(str(dest), key, what="manifest key")), data),
+        src, keys, manifest, put=lambda key, data: write_bytes(Path(confine(str(dest), key, what="manifest key")), data),
         mismatch=lambda key, got: (f"{src.url}/{key} does not match the manifest (sha256 {got[:12]}... != "
                                    f"{expected[key].sha256[:12]}...): the published object is corrupted"),
         workers=workers, on_bytes=bar.update)
@@ -374,7 +368,7 @@ def pull(catalog_url: str, dataset: str, to: str | os.PathLike, subset: Subset =
             "manifest_sha256": pub.manifest_sha256, "subset": subset.as_dict(), "keys": keys}
     claim_destination(dest, info)  # before any write: never into a store pull did not make
     (dest / ROOT_KEY).unlink(missing_ok=True)  # not openable until the pull is complete
-    _write_atomic(dest.joinpath(*MANIFEST_KEY), manifest_bytes)
+    write_bytes(dest.joinpath(*MANIFEST_KEY), manifest_bytes)
     body = [k for k in keys if k != ROOT_KEY]
     expected = manifest.by_key
     todo = [k for k in body if not _local_ok(Path(confine(str(dest), k, what="manifest key")), expected[k].size,
@@ -383,8 +377,8 @@ def pull(catalog_url: str, dataset: str, to: str | os.PathLike, subset: Subset =
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {dataset}", disable=bar_disable(progress)) as bar:
         bar.update(total - sum(expected[k].size for k in todo) - len(root_bytes))
         nbytes = download(pub.location, dest, manifest, todo, workers, bar)
-        _write_atomic(dest.joinpath(*PULL_KEY), json.dumps({**info, "complete": True}, indent=1).encode())
+        write_json(dest.joinpath(*PULL_KEY), {**info, "complete": True}, sort_keys=False)
         root_out = json.dumps(partial_root(root_meta, subset), indent=2).encode() if partial else root_bytes
-        _write_atomic(dest / ROOT_KEY, root_out)
+        write_bytes(dest / ROOT_KEY, root_out)
         bar.update(len(root_bytes))
     return PullResult(dataset, str(dest), info["version"], len(todo), len(body) - len(todo), nbytes, total, partial)

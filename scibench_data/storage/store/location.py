@@ -12,6 +12,7 @@ import fsspec
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
+from scibench_data.atomic import write_bytes
 from scibench_data.storage.store.s3_client import read_store, s3fs_options, tune_s3fs
 
 
@@ -92,10 +93,6 @@ class StoreLocation:
         data = json.dumps(obj, sort_keys=True, indent=1).encode()
         p = self.path(*parts)
         if self.is_local:
-            self.fs.makedirs(posixpath.dirname(p), exist_ok=True)
-            tmp = p + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            self.fs.mv(tmp, p)
+            write_bytes(p, data)
         else:
             self.fs.pipe_file(p, data)

@@ -53,7 +53,6 @@ import json
 import os
 import posixpath
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
 
+from scibench_data.atomic import write_bytes
 from scibench_data.storage.store.encoding import with_checksums
 from scibench_data.storage.store.hashing import sha256_bytes
 from scibench_data.storage.store.location import StoreLocation
@@ -233,20 +233,7 @@ def write_atomic(location: StoreLocation, data: bytes, *parts: str) -> None:
     if not location.is_local:
         location.fs.pipe_file(path, data)
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_bytes(path, data)
 
 
 class _RootCapture(WrapperStore[Store]):
