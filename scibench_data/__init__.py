@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from importlib.resources import files
 
 __version__ = "0.1.0"
 
@@ -17,13 +18,12 @@ warnings.filterwarnings("ignore", message="Shell command not executed", category
 
 def catalog_path() -> str:
     """Path of the intake catalog shipped with the package (``catalog/scibench.yaml``)."""
-    from importlib.resources import files
-
     return str(files("scibench_data") / "data" / "scibench.yaml")
 
 
 def open_catalog(root: str | None = None, **kwargs):
     """Open our catalog; ``root`` (else ``$SCIBENCH_DATA_ROOT``, else ``~/scibench-data``) is where stores live."""
+    # import cycle (catalog imports catalog_path from here); intake costs seconds to import
     from scibench_data.catalog import open_catalog as _open
 
     return _open(root=root, **kwargs)

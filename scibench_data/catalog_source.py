@@ -8,6 +8,8 @@ say the same thing.
 
 from __future__ import annotations
 
+from fsspec.core import url_to_fs
+
 #: The command that creates each entry's store on the embedded default (``{store}``: its URL).
 CREATED_BY = {
     "cloudmask_ds1": "scibench-data run cloudmask",
@@ -43,8 +45,6 @@ def missing_store(entry: str, store: str, exists: bool = False) -> MissingStoreE
 
 def store_exists(url: str, storage_options: dict | None = None) -> bool:
     """Whether anything exists at ``url`` (a local folder or an object-store prefix)."""
-    from fsspec.core import url_to_fs
-
     try:
         fs, path = url_to_fs(url, **(storage_options or {}))
         return bool(fs.exists(path))

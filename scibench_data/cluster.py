@@ -46,6 +46,7 @@ class Probe:
 def code_identity() -> str:
     """``VERSION (code DIGEST)`` of the scibench_data this process imports: the version string and
     a sha256 over the package's Python files (a stale checkout with the same version differs)."""
+    # runs on a node: imports inside, so a node that cannot import them reports it (module docstring)
     import hashlib
     from pathlib import Path
 
@@ -60,6 +61,7 @@ def code_identity() -> str:
 
 def check_node(probe: Probe) -> dict[str, str]:
     """Run on a node: its scibench-data identity and, per failed check, the problem in words."""
+    # runs on a node: imports inside (module docstring)
     import fsspec
 
     out = {"identity": code_identity()}
@@ -129,9 +131,8 @@ def preflight(scheduler: str, *, source: str | None = None, source_storage_optio
     :class:`~scibench_data.storage.store.location.StoreLocation`). Raises :class:`ConnectionError` for
     an unreachable scheduler (:class:`~scibench_data.parallel.SchedulerUnreachableError`) and :class:`PreflightError` naming the first node that cannot (and
     how many more); returns the workers' thread counts."""
-    from scibench_data.parallel import (
-        connect,  # here: the nodes import this module with nothing else of ours
-    )
+    # here: the nodes import this module with nothing else of ours
+    from scibench_data.parallel import connect
 
     identity = code_identity()
     client = connect(scheduler)
@@ -181,6 +182,7 @@ def preflight_products(scheduler: str, fs: Any, products: list, source_storage_o
     """:func:`preflight` for a conversion on an existing cluster (``scheduler`` an address; nothing
     to check for ``threads``, ``sync`` or a ``local-cluster`` we start): every worker reads the
     first file of the first product and sees and writes ``dest``."""
+    # as in preflight: not at the top, the nodes import this module with nothing else of ours
     from scibench_data.parallel import is_address
 
     if not is_address(scheduler):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from scibench_data.registry import REGISTRY, Benchmark, get
 from scibench_data.submission import find_submissions, validate
@@ -60,8 +61,6 @@ def reference_rows() -> list[Row]:
 
 def _synthetic(folder: Path, events: list[dict]) -> bool:
     """Whether a submission says its data was synthetic (config.yaml or its logs)."""
-    import yaml
-
     try:
         cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
@@ -178,6 +177,7 @@ def markdown(rows: list[Row], problems: Sequence[str] = (), plots: dict | None =
 def plot(rows: list[Row], b: Benchmark, path: str | Path) -> Path | None:
     """Primary score vs time to solution of one benchmark (PNG), references without a time as lines,
     every line and point inside the axes; None (no picture) when no row has a time."""
+    # matplotlib costs seconds to import; only the plots need it
     import matplotlib
 
     matplotlib.use("Agg")

@@ -13,14 +13,20 @@ statistical profiler sampling the task thread every 10 ms under the GIL.
 from __future__ import annotations
 
 import os
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import dask
+import numcodecs.blosc
+import zarr
+from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
+from scibench_data.formats import SourceFormatError
 from scibench_data.progress import bar_disable
 from scibench_data.storage.store.records import StoreFullError, is_full_disk
 
@@ -74,9 +80,6 @@ def environment(values: Mapping[str, str | None]) -> Iterator[None]:
 def limit_worker_threads() -> dict[str, object]:
     """Make this process single-threaded below the task: Blosc and zarr's codec pool use one
     thread. Safe to call repeatedly; returns what it set."""
-    import numcodecs.blosc
-    import zarr
-
     numcodecs.blosc.set_nthreads(1)
     numcodecs.blosc.use_threads = False
     zarr.config.set({"threading.max_workers": 1})
@@ -85,6 +88,7 @@ def limit_worker_threads() -> dict[str, object]:
 
 def _worker_plugin() -> Any:
     """A plugin that tunes every worker of a cluster (also one we did not start)."""
+    # distributed costs seconds to import; threads runs never need it
     from distributed.diagnostics.plugin import WorkerPlugin
 
     class SingleThreadedTasks(WorkerPlugin):
@@ -136,8 +140,6 @@ def attempt(fn: Callable[[Any], Any], item: Any, key: str, retries: int) -> Task
 
 def _is_permanent(err: Exception) -> bool:
     """Bad input will not get better by retrying."""
-    from scibench_data.formats import SourceFormatError
-
     return isinstance(err, (SourceFormatError, ValueError, KeyError, TypeError))
 
 
@@ -153,6 +155,7 @@ def is_address(scheduler: str) -> bool:
 def connect(scheduler: str) -> Any:
     """A ``distributed.Client`` connected to the scheduler at ``scheduler``; an unreachable one is a
     one-line :class:`SchedulerUnreachableError` naming the address (after ``distributed.comm.timeouts.connect``)."""
+    # distributed costs seconds to import; threads runs never need it
     from distributed import Client
 
     try:
@@ -166,6 +169,7 @@ def connect(scheduler: str) -> Any:
 def distributed_client(scheduler: str, n_workers: int | None = None) -> Iterator[Any]:
     """A ``distributed.Client``: a new ``LocalCluster`` of processes for ``"local-cluster"``,
     else a connection to the scheduler at the given address."""
+    # distributed costs seconds to import; threads runs never need it
     from distributed import Client, LocalCluster
 
     if scheduler == "local-cluster":
@@ -212,8 +216,7 @@ def _run_bounded(client: Any, fn: Callable[[Any], Any], items: Sequence[Any], ke
     product, not two queued. A task is bound to its worker loosely (``allow_other_workers``), so
     a worker that dies does not strand it; the slots are read again from the scheduler as workers
     come and go."""
-    from collections import Counter
-
+    # distributed costs seconds to import; threads runs never need it
     from distributed import as_completed
 
     pending = list(zip(items, keys))[::-1]
@@ -279,8 +282,6 @@ def run_tasks(
     worker holds more tasks than it has threads, nor more than its ``memory_limit`` holds tasks
     of ``task_memory`` bytes (:func:`_run_bounded`), whatever the cluster's own settings.
     """
-    import time
-
     if len(items) != len(keys):
         raise ValueError(f"{len(items)} items but {len(keys)} keys")
     results: list[TaskResult] = []
@@ -302,8 +303,6 @@ def run_tasks(
 
     try:
         if scheduler in LOCAL_SCHEDULERS:
-            from dask.callbacks import Callback
-
             names = {f"task-{i}" for i in range(len(items))}
 
             class _Report(Callback):  # dask runs _posttask in the calling thread

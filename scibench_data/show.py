@@ -21,13 +21,16 @@ import numpy as np
 from scibench_data.registry import get
 from scibench_data.scoring.predictions import (
     PredictionError,
+    align,
     load_truth,
     open_entry,
     read_predictions,
 )
+from scibench_data.scoring.regression import r2
 
 
 def _pyplot():
+    # matplotlib costs seconds to import; only a picture needs it
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,6 +89,7 @@ LABEL_CLASSES = ((0, "clear", "#2b6cb0"), (1, "cloud", "#f7fafc"))
 def cloudmask_figure(scene: int, root: str | None = None, prediction: str | Path | None = None) -> Any:
     """The figure of :func:`show_cloudmask`: continuous panels get a colour bar, the binary label two
     named colours and a legend."""
+    # matplotlib: imported when a picture is drawn (see _pyplot)
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
@@ -165,9 +169,6 @@ def show_stemdl(sample: int, out: str | Path, root: str | None = None, predictio
 
 def show_uno(prediction: str | Path, out: str | Path, root: str | None = None) -> Path:
     """PNG scatter of predicted vs true AUC over the test split, with R2 and the identity line."""
-    from scibench_data.scoring.predictions import align
-    from scibench_data.scoring.regression import r2
-
     b = get("candle_uno")
     truth = load_truth(b, open_entry(b, root))
     pred = read_predictions(prediction, b)

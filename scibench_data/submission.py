@@ -20,6 +20,7 @@ import json
 import math
 import re
 import shutil
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,12 @@ from typing import Any
 
 import yaml
 
+from scibench_data import __version__
 from scibench_data.datasets.base import import_function
+from scibench_data.pipelines import predictions_path
 from scibench_data.registry import REGISTRY, get
-from scibench_data.scoring.mllog import BenchmarkLog, read_events
+from scibench_data.scoring.mllog import BenchmarkLog, check_compliance, read_events
+from scibench_data.scoring.predictions import score_predictions
 
 SUBMISSION_KEYS = ("submission_benchmark", "submission_org", "submission_division", "submission_version",
                    "submission_status", "submission_platform")
@@ -97,10 +101,6 @@ def default_retrieval(benchmark: str) -> tuple[str, ...]:
 
 def code_version() -> str:
     """``scibench-data <version>`` plus the git commit of this checkout when there is one."""
-    import subprocess
-
-    from scibench_data import __version__
-
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=Path(__file__).parent).stdout.strip()
@@ -111,8 +111,6 @@ def code_version() -> str:
 
 def code_repository() -> str:
     """The ``origin`` remote of this checkout, else a plain description."""
-    import subprocess
-
     try:
         url = subprocess.run(["git", "remote", "get-url", "origin"], capture_output=True, text=True, timeout=10,
                              cwd=Path(__file__).parent).stdout.strip()
@@ -263,8 +261,6 @@ def from_run(run_dir: str | Path, root: str | Path, system: str, descriptor: str
     dest = Path(root) / info.relative_dir
     _refuse_overwrite(dest, benchmark, force)
     if predictions is None:
-        from scibench_data.pipelines import predictions_path
-
         found = predictions_path(run_dir, benchmark)
         if predict:
             predictions = predict_run(run_dir, benchmark, found, data_root)
@@ -387,8 +383,6 @@ def parse_result(path: Path, v: Validation, benchmark: str | None) -> RunRecord 
             if b is not None and b.primary not in value:
                 v.add(path, f"result lacks the primary metric {b.primary!r} of {b.name}")
     if len(v.problems) == n_problems and benchmark in REGISTRY:  # ours pass: the maintained checker on top
-        from scibench_data.scoring.mllog import check_compliance
-
         for problem in check_compliance(path, benchmark):
             v.add(path, problem)
     run_ms = _interval_ms(events, "run")
@@ -477,8 +471,6 @@ def validate(folder: str | Path, root: str | None = None, rescore: bool = True) 
 
 
 def _rescore(pred: Path, rec: RunRecord, benchmark: str, root: str | None, v: Validation) -> None:
-    from scibench_data.scoring.predictions import score_predictions
-
     try:
         result = score_predictions(benchmark, pred, root=root)
     except FileNotFoundError as err:

@@ -3,6 +3,8 @@
 Commands are ``VERB DATASET`` (``convert cloudmask``, ``train stemdl``) or plain
 commands (``verify``, ``benchmarks``). Each data set's module registers its own
 subcommands; add a module to ``MODULES`` to add commands.
+
+The data stack is imported inside the commands: ``--help`` stays fast.
 """
 
 from __future__ import annotations

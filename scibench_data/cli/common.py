@@ -1,7 +1,7 @@
 """Argument helpers shared by the data set commands.
 
-The command modules import the data stack inside their functions: ``scibench-data --help`` and every
-parse of the command line stay fast (storage alone costs ~0.3 s to import).
+The command modules import the data stack inside their functions, so that every parse of the command
+line (``scibench-data --help``) stays fast: storage alone costs ~0.3 s to import.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""``benchmarks``, ``score``, ``submission validate|create|from-run`` and ``leaderboard``."""
+"""``benchmarks``, ``score``, ``submission validate|create|from-run`` and ``leaderboard``.
+
+The data stack is imported inside the commands: ``--help`` stays fast."""
 
 from __future__ import annotations
 

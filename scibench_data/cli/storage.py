@@ -3,6 +3,8 @@
 Credentials are never taken on the command line: they come from the standard
 places (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
 ``~/.aws``); the endpoint from ``--endpoint-url`` or ``AWS_ENDPOINT_URL``.
+
+The data stack is imported inside the commands: ``--help`` stays fast.
 """
 
 from __future__ import annotations

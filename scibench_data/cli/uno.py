@@ -1,4 +1,6 @@
-"""``scibench-data {generate,convert,train,evaluate,predict,run} uno``."""
+"""``scibench-data {generate,convert,train,evaluate,predict,run} uno``.
+
+The data stack is imported inside the commands: ``--help`` stays fast."""
 
 from __future__ import annotations
 

@@ -14,14 +14,14 @@ import math
 import time
 from pathlib import Path
 
+from reference_models.training import is_main_process
+from scibench_data.catalog import default_root
 from scibench_data.convert import SYNTHETIC_ATTR
 from scibench_data.scoring.mllog import BenchmarkLog
 
 
 def run_dir(root: str | None, benchmark: str) -> Path:
     """A fresh ``ROOT/outputs/{benchmark}/run-{time}/`` path (not created)."""
-    from scibench_data.catalog import default_root
-
     base = Path(root or default_root()) / "outputs" / benchmark
     path = base / time.strftime("run-%Y%m%d-%H%M%S")
     n = 1
@@ -33,8 +33,6 @@ def run_dir(root: str | None, benchmark: str) -> Path:
 
 def raw_dir(root: str | None, benchmark: str) -> Path:
     """Where ``run`` writes a benchmark's synthetic raw files: ``ROOT/raw/{benchmark}/``."""
-    from scibench_data.catalog import default_root
-
     return Path(root or default_root()) / "raw" / benchmark
 
 
@@ -55,8 +53,6 @@ def training_log(path: str | Path, benchmark: str, resume: bool = False):
     """The MLPerf log of a ``train`` command as a context manager: on rank 0 only (other ranks of a
     ``torchrun`` job get ``None``); a resumed run writes ``NAME.resume-K.txt`` next to it and keeps
     the interrupted run's log."""
-    from reference_models.training import is_main_process
-
     if not is_main_process():
         return contextlib.nullcontext()
     path = Path(path)

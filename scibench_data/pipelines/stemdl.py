@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from reference_models.training import (
     run_epoch,
 )
 from scibench_data.atomic import write_json
+from scibench_data.catalog import default_root, open_catalog, store_url
+from scibench_data.convert.stemdl import STEMDLConversion, convert_stemdl
 from scibench_data.formats.stemdl import N_CLASSES
 from scibench_data.pipelines import (
     epoch_desc,
@@ -43,10 +46,13 @@ from scibench_data.pipelines import (
     raw_dir,
 )
 from scibench_data.progress import bar_disable
+from scibench_data.registry import get
 from scibench_data.scoring.classification import classification_scores
 from scibench_data.scoring.mllog import BenchmarkLog
+from scibench_data.scoring.predictions import load_truth, save_predictions
 from scibench_data.scoring.reconstruction import mse, reconstruction_scores
 from scibench_data.scoring.report import format_table, write_scores
+from scibench_data.synthetic.stemdl import SyntheticSTEMDL, generate
 
 BENCHMARK = "stemdl"
 #: What the demo data of ``run`` is, recorded in its stores (``scibench_synthetic``).
@@ -324,10 +330,6 @@ def predict_test(root: str | None, model_path: str | Path, out: str | Path | Non
     """A trained model's predictions of the test split, saved in its task's prediction format
     (``stemdl``: class scores; ``stemdl_reconstruction``: potentials); default
     ``predictions-{benchmark}.npz`` next to the model."""
-    from scibench_data.catalog import open_catalog
-    from scibench_data.registry import get
-    from scibench_data.scoring.predictions import load_truth, save_predictions
-
     model, cfg, ckpt = load_model(model_path)
     b = get(TASK_BENCHMARK[cfg.task])
     truth = load_truth(b, getattr(open_catalog(root=root), cfg.entry_name).to_dask())
@@ -374,12 +376,6 @@ class RunConfig:
 
 def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, fresh: bool = False) -> dict:
     """Generate -> convert (twice) -> open through the catalog -> train and evaluate both tasks."""
-    import shutil
-
-    from scibench_data.catalog import default_root, store_url
-    from scibench_data.convert.stemdl import STEMDLConversion, convert_stemdl
-    from scibench_data.synthetic.stemdl import SyntheticSTEMDL, generate
-
     root = root or default_root()
     raw = raw_dir(root, BENCHMARK)
     stores = {"stemdl": store_url("stemdl", root), "stemdl_reconstruction": store_url("stemdl_reconstruction", root)}

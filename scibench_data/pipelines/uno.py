@@ -7,6 +7,7 @@ catalog-level ``root``). Each step is a plain function; the CLI is a thin shell.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from reference_models.training import (
 )
 from reference_models.uno import UnoModel, UnoModelConfig
 from scibench_data.atomic import write_json
+from scibench_data.catalog import default_root, store_url
+from scibench_data.convert.uno import UnoConversion, convert_uno
 from scibench_data.pipelines import (
     epoch_desc,
     epochs_to_run,
@@ -41,9 +44,12 @@ from scibench_data.pipelines import (
     raw_dir,
 )
 from scibench_data.progress import bar_disable
+from scibench_data.registry import get
 from scibench_data.scoring.mllog import BenchmarkLog
+from scibench_data.scoring.predictions import load_truth, save_predictions
 from scibench_data.scoring.regression import regression_scores
 from scibench_data.scoring.report import format_table, write_scores
+from scibench_data.synthetic.uno import SyntheticUno, generate
 
 BENCHMARK = "candle_uno"
 #: What the demo data of ``run`` is, recorded in its stores (``scibench_synthetic``).
@@ -228,9 +234,6 @@ def predict_model(model_path: str | Path, out: str | Path, root: str | None = No
 def predict_test(source: UnoSource, checkpoint: str | Path, out: str | Path | None = None) -> Path:
     """A checkpoint's AUC predictions of the test split, saved in the ``candle_uno`` prediction format
     (default: ``predictions-candle_uno.npz`` next to the checkpoint)."""
-    from scibench_data.registry import get
-    from scibench_data.scoring.predictions import load_truth, save_predictions
-
     ds = source.open()
     truth = load_truth(get(BENCHMARK), ds)
     _, p = predict(load_model(checkpoint), load_arrays(ds), "test")
@@ -246,12 +249,6 @@ def run(root: str | None, cfg: UnoTrainConfig, fresh: bool = False, seed: int = 
         data: dict | None = None) -> dict:
     """Generate (synthetic raw TSVs in ``ROOT/raw/candle_uno``) -> convert -> open through the catalog ->
     train -> evaluate -> predict, into ``ROOT/outputs/candle_uno/run-{time}/``; returns a summary."""
-    import shutil
-
-    from scibench_data.catalog import default_root, store_url
-    from scibench_data.convert.uno import UnoConversion, convert_uno
-    from scibench_data.synthetic.uno import SyntheticUno, generate
-
     t0 = time.perf_counter()
     root = root or default_root()
     raw, store = raw_dir(root, BENCHMARK), store_url(BENCHMARK, root)

@@ -7,6 +7,7 @@ result; data staging counts toward benchmark time.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mlperf_logging.compliance_checker import mlp_compliance, mlp_parser
 from mlperf_logging.mllog import constants as C
 from mlperf_logging.mllog.mllog import MLLogger
 
@@ -75,8 +77,6 @@ class BenchmarkLog:
 
 def read_events(path: str | Path) -> list[dict]:
     """Parse an mllog file; raises ``ValueError`` naming the line that is not a well-formed event."""
-    import json
-
     events = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
@@ -104,8 +104,6 @@ def check_compliance(path: str | Path, benchmark: str | None = None) -> list[str
     """Problems ``mlperf_logging``'s compliance checker finds in an mllog file, with our configs
     (``scibench_data/data/mllog/common.yaml``, then ``{benchmark}.yaml``); empty when it complies.
     Each problem is one line."""
-    from mlperf_logging.compliance_checker import mlp_compliance, mlp_parser
-
     checker = mlp_compliance.make_checker("hpc", "3.0.0", quiet=True, werror=False)
     lines, errors = mlp_parser.parse_file(str(path), ruleset=COMPLIANCE_RULESET)
     problems = [f"line {line!s:.60}: {err}" for line, err in errors]

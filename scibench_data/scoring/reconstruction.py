@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 Array = Any  # numpy.ndarray or dask.array.Array
 SSIM_SIGMA, SSIM_TAPS, K1, K2 = 1.5, 11, 0.01, 0.03
@@ -54,8 +55,6 @@ def gaussian_window(taps: int = SSIM_TAPS, sigma: float = SSIM_SIGMA) -> np.ndar
 
 def _filter_valid(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Separable 'valid' filtering of the last two axes."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
     x = sliding_window_view(x, len(w), axis=-1) @ w
     return np.moveaxis(sliding_window_view(np.moveaxis(x, -1, -2), len(w), axis=-1) @ w, -1, -2)
 
@@ -83,7 +82,7 @@ def ssim(pred: Array, target: Array, data_range: float | None = None) -> float:
         raise ValueError(f"data_range must be positive, got {rng}")
     if isinstance(pred, np.ndarray) and isinstance(target, np.ndarray):
         return float(ssim_per_image(pred, target, rng).mean())
-    import dask.array as da
+    import dask.array as da  # only for lazy images: this module stays free of Dask at import
 
     t = da.asarray(target).rechunk({i: -1 for i in range(1, target.ndim)})
     p = da.asarray(pred).rechunk(t.chunks)

@@ -27,10 +27,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
 
+from scibench_data.cluster import preflight
+from scibench_data.parallel import is_address, run_tasks
+from scibench_data.storage.store.encoding import encoding_for
+from scibench_data.storage.store.location import StoreLocation
+from scibench_data.storage.store.lock import WriterLock
+from scibench_data.storage.store.records import RecordStore
 from scibench_data.storage.store.regions import chunks_touched
 from scibench_data.strings import decode_strings
 
@@ -303,8 +310,6 @@ def plan_subset(sel: Selection, *, times: np.ndarray, names: Sequence[str], chan
 
 def _as_store(source: Any, read_only: bool = True) -> zarr.abc.store.Store:
     """A zarr store from a URL/path, a :class:`StoreLocation` or a zarr store."""
-    from scibench_data.storage.store.location import StoreLocation
-
     if isinstance(source, zarr.abc.store.Store):
         return source
     loc = source if isinstance(source, StoreLocation) else StoreLocation(str(source))
@@ -375,8 +380,6 @@ class CopyScene:
     window: tuple[int, int, int, int]
 
     def __call__(self, job: tuple[int, int, str]) -> dict:
-        from scibench_data.storage.store.records import RecordStore
-
         index, scene, name = job
         store = RecordStore(self.dest, RECORD_DIM)
         g = zarr.open_group(_as_store(self.source), mode="r", use_consolidated=True)
@@ -416,8 +419,6 @@ class SubsetReport:
 
 
 def _template(source_ds: xr.Dataset, plan: SubsetPlan, variables: Sequence[str]) -> xr.Dataset:
-    import dask.array as da
-
     y0, y1, x0, x1 = plan.window
     scenes = np.asarray(plan.scenes, dtype=np.int64)
     sub = source_ds.isel({RECORD_DIM: scenes, "y": slice(y0, y1), "x": slice(x0, x1),
@@ -443,13 +444,6 @@ def write_subset(source: Any, dest: Any, sel: Selection, *, scheduler: str = "th
     If the source is a scaffold and some selected scenes hold no data, the output is
     consolidated with status ``"scaffold"`` and lists the scenes that do.
     """
-    from scibench_data.cluster import preflight
-    from scibench_data.parallel import is_address, run_tasks
-    from scibench_data.storage.store.encoding import encoding_for
-    from scibench_data.storage.store.location import StoreLocation
-    from scibench_data.storage.store.lock import WriterLock
-    from scibench_data.storage.store.records import RecordStore
-
     t0 = _time.perf_counter()
     plan, summary = dry_run(source, sel)
     if not plan.scenes:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm.auto import tqdm
 
 from scibench_data.formats.stemdl import (
     LAYOUTS,
@@ -286,8 +287,6 @@ def generate(dest: str | Path, layout: str, config: SyntheticSTEMDL = SyntheticS
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown STEMDL layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    from tqdm.auto import tqdm
-
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     write_marker(dest, __name__)

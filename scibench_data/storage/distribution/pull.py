@@ -29,6 +29,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from scibench_data.atomic import write_bytes, write_json
+from scibench_data.catalog import (
+    catalog_dir,
+    entry_location,
+    entry_metadata,
+    open_catalog,
+)
 from scibench_data.progress import bar_disable
 from scibench_data.storage.distribution.publish import is_truthy
 from scibench_data.storage.store.confine import (
@@ -216,13 +222,6 @@ def open_published(catalog_url: str, dataset: str, storage_options: Mapping[str,
     The caller's ``storage_options`` (an endpoint, credentials, ``anon``) open the catalog and the
     store; the entry's own ``anon`` fills in only when the caller sets none.
     """
-    from scibench_data.catalog import (
-        catalog_dir,
-        entry_location,
-        entry_metadata,
-        open_catalog,
-    )
-
     so = dict(storage_options or {})
     cat = open_catalog(catalog_url, storage_options=so, allow_outside=allow_outside)
     loc = entry_location(cat, dataset)

@@ -13,6 +13,7 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
 
+from loaders.chunk_reader import store_url
 from scibench_data.storage.store.integrity import (
     NO_INVENTORY,
     Inventory,
@@ -22,8 +23,6 @@ from scibench_data.storage.store.integrity import (
 
 
 def _url(store: Store) -> str:
-    from loaders.chunk_reader import store_url
-
     return store_url(store)
 
 

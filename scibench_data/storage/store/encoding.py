@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,6 @@ def encoding_for(dtype_itemsize: int, chunks: tuple[int, ...], codec: CodecChoic
 def with_checksums(encoding: dict, names: list[str] | tuple[str, ...]) -> dict:
     """``encoding`` with a ``crc32c`` codec ending the chain of every variable in ``names``: variables
     without compressors get zarr's default (zstd) first. Entries that already end with it are kept."""
-    from zarr.codecs import ZstdCodec
-
     out = {name: dict(enc) for name, enc in encoding.items()}
     for name in names:
         enc = out.setdefault(name, {})

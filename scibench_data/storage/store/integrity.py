@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 import google_crc32c
 import numpy as np
+from zarr.core.buffer import default_buffer_prototype
+
+from scibench_data.storage.store.manifest import VerifyReport, list_objects
 
 CHECKSUM_CODEC = "crc32c"
 CHECKSUM_BYTES = 4
@@ -111,8 +114,6 @@ def inventory_from(root_bytes: bytes | None, manifest_bytes: bytes | None) -> In
 
 async def load_inventory(store) -> Inventory:
     """Read a store's inventory through its zarr store (two small reads)."""
-    from zarr.core.buffer import default_buffer_prototype
-
     proto = default_buffer_prototype()
     root = await store.get("zarr.json", prototype=proto)
     manifest = await store.get(MANIFEST_PATH, prototype=proto)
@@ -152,8 +153,6 @@ def array_of(key: str, arrays: Iterable[str]) -> str | None:
 def check_chunk_checksums(location, workers: int = 8) -> ChecksumReport:
     """Read every chunk object of a complete store and check its crc32c (the ``verify`` of a store
     that has no manifest). Chunks of arrays without the codec are counted as unchecked."""
-    from scibench_data.storage.store.manifest import list_objects
-
     root = location.read_json("zarr.json") or {}
     codecs = array_codecs(root)
     sizes = list_objects(location)
@@ -194,8 +193,6 @@ def unchecked_note(location) -> str:
 def verify_checksums(location, workers: int = 8):
     """``verify`` of a complete store that has no manifest: every chunk against its crc32c. Says plainly that
     there was no manifest, and is not ok when nothing could be verified."""
-    from scibench_data.storage.store.manifest import VerifyReport
-
     r = check_chunk_checksums(location, workers=workers)
     notes = [f"no manifest ({MANIFEST_PATH}): chunks were checked against their own crc32c only; metadata objects "
              "and chunks that went missing cannot be checked without one"]

@@ -70,6 +70,7 @@ class StoreLocation:
             store = FsspecStore.from_url(self.url, storage_options=self.options, read_only=read_only)
             tune_s3fs(store.fs)
         if self.cache_dir and read_only:
+            # import cycle: cache -> integrity -> manifest -> this module
             from scibench_data.storage.store.cache import ChunkCacheStore, cache_folder
 
             return ChunkCacheStore(store, cache_folder(self.cache_dir, self.url))
