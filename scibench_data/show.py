@@ -103,7 +103,7 @@ def cloudmask_figure(scene: int, root: str | None = None, prediction: str | Path
     name = str(ds["source_name"].values[scene])
     rgb = np.stack([stretch(image[channels.index(c)]) for c in ("S3", "S2", "S1")], axis=-1)
     bt = image[channels.index("S8")]
-    panels = [("false colour (S3, S2, S1)", rgb, {}), ("brightness temperature S8 (K)", bt, {"cmap": "inferno"}),
+    panels: list[tuple[str, np.ndarray, dict[str, Any]]] = [("false colour (S3, S2, S1)", rgb, {}), ("brightness temperature S8 (K)", bt, {"cmap": "inferno"}),
               ("label: Bayesian cloud mask", label, {"cmap": ListedColormap([c for _, _, c in LABEL_CLASSES]),
                                                      "vmin": -0.5, "vmax": 1.5, "interpolation": "nearest"})]
     if prediction is not None:

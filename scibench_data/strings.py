@@ -38,7 +38,7 @@ FLAGS = "flag_meanings"
 UTF8 = "utf-8"
 
 
-def flag_codes(values: Sequence[str], meanings: Sequence[str], name: str) -> tuple[np.ndarray, dict]:
+def flag_codes(values: Sequence[str] | np.ndarray, meanings: Sequence[str], name: str) -> tuple[np.ndarray, dict]:
     """``values`` as int8 codes into ``meanings`` and the attributes that decode them.
 
     Every value must be one of ``meanings``; a meaning must be a non-empty word without
@@ -63,7 +63,7 @@ def flag_attrs(meanings: Sequence[str]) -> dict:
             ENCODING_ATTR: FLAGS}
 
 
-def utf8_chars(values: Sequence[str], width: int, name: str) -> np.ndarray:
+def utf8_chars(values: Sequence[str] | np.ndarray, width: int, name: str) -> np.ndarray:
     """``values`` as ``(n, width)`` uint8 UTF-8 characters, NUL padded; too long a value raises."""
     raw = [str(v).encode("utf-8") for v in values]
     long = [v for v in raw if len(v) > width]
@@ -118,7 +118,7 @@ def decode_strings(ds: xr.Dataset) -> xr.Dataset:
             values, dims = decode_utf8(var.values), var.dims[:-1]
             target = var.attrs.get(DECODES_TO_ATTR) or name
         is_coord = name in ds.coords
-        ds = ds.drop_vars(name) if target != name or var.ndim != len(dims) else ds
+        ds = ds.drop_vars([name]) if target != name or var.ndim != len(dims) else ds
         new = xr.Variable(dims, values, attrs)
         if is_coord or target in ds.dims:
             ds = ds.assign_coords({target: new})

@@ -137,7 +137,7 @@ def template(n: int, shape: tuple[int, int], sample_chunk: int, with_potential: 
     ``widths``: bytes of each text coordinate (uint8 UTF-8, :mod:`scibench_data.strings`)."""
     h, w = shape
     cbed = da.full((n, N_PROJECTIONS, h, w), np.nan, dtype=np.float32, chunks=(sample_chunk, N_PROJECTIONS, h, w))
-    data = {"cbed": (("sample", "projection", "y", "x"), cbed, {
+    data: dict[str, tuple[tuple[str, ...], Any, dict[str, object]]] = {"cbed": (("sample", "projection", "y", "x"), cbed, {
         "long_name": "convergent-beam electron diffraction patterns, three zone axes per sample",
         "units": "1", "_FillValue": np.float32(np.nan)})}
     if with_potential:
@@ -171,7 +171,7 @@ def encode_coords(coords: dict[str, np.ndarray], widths: dict[str, int]) -> dict
 
 def encodings(ds: xr.Dataset, sample_chunk: int, codec: CodecChoice) -> dict[str, dict]:
     enc = {}
-    for v in ds.data_vars:
+    for v in map(str, ds.data_vars):
         enc[v] = encoding_for(4, (sample_chunk, *ds[v].shape[1:]), codec)
         enc[v]["fill_value"] = ds[v].attrs["_FillValue"]
     return enc
@@ -194,7 +194,10 @@ class ConvertBlock:
 
     def __call__(self, block: Block) -> dict:
         fs, _ = fsspec.core.url_to_fs(self.src_url, **self.src_storage_options)
-        cbed, potential, rows, digests = [], [], [], []
+        cbed: list[np.ndarray] = []
+        potential: list[np.ndarray] = []
+        rows: list[tuple[int, str, str, str, str]] = []
+        digests: list[tuple[str, str]] = []
         for sf in block.files:
             if self.layout == "raw":
                 samples = read_raw_file(fs, sf.path, with_potential=self.with_potential)
@@ -207,6 +210,8 @@ class ConvertBlock:
                                                      f"the store's are {self.source_shape}")
                 cbed.append(s.cbed)
                 if self.with_potential:
+                    if s.potential is None:
+                        raise SourceFormatError(sf.path, f"sample {s.key!r} has no potential, planned with one")
                     potential.append(s.potential)
                 split = sf.split or split_of_material(s.material, self.split_fractions)
                 rows.append((s.space_group, s.material, split, rel, s.key))
@@ -233,19 +238,24 @@ class ConvertBlock:
 def scan(fs: fsspec.AbstractFileSystem, listing: SourceListing) -> tuple[list[int], tuple[int, int], bool]:
     """Samples per file, pattern shape and whether every sample has a potential (raw: metadata only)."""
     if listing.layout == "npz":
-        shape = npz_shape(fs, listing.files[0].path)
-        return [1] * len(listing.files), shape[1:], False
-    counts, shape, with_potential = [], None, True
+        _, h, w = npz_shape(fs, listing.files[0].path)
+        return [1] * len(listing.files), (h, w), False
+    counts: list[int] = []
+    shape: tuple[int, int] | None = None
+    with_potential = True
     for sf in listing.files:
         infos = scan_raw_file(fs, sf.path)
         for info in infos:
-            shape = shape or info.shape[1:]
-            if info.shape[1:] != shape:
+            pattern = (int(info.shape[1]), int(info.shape[2]))  # (projection, y, x), checked by scan_raw_file
+            shape = shape or pattern
+            if pattern != shape:
                 raise SourceFormatError(sf.path, f"group {info.key!r} patterns are {info.shape[1:]}, "
                                                  f"earlier samples' are {shape}")
             with_potential &= info.has_potential
         counts.append(len(infos))
-    return counts, shape, with_potential  # type: ignore[return-value]
+    if shape is None:
+        raise SourceFormatError(listing.files[0].path, "no sample in the source files")
+    return counts, shape, with_potential
 
 
 def convert_stemdl(src: str, dest: str | StoreLocation, options: STEMDLConversion = STEMDLConversion()) -> ConversionReport:

@@ -63,7 +63,7 @@ from scibench_data.parallel import run_tasks
 from scibench_data.storage.store.encoding import CodecChoice, encoding_for
 from scibench_data.storage.store.location import StoreLocation
 from scibench_data.storage.store.lock import WriterLock
-from scibench_data.storage.store.records import RecordStore
+from scibench_data.storage.store.records import RecordStore, array_in
 from scibench_data.strings import flag_codes, nchar_dim, utf8_attrs, utf8_chars
 
 FORMAT_VERSION = 1
@@ -281,11 +281,18 @@ def splits_statement(plan: UnoPlan) -> str:
     return "as exported: 0 train, 1 val, 2 test"
 
 
+def first_chunks(var: xr.DataArray) -> tuple[int, ...]:
+    """The first chunk's size along each dimension of a template variable (Dask-backed by construction)."""
+    if var.chunks is None:
+        raise ValueError(f"{var.name}: the template variable is not chunked")
+    return tuple(c[0] for c in var.chunks)
+
+
 def encodings(ds: xr.Dataset, codec: CodecChoice) -> dict[str, dict]:
     enc = {}
     for name, var in ds.data_vars.items():
-        enc[name] = encoding_for(var.dtype.itemsize, tuple(c[0] for c in var.chunks), codec)
-        enc[name]["fill_value"] = var.attrs["_FillValue"]
+        enc[str(name)] = encoding_for(var.dtype.itemsize, first_chunks(var), codec)
+        enc[str(name)]["fill_value"] = var.attrs["_FillValue"]
     return enc
 
 
@@ -375,7 +382,7 @@ class WriteResponses:
 
     def _verify(self, store: RecordStore, a: int, b: int) -> int:
         p, g = self.plan, store.group()
-        tables = (g["rnaseq"][...], g["descriptors"][...])
+        tables = (np.asarray(array_in(g, "rnaseq")[...]), np.asarray(array_in(g, "descriptors")[...]))
         read = 0
         with ExportReader(p.source) as r:
             for s, lo, hi in _segments(p.split, a, b):
@@ -406,7 +413,7 @@ def convert_uno(src: str | Path, dest: str | StoreLocation, options: UnoConversi
     if plan.n == 0:
         raise SourceFormatError(str(src), "no response rows to convert (all filtered out or without features)")
     ds = template(plan, options.response_chunk)
-    rc = ds["auc"].chunks[0][0]
+    rc = first_chunks(ds["auc"])[0]
     row_blocks = blocks(plan.n, rc, options.chunks_per_task)
     keys = ["features"] + [f"responses[{a}:{b}]" for a, b in row_blocks]
     enc = encodings(ds, options.codec)

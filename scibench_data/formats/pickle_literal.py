@@ -37,6 +37,13 @@ def _pop_mark(stack: list) -> list:
     raise UnsafePickleError("MARK expected on the stack")
 
 
+def _memo_key(arg: object) -> int:
+    """The memo index a PUT/GET opcode carries (an int, or its text for the protocol 0 forms)."""
+    if not isinstance(arg, (int, str)):
+        raise UnsafePickleError(f"memo opcode without an index ({arg!r})")
+    return int(arg)
+
+
 def literal_from_pickle(data: bytes) -> Any:
     """The value a pickle of plain literals describes, built without unpickling."""
     stack: list = []
@@ -65,9 +72,9 @@ def literal_from_pickle(data: bytes) -> Any:
             stack.append(tuple(_pop_mark(stack)))
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
             n = int(name[-1])
-            items = tuple(stack[-n:])
+            last = tuple(stack[-n:])
             del stack[-n:]
-            stack.append(items)
+            stack.append(last)
         elif name == "DICT":
             items = _pop_mark(stack)
             stack.append(dict(zip(items[::2], items[1::2])))
@@ -86,13 +93,13 @@ def literal_from_pickle(data: bytes) -> Any:
             for k, v in zip(items[::2], items[1::2]):
                 target[_hashable(k)] = v
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = stack[-1]
+            memo[_memo_key(arg)] = stack[-1]
         elif name == "MEMOIZE":
             memo[len(memo)] = stack[-1]
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            if int(arg) not in memo:
+            if _memo_key(arg) not in memo:
                 raise UnsafePickleError(f"memo {arg} read before it was written")
-            stack.append(memo[int(arg)])
+            stack.append(memo[_memo_key(arg)])
         elif name == "GLOBAL":
             module, _, qualname = str(arg).partition(" ")
             stack.append(_global(module, qualname))

@@ -171,7 +171,7 @@ def discover_sources(fs: fsspec.AbstractFileSystem, root: str) -> SourceListing:
                     rejected.append(Rejected(path, f"folder {base!r} is not a split name "
                                                    f"({', '.join(sorted(SPLIT_FOLDERS))})"))
                 continue
-            children = [(p["name"].rstrip("/"), split) for p in fs.ls(path, detail=True) if p["type"] != "directory"]
+            children: list[tuple[str, str | None]] = [(p["name"].rstrip("/"), split) for p in fs.ls(path, detail=True) if p["type"] != "directory"]
         else:
             children = [(path, None)]
         for child, split in children:
@@ -328,4 +328,5 @@ def read_npz_sample(fs: fsspec.AbstractFileSystem, path: str) -> Sample:
 
 def npz_shape(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, int, int]:
     """The ``data`` shape of an npz sample (reads the one file)."""
-    return tuple(read_npz_sample(fs, path).cbed.shape)  # type: ignore[return-value]
+    n, h, w = read_npz_sample(fs, path).cbed.shape
+    return int(n), int(h), int(w)

@@ -276,6 +276,8 @@ class ExportReader:
         t = self.table(key)
         table = t.rows(0, t.nrows)
         cols: dict[str, np.ndarray] = {}
+        if table.dtype.names is None:
+            raise SourceFormatError(self.path, f"node {key!r} is not a table (its rows have no named columns)")
         for block in table.dtype.names:
             if block == "index":
                 continue

@@ -111,9 +111,9 @@ class TrainResult:
 
 
 def _loader(data, cfg: TrainConfig, shuffle: bool) -> DataLoader:
-    kwargs = {"multiprocessing_context": worker_context()} if cfg.num_workers else {}
     return DataLoader(data, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
-                      generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
+                      generator=torch.Generator().manual_seed(cfg.seed),
+                      multiprocessing_context=worker_context() if cfg.num_workers else None)
 
 
 def target_stats(data) -> tuple[float, float]:
@@ -399,20 +399,21 @@ def run(root: str | None, cfg: RunConfig = RunConfig(), progress: bool = True, f
             print("\n".join(report.lines()))
             if not report.ok:
                 raise RuntimeError(f"conversion into {dest} did not complete: {report.failed or report.rejected}")
-    results, predictions = {}, {}
+    results: dict[str, dict] = {}
+    models: dict[str, Path] = {}
     for tcfg in (cfg.classification, cfg.reconstruction):
         trained = train(root, tcfg, outdir, log=log, progress=progress)
         print(f"trained {tcfg.task}: {trained.samples} samples in {trained.seconds:.0f} s "
               f"(final loss {trained.losses[-1]:.4f}; kept epoch {trained.selected_epoch or tcfg.epochs}, "
               f"the lowest {tcfg.select_split} loss)")
         results[tcfg.task] = evaluate(root, trained.model_path, "test", outdir, log=log, progress=progress)
-        predictions[TASK_BENCHMARK[tcfg.task]] = trained.model_path
+        models[TASK_BENCHMARK[tcfg.task]] = trained.model_path
     log.event("result", results["classification"]["scores"], metadata={"benchmark": BENCHMARK})
     log.end("run_stop", metadata={"status": "success"})
     log.close()
     elapsed = time.perf_counter() - t0
     predictions = {b: str(predict_test(root, m, predictions_path(outdir, b), progress=progress))
-                   for b, m in predictions.items()}
+                   for b, m in models.items()}
     for r in results.values():
         print_scores(r)
     rec = results["reconstruction"]

@@ -11,6 +11,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypedDict, cast
 
 import numpy as np
 import torch
@@ -109,6 +110,18 @@ def predict(model: UnoModel, arrays: UnoArrays, split: str, batch_size: int = 10
     return np.concatenate(ys), np.concatenate(ps)
 
 
+class _TrainState(TypedDict):
+    """Early stopping and the running epoch totals of :func:`train` (saved with every checkpoint)."""
+
+    best: float
+    best_epoch: int
+    history: list[dict]
+    waited: int
+    total: float
+    n: int
+    done: bool
+
+
 def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrainConfig(),
           log: BenchmarkLog | None = None, resume: bool = False) -> TrainResult:
     """Train on ``train``, early-stop on ``val`` MSE; the best weights go to ``out_dir/uno_model.pt``.
@@ -145,14 +158,14 @@ def train(source: UnoSource, out_dir: str | Path, cfg: UnoTrainConfig = UnoTrain
         log.event("model_parameters", n_parameters(model))
     ckpt = out / "uno_model.pt"
     # early stopping and the running epoch totals: saved with every checkpoint
-    state = {"best": float("inf"), "best_epoch": -1, "history": [], "waited": 0, "total": 0.0, "n": 0,
-             "done": False}
+    state: _TrainState = {"best": float("inf"), "best_epoch": -1, "history": [], "waited": 0, "total": 0.0, "n": 0,
+                          "done": False}
     progress = TrainingProgress()
     checkpoints = Checkpoints(out, net, opt, loader, progress, cfg.checkpoint_every, extra=lambda: dict(state))
     first_epoch = 0
     if resume:
         first_epoch, extra = checkpoints.resume()
-        state.update(extra)
+        state.update(cast(_TrainState, extra))  # the checkpoint holds what extra() saved: a _TrainState
     n_epochs = epochs_to_run(cfg.max_epochs, len(loader), cfg.max_steps)
     for epoch in range(first_epoch, n_epochs):
         if state["done"] or (cfg.max_steps and progress.steps >= cfg.max_steps):

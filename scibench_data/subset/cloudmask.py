@@ -23,21 +23,23 @@ from __future__ import annotations
 import math
 import re
 import time as _time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import dask.array as da
 import numpy as np
+import numpy.typing as npt
 import xarray as xr
 import zarr
+from zarr.abc.store import Store
 
 from scibench_data.cluster import preflight
 from scibench_data.parallel import is_address, run_tasks
 from scibench_data.storage.store.encoding import encoding_for
 from scibench_data.storage.store.location import StoreLocation
 from scibench_data.storage.store.lock import WriterLock
-from scibench_data.storage.store.records import RecordStore
+from scibench_data.storage.store.records import RecordStore, array_in, dimension_names
 from scibench_data.storage.store.regions import chunks_touched
 from scibench_data.strings import decode_strings
 
@@ -308,9 +310,9 @@ def plan_subset(sel: Selection, *, times: np.ndarray, names: Sequence[str], chan
 # --------------------------------------------------------------------------- stores
 
 
-def _as_store(source: Any, read_only: bool = True) -> zarr.abc.store.Store:
+def _as_store(source: Any, read_only: bool = True) -> Store:
     """A zarr store from a URL/path, a :class:`StoreLocation` or a zarr store."""
-    if isinstance(source, zarr.abc.store.Store):
+    if isinstance(source, Store):
         return source
     loc = source if isinstance(source, StoreLocation) else StoreLocation(str(source))
     return loc.zarr_store(read_only=read_only)
@@ -340,9 +342,9 @@ def summarize(source: Any) -> StoreSummary:
     ds = decode_strings(xr.open_zarr(_as_store(source), consolidated=True, chunks=None))
     g = zarr.open_group(_as_store(source), mode="r", use_consolidated=True)
     layouts = {}
-    for name in ds.data_vars:
-        arr = g[name]
-        layouts[name] = ArrayLayout(dims=tuple(ds[name].dims), shape=tuple(arr.shape), chunks=tuple(arr.chunks),
+    for name in map(str, ds.data_vars):
+        arr = array_in(g, name)
+        layouts[name] = ArrayLayout(dims=tuple(map(str, ds[name].dims)), shape=tuple(arr.shape), chunks=tuple(arr.chunks),
                                     itemsize=arr.dtype.itemsize)
     return StoreSummary(layouts=layouts, times=ds["time"].values, names=tuple(map(str, ds["source_name"].values)),
                         channel_names=tuple(map(str, ds["channel"].values)), attrs=dict(ds.attrs))
@@ -359,7 +361,7 @@ def dry_run(source: Any, sel: Selection) -> tuple[SubsetPlan, StoreSummary]:
 def select(ds: xr.Dataset, sel: Selection) -> xr.Dataset:
     """The selection over a (lazy) dataset: nothing is read until the result is computed."""
     scenes = select_scenes(sel, ds["time"].values, [str(s) for s in ds["source_name"].values])
-    channels = select_channels(sel, ds["channel"].values)
+    channels = select_channels(sel, [str(c) for c in ds["channel"].values])
     y0, y1, x0, x1 = resolve_window(sel, (ds.sizes["y"], ds.sizes["x"]))
     out = ds[list(sel.variables)].isel({RECORD_DIM: scenes, "y": slice(y0, y1), "x": slice(x0, x1)})
     return out.isel(channel=channels) if "channel" in out.dims else out
@@ -386,11 +388,12 @@ class CopyScene:
         y0, y1, x0, x1 = self.window
         arrays = {}
         for v in self.variables:
-            arr = g[v]
-            dims = tuple(arr.metadata.dimension_names or ())
-            sel = tuple({RECORD_DIM: scene, "channel": list(self.channels), "y": slice(y0, y1),
-                         "x": slice(x0, x1)}.get(d, slice(None)) for d in dims)
-            arrays[v] = arr.get_orthogonal_selection(sel)
+            arr = array_in(g, v)
+            picks: dict[str, int | slice | npt.NDArray[np.int64]] = {
+                RECORD_DIM: scene, "channel": np.asarray(self.channels, dtype=np.int64), "y": slice(y0, y1),
+                "x": slice(x0, x1)}
+            sel = tuple(picks.get(str(d), slice(None)) for d in dimension_names(arr) or ())
+            arrays[v] = np.asarray(arr.get_orthogonal_selection(sel))
         store.write_record(index, arrays)
         info = {"key": name, "source_index": scene, "bytes": int(sum(a.nbytes for a in arrays.values()))}
         store.mark_done(index, info)
@@ -427,7 +430,7 @@ def _template(source_ds: xr.Dataset, plan: SubsetPlan, variables: Sequence[str])
     for v in variables:
         src = sub[v]
         data[v] = (src.dims, da.zeros(src.shape, dtype=src.dtype, chunks=-1), dict(src.attrs))
-    coords = {c: (sub[c].dims, sub[c].values, dict(sub[c].attrs)) for c in sub.coords
+    coords: dict[Hashable, tuple[Any, ...]] = {c: (sub[c].dims, sub[c].values, dict(sub[c].attrs)) for c in sub.coords
               if sub[c].dims and sub[c].dims[0] in (RECORD_DIM, "channel")}
     coords["source_scene"] = (RECORD_DIM, scenes, {"long_name": "record index of the scene in the source store"})
     attrs = {k: v for k, v in source_ds.attrs.items() if k not in (STATUS_ATTR, FILLED_ATTR, "scibench_scaffold")}
@@ -461,7 +464,7 @@ def write_subset(source: Any, dest: Any, sel: Selection, *, scheduler: str = "th
                        min(c, y1 - y0) if d == "y" else min(c, x1 - x0) if d == "x" else c
                        for d, c in zip(lay.dims, lay.chunks))
         enc[v] = encoding_for(lay.itemsize, chunks)
-        enc[v]["fill_value"] = zarr.open_group(_as_store(source), mode="r", use_consolidated=True)[v].fill_value
+        enc[v]["fill_value"] = array_in(zarr.open_group(_as_store(source), mode="r", use_consolidated=True), v).fill_value
     for c in (*SCENE_COORDS, "source_scene"):
         if c in tmpl.coords:
             enc[c] = {"chunks": (SCENE_COORD_CHUNK, *tmpl[c].shape[1:])}  # UTF-8 text: (scene, nchar)

@@ -138,15 +138,20 @@ def zenith_at(truth: Truth, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return z0 + dx * x + dy * y
 
 
+def tie_point_shape(grid: tuple[int, int]) -> tuple[int, int]:
+    """Rows and columns of the tie-point 'tn' grid of a product of ``grid``."""
+    h, w = grid
+    return h + 3, int(np.ceil(w / 16)) + 3
+
+
 def grids(grid: tuple[int, int]) -> dict[str, GridGeometry]:
     """The 1 km 'in', 0.5 km 'an' and tie-point 'tn' grid geometry of a product of ``grid``."""
-    h, w = grid
-    n_cols_t = int(np.ceil(w / 16)) + 3
+    w = grid[1]
+    n_cols_t = tie_point_shape(grid)[1]
     return {
         "in": GridGeometry(1000.0, 1000.0, track_offset=w / 2, start_offset=0.0),
         "an": GridGeometry(500.0, 500.0, track_offset=float(w), start_offset=0.0),
         "tn": GridGeometry(16000.0, 1000.0, track_offset=(n_cols_t - 1) / 2, start_offset=-1.0),
-        "tn_shape": (h + 3, n_cols_t),  # type: ignore[dict-item]
     }
 
 
@@ -257,7 +262,7 @@ def write_sen3_product(folder: Path, truth: Truth, start: datetime) -> Path:
             {name: _packed(truth.brightness_temperature[i], "int16", 0.01, 283.73, -32768)},
         )
 
-    n_rt, n_ct = geo["tn_shape"]  # type: ignore[misc]
+    n_rt, n_ct = tie_point_shape((h, w))
     x_t, y_t = g_tn.x_of_col(np.arange(n_ct)), g_tn.y_of_row(np.arange(n_rt))
     zen_t = zenith_at(truth, x_t[None, :], y_t[:, None])
     deg = {"units": "degrees"}
@@ -287,7 +292,7 @@ def write_sen3_product(folder: Path, truth: Truth, start: datetime) -> Path:
     return folder
 
 
-def _write_ancillary(tmp: Path, truth: Truth, base: dict, geo: dict) -> None:
+def _write_ancillary(tmp: Path, truth: Truth, base: dict, geo: dict[str, GridGeometry]) -> None:
     """The files the converter does not need but real products carry."""
     h, w = truth.cover.shape
     rows_cols = ("rows", "columns")
@@ -311,7 +316,7 @@ def _write_ancillary(tmp: Path, truth: Truth, base: dict, geo: dict) -> None:
                   {f"detector_{grid_name}": (rows_cols, (np.arange(gh)[:, None] % 2 * np.ones(gw)).astype(np.uint8))},
                   {**base, **g.attrs()})
     g_tn = geo["tn"]
-    n_rt, n_ct = geo["tn_shape"]
+    n_rt, n_ct = tie_point_shape((h, w))
     x_t = np.broadcast_to(g_tn.x_of_col(np.arange(n_ct))[None, :], (n_rt, n_ct))
     y_t = np.broadcast_to(g_tn.y_of_row(np.arange(n_rt))[:, None], (n_rt, n_ct))
     _write_nc(tmp / "cartesian_tx.nc",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -60,7 +62,7 @@ def test_region_alignment_matches_chunk_boundaries(n, c, data):
 def test_chunk_slices_partition_the_axis(n, c):
     s = chunk_slices(n, c)
     assert s[0].start == 0 and s[-1].stop == n
-    assert all(x.stop == y.start for x, y in zip(s, s[1:]))
+    assert all(x.stop == y.start for x, y in pairwise(s))
     assert all(0 < x.stop - x.start <= c for x in s)
 
 

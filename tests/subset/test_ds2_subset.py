@@ -5,6 +5,7 @@ costs for a small store."""
 from __future__ import annotations
 
 import collections
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +175,7 @@ def test_scaffold_slot_and_time_arithmetic():
     assert scaffold_slots(9800, 3) == [0, 4900, 9799]
     times = scaffold_times([datetime(2020, 1, 1), datetime(2020, 1, 2)], [2, 5], 8)
     assert times[2] == datetime(2020, 1, 1) and times[5] == datetime(2020, 1, 2)
-    assert all(b > a for a, b in zip(times, times[1:]))
+    assert all(b > a for a, b in pairwise(times))
     assert (times[2] - times[1]).total_seconds() == 180
     with pytest.raises(ValueError, match="increasing time order"):
         scaffold_times([datetime(2020, 1, 2), datetime(2020, 1, 1)], [0, 1], 2)

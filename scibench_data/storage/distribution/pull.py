@@ -260,7 +260,7 @@ def verify_local(path: str | os.PathLike, workers: int = 16, expected_digest: st
     keys = (info or {}).get("keys")
     subset = (info or {}).get("subset") or {}
     partial = bool(subset) and not Subset(**subset).everything
-    if partial:
+    if partial and keys is not None:
         keys = [k for k in keys if k != ROOT_KEY]
     report = verify_store(loc, manifest, keys=keys, workers=workers)
     if keys is not None:
@@ -272,9 +272,9 @@ def verify_local(path: str | os.PathLike, workers: int = 16, expected_digest: st
             report = VerifyReport(report.location, report.checked, missing=(*report.missing, ROOT_KEY),
                                   extra=report.extra, corrupted=report.corrupted)
         notes.append(f"partial copy ({Subset(**subset).as_dict()}); {ROOT_KEY} is rewritten for the subset")
-    state = incomplete_reason(store_state(loc), accept=("partial",) if partial else ("complete",))
+    reason = incomplete_reason(store_state(loc), accept=("partial",) if partial else ("complete",))
     return VerifyReport(report.location, report.checked, report.missing, report.extra, report.corrupted, tuple(notes),
-                        state)
+                        reason)
 
 
 def _check_unselected(loc: StoreLocation, manifest: Manifest, keys: set[str], report: VerifyReport,
@@ -362,8 +362,8 @@ def pull(catalog_url: str, dataset: str, to: str | os.PathLike, subset: Subset =
     keys = select_keys(manifest, root_meta, subset)
     dest = Path(confine(str(to), f"{dataset}.zarr", what="data set name"))
     partial = not subset.everything
-    info = {"catalog": catalog_url, "dataset": dataset, "source": pub.location.url,
-            "version": (pub.metadata.get("published") or {}).get("version"),
+    version: int | None = (pub.metadata.get("published") or {}).get("version")
+    info = {"catalog": catalog_url, "dataset": dataset, "source": pub.location.url, "version": version,
             "manifest_sha256": pub.manifest_sha256, "subset": subset.as_dict(), "keys": keys}
     claim_destination(dest, info)  # before any write: never into a store pull did not make
     (dest / ROOT_KEY).unlink(missing_ok=True)  # not openable until the pull is complete
@@ -380,4 +380,4 @@ def pull(catalog_url: str, dataset: str, to: str | os.PathLike, subset: Subset =
         root_out = json.dumps(partial_root(root_meta, subset), indent=2).encode() if partial else root_bytes
         write_bytes(dest / ROOT_KEY, root_out)
         bar.update(len(root_bytes))
-    return PullResult(dataset, str(dest), info["version"], len(todo), len(body) - len(todo), nbytes, total, partial)
+    return PullResult(dataset, str(dest), version, len(todo), len(body) - len(todo), nbytes, total, partial)

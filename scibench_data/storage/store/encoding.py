@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCname, BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class CodecChoice:
 
     def compressor(self, typesize: int) -> BloscCodec:
         return BloscCodec(
-            cname=self.cname, clevel=self.clevel, shuffle=BloscShuffle[self.shuffle], typesize=typesize
+            cname=BloscCname(self.cname), clevel=self.clevel, shuffle=BloscShuffle[self.shuffle], typesize=typesize
         )
 
 

@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import Any
 
 import fsspec
-import zarr
+from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from scibench_data.atomic import write_bytes
@@ -59,7 +59,7 @@ class StoreLocation:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
-    def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
+    def zarr_store(self, read_only: bool = False) -> Store:
         """The zarr store; a read-only one on S3 reads through obstore where it can
         (:func:`~scibench_data.storage.store.s3_client.read_store`), writes through s3fs."""
         if self.is_local:

@@ -255,7 +255,7 @@ def hash_objects(location: StoreLocation, keys: Iterable[str], workers: int = 16
         return {k: d for k, d in pool.map(one, keys) if d is not None}
 
 
-def copy_verified(src: StoreLocation, keys: Iterable[str], manifest: Manifest, put: Callable[[str, bytes], None],
+def copy_verified(src: StoreLocation, keys: Iterable[str], manifest: Manifest, put: Callable[[str, bytes], object],
                   mismatch: Callable[[str, str], str], workers: int = 16,
                   on_bytes: Callable[[int], None] | None = None) -> int:
     """Read ``keys`` from ``src`` concurrently; each object's sha256 is checked against the manifest
@@ -299,7 +299,8 @@ def build_manifest(location: StoreLocation, dataset: str = "", version: int | No
     digests = {}
     for key, (size, mtime, etag) in listing.items():
         old = known.get(key)
-        if old is not None and old.size == size and mtime is not None and mtime < unchanged_before:
+        if old is not None and old.size == size and mtime is not None and unchanged_before is not None \
+                and mtime < unchanged_before:
             digests[key] = old.sha256
         tagged = (known_etags or {}).get(key)
         if tagged is not None and etag is not None and tuple(tagged[:2]) == (size, etag):

@@ -56,12 +56,14 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
 import zarr
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.metadata import ArrayV3Metadata
 from zarr.storage import WrapperStore
 
 from scibench_data.atomic import write_bytes
@@ -115,9 +117,23 @@ def is_full_disk(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in _FULL
 
 
+def array_in(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group``; a group of that name is a :class:`StoreStateError`."""
+    member = group[name]
+    if not isinstance(member, zarr.Array):
+        raise StoreStateError(f"{name!r} in {group.store} is a group, not an array")
+    return member
+
+
+def dimension_names(arr: zarr.Array) -> tuple[str | None, ...] | None:
+    """The dimension names a Zarr v3 array declares (None for a v2 array or none declared)."""
+    meta = arr.metadata
+    return meta.dimension_names if isinstance(meta, ArrayV3Metadata) else None
+
+
 def full_disk_error(location: StoreLocation, err: BaseException, what: str) -> StoreFullError | None:
     """A one-line :class:`StoreFullError` when ``err`` is a full disk (ENOSPC, EFBIG, EDQUOT), else None."""
-    if not is_full_disk(err):
+    if not isinstance(err, OSError) or err.errno is None or not is_full_disk(err):
         return None
     return StoreFullError(f"{location.url}: out of space writing {what} ({os.strerror(err.errno)}); the store stays "
                           "incomplete: free space and rerun the same command to finish it")
@@ -314,7 +330,7 @@ class RecordStore:
         template = _writable(template, encoding)
         try:
             template.to_zarr(self.location.zarr_store(), mode="a", compute=False, consolidated=False,
-                             zarr_format=3, encoding=with_checksums(dict(encoding), list(template.variables)))
+                             zarr_format=3, encoding=with_checksums(dict(encoding), [str(n) for n in template.variables]))
         except OSError as err:
             raise full_disk_error(self.location, err, "the array metadata") or err
         self.location.write_json(plan, *PLAN_KEY)
@@ -339,7 +355,7 @@ class RecordStore:
         g = self.group()
         targets = []
         for name, data in arrays.items():
-            arr = g[name]
+            arr = array_in(g, name)
             if arr.shape[1:] != data.shape[1:]:
                 raise ValueError(f"{name}: record shape {data.shape[1:]} != store shape {arr.shape[1:]}")
             region = Region((start,) + (0,) * (data.ndim - 1), (start + data.shape[0],) + data.shape[1:])
@@ -421,7 +437,7 @@ class RecordStore:
 
     # ------------------------------------------------------------------ finalize
 
-    def finalize(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object],
+    def finalize(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any],
                  markers: Mapping[int, Mapping[str, object]] | None = None) -> None:
         """Write whole-array values known only at the end, then mark complete and consolidate.
 
@@ -434,14 +450,14 @@ class RecordStore:
             raise StoreStateError(f"{self.location.url}: {len(missing)} record(s) not written yet, e.g. {missing[:5]}")
         self._finish(arrays, {**attrs, STATUS_ATTR: "complete"}, with_manifest=True, markers=markers)
 
-    def finalize_as(self, status: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> None:
+    def finalize_as(self, status: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
         """Write whole-array values and consolidate under ``status``, which must not be ``"complete"``:
         for stores whose records are deliberately not all written (say which in ``attrs``)."""
         if status in ("complete", "incomplete", ""):
             raise ValueError(f"finalize_as needs a status other than {status!r} (use finalize for complete stores)")
         self._finish(arrays, {**attrs, STATUS_ATTR: status}, with_manifest=False)
 
-    def _finish(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object], with_manifest: bool,
+    def _finish(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any], with_manifest: bool,
                 markers: Mapping[int, Mapping[str, object]] | None = None) -> None:
         """Remove temporaries, write ``arrays``, compose the final root (``attrs`` and the consolidated
         metadata) in memory, write the inventory and the manifest, then replace the root in one atomic write."""
@@ -453,7 +469,7 @@ class RecordStore:
             capture = _RootCapture(self.location.zarr_store())
             g = zarr.open_group(capture, mode="r+", zarr_format=3, use_consolidated=False)
             for name, values in arrays.items():
-                g[name][...] = values
+                array_in(g, name)[...] = values
             g.attrs.update(dict(attrs))
             zarr.consolidate_metadata(capture)
             root = capture.root
@@ -501,8 +517,7 @@ class RecordStore:
     def record_arrays(self) -> list[str]:
         """Names of the arrays whose first dimension is the record dimension."""
         g = zarr.open_group(self.location.zarr_store(), mode="r", zarr_format=3, use_consolidated=False)
-        return sorted(name for name, arr in g.arrays()
-                      if (arr.metadata.dimension_names or (None,))[0] == self.record_dim)
+        return sorted(name for name, arr in g.arrays() if (dimension_names(arr) or (None,))[0] == self.record_dim)
 
     def grow(self, keys: Sequence[str], plan_info: Mapping[str, object],
              values: Mapping[str, np.ndarray], replaced: Sequence[int] = ()) -> int:
@@ -535,16 +550,17 @@ class RecordStore:
                 raise ValueError(f"{name}: {len(v)} values for {len(keys)} records")
         g = zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3, use_consolidated=False)
         for name in self.record_arrays():
-            arr = g[name]
+            arr = array_in(g, name)
             if arr.shape[0] != n_new:
                 arr.resize((n_new, *arr.shape[1:]))
         if n_new > n_old or replaced:
             for name, v in values.items():
                 v = np.asarray(v)
+                arr = array_in(g, name)
                 if n_new > n_old:
-                    g[name][n_old:n_new] = v[n_old:n_new]
+                    arr[n_old:n_new] = v[n_old:n_new]
                 for i in replaced:
-                    g[name][i:i + 1] = v[i:i + 1]
+                    arr[i:i + 1] = v[i:i + 1]
         self.location.write_json({**plan, **plan_info, "record_dim": self.record_dim, "keys": list(keys)}, *PLAN_KEY)
         self._group = None
         return n_old
