@@ -45,6 +45,14 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 RTOL = 1e-6
 
 
+def _result_number(path: Path) -> int:
+    """N of a ``result-N.txt`` (only called on names that match :data:`RESULT_RE`)."""
+    m = RESULT_RE.match(path.name)
+    if m is None:
+        raise ValueError(f"{path}: not a result-N.txt file")
+    return int(m.group(1))
+
+
 def _name(kind: str, value: str) -> str:
     if not NAME_RE.match(value or ""):
         raise ValueError(f"{kind} must be letters, digits, '.', '_', '+' or '-' (a folder name), got {value!r}")
@@ -446,11 +454,10 @@ def validate(folder: str | Path, root: str | None = None, rescore: bool = True) 
     for name in REQUIRED_FILES:
         if not (folder / name).is_file():
             v.add(folder / name, "required file is missing")
-    results = sorted((p for p in folder.iterdir() if RESULT_RE.match(p.name)),
-                     key=lambda p: int(RESULT_RE.match(p.name).group(1)))  # type: ignore[union-attr]
+    results = sorted((p for p in folder.iterdir() if RESULT_RE.match(p.name)), key=_result_number)
     if not results:
         v.add(folder / "result-0.txt", "required file is missing (no result-N.txt)")
-    numbers = [int(RESULT_RE.match(p.name).group(1)) for p in results]  # type: ignore[union-attr]
+    numbers = [_result_number(p) for p in results]
     if numbers != list(range(len(numbers))):
         v.add(folder, f"result files must be numbered 0..{len(numbers) - 1}, found {numbers}")
     _check_config(folder, v, {k: parts[k] for k in ("benchmark", "organization", "system", "descriptor")
@@ -463,7 +470,7 @@ def validate(folder: str | Path, root: str | None = None, rescore: bool = True) 
         org = _first(rec.events, "submission_org")
         if org and parts.get("organization") and org["value"] != parts["organization"]:
             v.add(path, f"submission_org is {org['value']!r} but the folder is {parts['organization']!r}")
-        n = int(RESULT_RE.match(path.name).group(1))  # type: ignore[union-attr]
+        n = _result_number(path)
         pred = _prediction_file(folder, n)
         if pred is not None and rescore and benchmark:
             _rescore(pred, rec, benchmark, root, v)

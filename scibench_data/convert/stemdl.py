@@ -276,7 +276,7 @@ def convert_stemdl(src: str, dest: str | StoreLocation, options: STEMDLConversio
     counts, source_shape, with_potential = scan(fs, listing)
     blocks = plan_blocks(listing.files, counts, listing.layout, options.files_per_task, options.sample_chunk, src_root)
     n = sum(counts)
-    shape = (options.size, options.size) if options.preprocess else tuple(source_shape)
+    shape = (options.size, options.size) if options.preprocess else source_shape
     preprocessing = ({"steps": PREPROCESSING, "size": options.size, "source_shape": list(source_shape),
                       "function": "scibench_data.formats.stemdl.preprocess_stack",
                       "potential": "area resize only"} if options.preprocess
@@ -289,7 +289,7 @@ def convert_stemdl(src: str, dest: str | StoreLocation, options: STEMDLConversio
                                                                                     or listing.layout == "npz")}
     widths = {"material": TEXT_NCHAR, "source_key": TEXT_NCHAR,
               "source_file": max([len(posixpath.relpath(f.path, src_root).encode("utf-8")) for f in listing.files] + [1])}
-    ds = template(n, shape, options.sample_chunk, with_potential, attrs, widths)  # type: ignore[arg-type]
+    ds = template(n, shape, options.sample_chunk, with_potential, attrs, widths)
     enc = encodings(ds, options.sample_chunk, options.codec)
     files_digest = hashlib.sha256("\n".join(f.path for f in listing.files).encode()).hexdigest()
     store = RecordStore(location, RECORD_DIM)
@@ -305,7 +305,7 @@ def convert_stemdl(src: str, dest: str | StoreLocation, options: STEMDLConversio
                                     extra={"n_samples": n, "layout": listing.layout})
         todo = [b for b in blocks if b.index not in done]
         task = ConvertBlock(location, src, src_root, options.src_storage_options, listing.layout,
-                            tuple(source_shape), with_potential, options.preprocess, options.size,  # type: ignore[arg-type]
+                            source_shape, with_potential, options.preprocess, options.size,
                             options.split_fractions)
         results = run_tasks(task, todo, [b.key for b in todo], scheduler=options.scheduler,
                             n_workers=options.n_workers, retries=options.retries,

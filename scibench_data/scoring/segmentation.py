@@ -29,7 +29,7 @@ def confusion(prob, truth, threshold: float = 0.5) -> tuple[float, float, float,
     fp = (pred & ~true).sum()
     fn = (~pred & true & valid).sum()
     tn = (~pred & ~true & valid).sum()
-    return tuple(float(v) for v in (tp, fp, fn, tn))  # type: ignore[return-value]
+    return float(tp), float(fp), float(fn), float(tn)
 
 
 def pixel_accuracy(prob, truth, threshold: float = 0.5) -> float:
@@ -103,4 +103,6 @@ def fit_single_channel_threshold(images: np.ndarray, truth: np.ndarray, n_candid
             for sign, acc in ((1, acc_up), (-1, 1.0 - acc_up)):
                 if best is None or acc > best[0]:
                     best = (acc, ThresholdRule(c, float(thr), sign))
-    return best[1], best[0]  # type: ignore[index]
+    if best is None:
+        raise ValueError("no threshold candidate: need at least one channel")
+    return best[1], best[0]

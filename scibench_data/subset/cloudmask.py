@@ -120,9 +120,10 @@ class Selection:
             m = re.fullmatch(r"\s*(\d+):(\d+)\s*,\s*(\d+):(\d+)\s*", window)
             if m is None:
                 raise SelectionError(f"--window must be y0:y1,x0:x1, got {window!r}")
-            win = tuple(int(g) for g in m.groups())
+            y0, y1, x0, x1 = (int(g) for g in m.groups())
+            win = (y0, y1, x0, x1)
         var = tuple(v.strip() for v in variables.split(",") if v.strip()) if variables else DATA_VARIABLES
-        return cls(time=t, scenes=sc, channels=ch, window=win, variables=var)  # type: ignore[arg-type]
+        return cls(time=t, scenes=sc, channels=ch, window=win, variables=var)
 
     def as_dict(self) -> dict:
         return {"time": list(self.time) if self.time else None,

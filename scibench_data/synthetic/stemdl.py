@@ -151,7 +151,8 @@ def draw_material(space_group: int, index: int, seed: int) -> Material:
     base = class_lattice(space_group)
     scale = 1.0 + rng.normal(0.0, 0.02)
     n_atoms = int(rng.integers(1, 5))
-    lattice = Lattice(tuple(x * scale for x in base.lengths), base.angles, base.centering)  # type: ignore[arg-type]
+    a, b, c = base.lengths
+    lattice = Lattice((a * scale, b * scale, c * scale), base.angles, base.centering)
     positions = rng.uniform(0.0, 1.0, (n_atoms, 3))
     positions[0] = 0.0  # the heaviest atom on the origin: fixes the translation intensities cannot tell
     scattering = np.sort(rng.uniform(3.0, 60.0, n_atoms) ** 0.7)[::-1]
@@ -242,9 +243,10 @@ def draw_sample(material: Material, index: int, size: int, seed: int) -> tuple[n
     rng = np.random.default_rng([seed, material.space_group, int(material.material_id[-2:]), index, 1])
     thickness = rng.uniform(0.6, 1.4)
     rotation = rng.uniform(-4.0, 4.0)
-    shift = tuple(rng.uniform(-1.0, 1.0, 2))
+    sy, sx = rng.uniform(-1.0, 1.0, 2)
+    shift = (float(sy), float(sx))
     dose = 10 ** rng.uniform(6.0, 7.0)
-    stack = np.stack([cbed_pattern(material, axis, size, rng, thickness, rotation, shift, dose)  # type: ignore[arg-type]
+    stack = np.stack([cbed_pattern(material, axis, size, rng, thickness, rotation, shift, dose)
                       for axis in range(3)])
     return stack, projected_potential(material, size)[None]
 

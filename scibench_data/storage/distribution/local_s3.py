@@ -30,8 +30,9 @@ def moto_server(timeout: float = 30.0, log: str | None = None) -> Iterator[str]:
         raise RuntimeError("moto_server is not on PATH: pip install 'moto[server]'")
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    out = open(log, "wb") if log else None  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL if out is None else out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -50,8 +51,8 @@ def moto_server(timeout: float = 30.0, log: str | None = None) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if log:
-            out.close()  # type: ignore[union-attr]
+        if out is not None:
+            out.close()
 
 
 def storage_options(endpoint: str) -> dict:
