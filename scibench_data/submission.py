@@ -30,10 +30,8 @@ import yaml
 
 from scibench_data import __version__
 from scibench_data.datasets.base import import_function
-from scibench_data.pipelines import predictions_path
 from scibench_data.registry import REGISTRY, get
 from scibench_data.scoring.mllog import BenchmarkLog, check_compliance, read_events
-from scibench_data.scoring.predictions import score_predictions
 
 SUBMISSION_KEYS = ("submission_benchmark", "submission_org", "submission_division", "submission_version",
                    "submission_status", "submission_platform")
@@ -269,6 +267,9 @@ def from_run(run_dir: str | Path, root: str | Path, system: str, descriptor: str
     dest = Path(root) / info.relative_dir
     _refuse_overwrite(dest, benchmark, force)
     if predictions is None:
+        # the pipelines import the catalog (intake): only from-run needs them
+        from scibench_data.pipelines import predictions_path
+
         found = predictions_path(run_dir, benchmark)
         if predict:
             predictions = predict_run(run_dir, benchmark, found, data_root)
@@ -478,6 +479,9 @@ def validate(folder: str | Path, root: str | None = None, rescore: bool = True) 
 
 
 def _rescore(pred: Path, rec: RunRecord, benchmark: str, root: str | None, v: Validation) -> None:
+    # scoring imports Dask and xarray (~1 s): validate --no-rescore and the leaderboard's checks do without
+    from scibench_data.scoring.predictions import score_predictions
+
     try:
         result = score_predictions(benchmark, pred, root=root)
     except FileNotFoundError as err:

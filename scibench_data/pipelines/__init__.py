@@ -14,7 +14,6 @@ import math
 import time
 from pathlib import Path
 
-from reference_models.training import is_main_process
 from scibench_data.catalog import default_root
 from scibench_data.convert import SYNTHETIC_ATTR
 from scibench_data.scoring.mllog import BenchmarkLog
@@ -53,6 +52,9 @@ def training_log(path: str | Path, benchmark: str, resume: bool = False):
     """The MLPerf log of a ``train`` command as a context manager: on rank 0 only (other ranks of a
     ``torchrun`` job get ``None``); a resumed run writes ``NAME.resume-K.txt`` next to it and keeps
     the interrupted run's log."""
+    # torch costs seconds to import: run_dir and raw_dir (the CLI, submissions) do without it
+    from reference_models.training import is_main_process
+
     if not is_main_process():
         return contextlib.nullcontext()
     path = Path(path)

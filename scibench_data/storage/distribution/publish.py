@@ -30,7 +30,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import botocore.session
 import yaml
 from tqdm.auto import tqdm
 
@@ -214,6 +213,9 @@ def require_write_credentials(target: PublishTarget, storage_options: Mapping[st
         return
     if storage_options.get("session") is not None or storage_options.get("token"):
         return
+    # botocore costs ~1 s to import; pull and verify import this module and never need it
+    import botocore.session
+
     session = botocore.session.Session(profile=storage_options.get("profile"))
     try:
         creds = session.get_credentials()
