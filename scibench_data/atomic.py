@@ -1,7 +1,7 @@
 """The one way we write a local file we may be interrupted writing: whole or not at all.
 
 :func:`write_bytes` writes a temporary ``NAME.<uuid>.tmp`` beside the target (the name the store's
-cleanup and manifest know as temporary), syncs it and renames it over the target; a failure leaves
+cleanup and manifest know as temporary), syncs it (unless told not to) and renames it over the target; a failure leaves
 the previous file and no temporary. :func:`write_json` is every JSON file of ours (reports, scores,
 run summaries, markers) on top of it.
 """
@@ -15,16 +15,19 @@ from pathlib import Path
 from typing import Any
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Replace ``path`` with ``data`` in one step (parent folders are created); returns the path."""
+def write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
+    """Replace ``path`` with ``data`` in one step (parent folders are created); returns the path.
+    The rename alone makes the write atomic for readers and against a killed process; ``fsync``
+    also makes it durable across a power loss (off for the many small objects of a conversion or a pull)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -341,7 +341,7 @@ def download(src: StoreLocation, dest: Path, manifest: Manifest, keys: Iterable[
     """Fetch ``keys`` concurrently, each checked against the manifest before it lands."""
     expected = manifest.by_key
     return copy_verified(
-        src, keys, manifest, put=lambda key, data: write_bytes(Path(confine(str(dest), key, what="manifest key")), data),
+        src, keys, manifest, put=lambda key, data: write_bytes(Path(confine(str(dest), key, what="manifest key")), data, fsync=False),
         mismatch=lambda key, got: (f"{src.url}/{key} does not match the manifest (sha256 {got[:12]}... != "
                                    f"{expected[key].sha256[:12]}...): the published object is corrupted"),
         workers=workers, on_bytes=bar.update)

@@ -28,7 +28,6 @@ import asyncio
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import WrapperStore
 
+from scibench_data.atomic import write_bytes
 from scibench_data.storage.store.integrity import (
     MANIFEST_PATH,
     ChunkChecksumError,
@@ -80,13 +80,6 @@ def _read(path: Path) -> bytes | None:
     except FileNotFoundError:
         pass
     return data
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _unlink(path: Path) -> None:
@@ -227,7 +220,7 @@ class ChunkCacheStore(WrapperStore[Store]):
         """Write one entry, then evict least recently used entries while the folder is over its limit."""
         if len(data) > self.max_bytes:
             return  # larger than the whole cache: served, not kept
-        _write(path, data)
+        write_bytes(path, data, fsync=False)
         if self._total is None:
             self._total = sum(size for _, size, _ in _entries(self.folder))
         else:

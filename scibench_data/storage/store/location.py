@@ -94,6 +94,6 @@ class StoreLocation:
         data = json.dumps(obj, sort_keys=True, indent=1).encode()
         p = self.path(*parts)
         if self.is_local:
-            write_bytes(p, data)
+            write_bytes(p, data, fsync=False)  # markers and plans: one per record, as before
         else:
             self.fs.pipe_file(p, data)
