@@ -219,6 +219,10 @@ class CloudMaskPatches:
         self._known_layout()
         return store
 
+    def open(self) -> None:
+        """Open the store now and check the scene indices (else that happens on first use)."""
+        self._store()
+
     def _known_layout(self) -> _Layout:
         if self._layout is None:
             self._layout = _Layout.read(self.handle.get(), self._scenes, self.spec)

@@ -81,6 +81,10 @@ class _StoreDataset:
             self._checked = True
         return store
 
+    def open(self) -> None:
+        """Open the store now and check it serves this dataset (else that happens on first use)."""
+        self._store()
+
     def __len__(self) -> int:
         return len(self.indices)
 
@@ -207,6 +211,10 @@ def from_catalog(task: str, split: str, root: str | None = None, entry: str | No
     ds = getattr(cat, entry).to_dask()
     idx = split_indices(ds["split"].values, split)
     preprocessed = bool(ds.attrs.get("scibench_preprocessed", False))
+    data: STEMDLClassification | STEMDLReconstruction
     if task == "classification":
-        return STEMDLClassification(location, idx, ds["label"].values[idx], preprocessed, **kwargs)
-    return STEMDLReconstruction(location, idx, preprocessed, **kwargs)
+        data = STEMDLClassification(location, idx, ds["label"].values[idx], preprocessed, **kwargs)
+    else:
+        data = STEMDLReconstruction(location, idx, preprocessed, **kwargs)
+    data.open()  # here, not at the first batch: an unfinished store is refused before any output
+    return data
