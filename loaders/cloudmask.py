@@ -274,10 +274,10 @@ class CloudMaskPatches:
 
         A batch reads just its windows, every chunk they touch once (a rank or worker reads
         no chunk it does not use); a single fixed patch comes from its scene's cached crop."""
-        store = self._store()
-        all_items = self.items
+        all_items = self.items  # the first use in the process that made the dataset opens the store here
         items = [all_items[i] for i in indices]
         try:
+            store = self._store()  # in another process (a worker) it opens here: a failure names the window
             bounds = self._known_layout().crop_bounds
             if bounds is None or len(items) > 1:
                 read_windows_into(store, [(scene, *win.slices) for scene, win in items], image, mask)
