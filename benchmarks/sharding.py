@@ -64,7 +64,7 @@ def locality(data: CloudMaskPatches, mode: str) -> dict:
         order = np.random.default_rng(0).permutation(n)
         out["before: all patches shuffled"] = per_batch([order[a:a + BATCH] for a in range(0, n, BATCH)])
     else:  # before: each worker read each of its scenes' whole chunk-aligned crop once
-        ys, xs = data._crop_bounds
+        ys, xs = data.crop_bounds
         cy, cx = data.handle["image"].chunks[2:]
         crop_chunks = -(-(ys.stop - ys.start) // cy) * -(-(xs.stop - xs.start) // cx)
         per_scene = len(data.items) / len(data.scenes)

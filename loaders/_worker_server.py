@@ -6,7 +6,7 @@ xarray and dask, paid by every worker of every epoch. CPython's own ``"__main__"
 should do it once in the server, but the server never receives the script's path (in 3.11 it
 asks ``spawn.get_preparation_data`` for a ``main_path`` key that function does not produce;
 CPython gh-126631 / gh-137996, fixed in later releases).
-:func:`loaders.cloudmask.worker_context` puts the path (or the module name, for ``python -m``)
+:func:`loaders.workers.forkserver_context` puts the path (or the module name, for ``python -m``)
 in the environment the server starts with; this module imports it there as ``spawn`` would,
 so every worker forked from the server finds its ``__main__`` already in place and skips the
 re-import. If the import fails here (for example a script that parses ``sys.argv`` outside
@@ -17,27 +17,28 @@ is done: workers then import the script themselves and report any error as usual
 from __future__ import annotations
 
 import os
+from multiprocessing import process, spawn
+from typing import Any
 
-MAIN_PATH = "SCIBENCH_WORKER_SERVER_MAIN_PATH"
-MAIN_NAME = "SCIBENCH_WORKER_SERVER_MAIN_NAME"
+from loaders.workers import MAIN_NAME, MAIN_PATH
 
 
 def _import_main() -> None:
-    from multiprocessing import process, spawn
-
     path, name = os.environ.get(MAIN_PATH), os.environ.get(MAIN_NAME)
     if not (path or name):
         return
-    process.current_process()._inheriting = True  # as spawn.prepare does: no nested process start
+    current: Any = process.current_process()
+    private: Any = spawn  # CPython's own (undocumented) helpers, as spawn.prepare uses them
+    current._inheriting = True  # as spawn.prepare does: no nested process start
     try:
         if name:
-            spawn._fixup_main_from_name(name)
-        else:
+            private._fixup_main_from_name(name)
+        elif path:
             spawn.import_main_path(path)
     except BaseException:  # noqa: BLE001 - the workers will import it again and say what fails
         return
     finally:
-        del process.current_process()._inheriting
+        del current._inheriting
 
 
 _import_main()

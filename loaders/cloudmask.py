@@ -3,22 +3,26 @@
 Patches are 9 x 256 x 256 (reflectance channels first), normalised as the
 reference does: ``refs - 0.5`` and ``(bts - 270) / 22``; NaN (fill) becomes 0.
 The store is opened lazily, once per process (DataLoader workers included),
-because fsspec's event loop does not survive ``fork``.
+because fsspec's event loop does not survive ``fork`` (:class:`loaders.store.StoreHandle`);
+constructors read nothing.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 import zarr
 from torch.utils.data import get_worker_info
 
 from loaders.chunk_reader import ChunkReader, batch_buffer, read_regions
-from loaders.common import numpy_batches  # noqa: F401 - re-exported
+from loaders.common import (
+    Positions,
+    numpy_batches,  # noqa: F401 - re-exported
+)
 from loaders.patches import Window, fixed_windows, random_windows
 from loaders.sharding import (
     ResumableLoader,
@@ -26,11 +30,14 @@ from loaders.sharding import (
     ShardSpec,
     distributed_rank,
 )
-from loaders.workers import worker_context
+from loaders.store import ZarrStore, store_location, zarr_handle
+from loaders.workers import (
+    start_worker_server,  # noqa: F401 - re-exported
+    worker_context,
+)
 from scibench_data.datasets.cloudmask import PATCH
 from scibench_data.storage.store.integrity import ChunkIntegrityError
 from scibench_data.storage.store.location import StoreLocation
-from scibench_data.storage.store.records import require_complete
 from scibench_data.storage.store.retries import RemoteReadError
 
 N_REFLECTANCE = 6
@@ -69,54 +76,6 @@ def mask_values_(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-class StoreHandle:
-    """A zarr group opened on first use in each process (a pid check), never pickled open.
-
-    The first open refuses a store that is not complete (:func:`~scibench_data.storage.store.records.require_complete`:
-    the status and the command that finishes it); copies sent to DataLoader workers do not ask again."""
-
-    def __init__(self, location: StoreLocation) -> None:
-        self.location = location
-        self._pid: int | None = None
-        self._group: zarr.Group | None = None
-        self._checked = False
-
-    @property
-    def group(self) -> zarr.Group:
-        if not self._checked:
-            require_complete(self.location)
-            self._checked = True
-        if self._group is None or self._pid != os.getpid():
-            self._group = zarr.open_group(self.location.zarr_store(read_only=True), mode="r")
-            self._pid = os.getpid()
-        return self._group
-
-    def __getitem__(self, name: str) -> zarr.Array:
-        """An array of the group, looked up once per process (so a handle reads like a group)."""
-        group = self.group
-        arrays = self.__dict__.setdefault("_arrays", {})
-        if arrays.get("_group") is not group:
-            arrays.clear()
-            arrays["_group"] = group
-        if name not in arrays:
-            arrays[name] = group[name]
-        return arrays[name]
-
-    def reader(self, name: str) -> ChunkReader:
-        """A :class:`~loaders.chunk_reader.ChunkReader` of an array, made once per process."""
-        array = self[name]
-        readers = self.__dict__.setdefault("_readers", {})
-        if name not in readers or readers[name].array is not array.async_array:
-            readers[name] = ChunkReader(array)
-        return readers[name]
-
-    def __getstate__(self) -> dict:
-        return {"location": self.location, "_pid": None, "_group": None, "_checked": self._checked}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-
-
 @dataclass(frozen=True)
 class PatchSpec:
     """Which patches to read: ``mode`` ``"fixed"`` (the reference's) or ``"random"``."""
@@ -143,13 +102,16 @@ def plan_patches(scenes: Sequence[int], shape: tuple[int, int], spec: PatchSpec,
     return [(s, win) for s in scenes for win in random_windows(rng, spec.patches_per_scene, h, w, spec.patch)]
 
 
-def _readers(group: zarr.Group | StoreHandle) -> tuple[ChunkReader, ChunkReader]:
-    if isinstance(group, StoreHandle):
+def _readers(group: zarr.Group | ZarrStore) -> tuple[ChunkReader, ChunkReader]:
+    if isinstance(group, ZarrStore):
         return group.reader("image"), group.reader("cloud_mask")
-    return ChunkReader(group["image"]), ChunkReader(group["cloud_mask"])
+    image, mask = group["image"], group["cloud_mask"]
+    if not (isinstance(image, zarr.Array) and isinstance(mask, zarr.Array)):
+        raise TypeError("'image' and 'cloud_mask' must be arrays")
+    return ChunkReader(image), ChunkReader(mask)
 
 
-def read_windows_into(group: zarr.Group | StoreHandle, windows: Sequence[tuple[int, slice, slice]],
+def read_windows_into(group: zarr.Group | ZarrStore, windows: Sequence[tuple[int, slice, slice]],
                       image_out: np.ndarray, mask_out: np.ndarray) -> None:
     """Normalised images ``(B, 9, h, w)`` and masks ``(B, h, w)`` (float32, NaN where unlabelled)
     of many ``(scene, rows, columns)`` windows, in one concurrent read (:mod:`loaders.chunk_reader`)."""
@@ -171,14 +133,14 @@ def _window_buffers(ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
     return np.empty((1, N_CHANNELS, h, w), np.float32), np.empty((1, h, w), np.float32)
 
 
-def read_window(group: zarr.Group | StoreHandle, scene: int, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
+def read_window(group: zarr.Group | ZarrStore, scene: int, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
     """Normalised ``(9, h, w)`` float32 image and ``(h, w)`` float32 mask (NaN where unlabelled)."""
     image, mask = _window_buffers(ys, xs)
     read_windows_into(group, [(scene, ys, xs)], image, mask)
     return image[0], mask[0]
 
 
-def read_patch(group: zarr.Group | StoreHandle, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
+def read_patch(group: zarr.Group | ZarrStore, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
     """Normalised ``(9, p, p)`` float32 image and ``(p, p)`` float32 mask (NaN where unlabelled)."""
     return read_window(group, scene, *win.slices)
 
@@ -191,6 +153,27 @@ def aligned_bounds(windows: Sequence[Window], chunks: tuple[int, int], shape: tu
     y1 = min(h, -(-max(win.y0 + win.size for win in windows) // cy) * cy)
     x1 = min(w, -(-max(win.x0 + win.size for win in windows) // cx) * cx)
     return slice(y0, y1), slice(x0, x1)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a :class:`CloudMaskPatches` reads from its store once: its scenes, their shape, the fixed crop."""
+
+    scenes: list[int]
+    shape: tuple[int, int]
+    crop_bounds: tuple[slice, slice] | None  # the chunk-aligned region of the fixed patches
+
+    @classmethod
+    def read(cls, store: ZarrStore, scenes: list[int] | None, spec: PatchSpec) -> _Layout:
+        image = store["image"]
+        n_scenes, _, h, w = image.shape
+        chosen = list(range(n_scenes)) if scenes is None else scenes
+        bad = [s for s in chosen if not 0 <= s < n_scenes]
+        if bad:
+            raise IndexError(f"scene indices {bad[:5]} outside 0..{n_scenes - 1}")
+        cy, cx = image.chunks[2:]
+        bounds = aligned_bounds(fixed_windows(h, w, spec.patch), (cy, cx), (h, w)) if spec.mode == "fixed" else None
+        return cls(chosen, (h, w), bounds)
 
 
 class CloudMaskPatches:
@@ -217,38 +200,73 @@ class CloudMaskPatches:
 
     def __init__(self, location: StoreLocation | str, scenes: Sequence[int] | None = None,
                  spec: PatchSpec = PatchSpec(), as_torch: bool = True) -> None:
-        self.handle = StoreHandle(location if isinstance(location, StoreLocation) else StoreLocation(location))
-        g = self.handle.group
-        n_scenes, _, h, w = g["image"].shape
-        self.shape = (h, w)
-        self.scenes = list(range(n_scenes)) if scenes is None else [int(s) for s in scenes]
-        bad = [s for s in self.scenes if not 0 <= s < n_scenes]
-        if bad:
-            raise IndexError(f"scene indices {bad[:5]} outside 0..{n_scenes - 1}")
+        self.location = store_location(location)
+        self.handle = zarr_handle(self.location)
         self.spec = spec
         self.as_torch = as_torch
-        self._crop: tuple[int, int, np.ndarray, np.ndarray] | None = None  # (pid, scene, image, mask)
-        self._crop_bounds = (aligned_bounds(fixed_windows(h, w, spec.patch), tuple(g["image"].chunks[2:]), (h, w))
-                             if spec.mode == "fixed" else None)
-        self.set_epoch(0)
+        self.epoch = 0
+        self._scenes = None if scenes is None else [int(s) for s in scenes]
+        self._layout: _Layout | None = None  # read from the store on first use
+        self._items: tuple[int, list[tuple[int, Window]]] | None = None  # (epoch, its patches)
+        self._crop: tuple[ZarrStore, int, np.ndarray, np.ndarray] | None = None  # (store, scene, image, mask)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_crop": None}
 
+    def _store(self) -> ZarrStore:
+        """This process's open store; the first call reads the layout and checks the scene indices."""
+        store = self.handle.get()
+        self._known_layout()
+        return store
+
+    def open(self) -> None:
+        """Open the store now and check the scene indices (else that happens on first use)."""
+        self._store()
+
+    def _known_layout(self) -> _Layout:
+        if self._layout is None:
+            self._layout = _Layout.read(self.handle.get(), self._scenes, self.spec)
+        return self._layout
+
+    @property
+    def scenes(self) -> list[int]:
+        """Indices along the store's ``scene`` dimension (all of them unless given)."""
+        return self._known_layout().scenes
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """A scene's ``(rows, columns)``."""
+        return self._known_layout().shape
+
+    @property
+    def crop_bounds(self) -> tuple[slice, slice] | None:
+        """The chunk-aligned region of a scene the fixed patches cover (None in random mode)."""
+        return self._known_layout().crop_bounds
+
+    @property
+    def items(self) -> list[tuple[int, Window]]:
+        """Every ``(scene, window)`` of the current epoch."""
+        if self._items is None or self._items[0] != self.epoch:
+            self._items = (self.epoch, plan_patches(self.scenes, self.shape, self.spec, self.epoch))
+        return self._items[1]
+
     def _scene_crop(self, scene: int) -> tuple[np.ndarray, np.ndarray]:
-        """The normalised chunk-aligned crop of a scene; read once per scene per process,
-        into buffers reused for the next scene (patches are copied out of it)."""
-        ys, xs = self._crop_bounds
-        pid = os.getpid()
-        if self._crop is not None and self._crop[:2] == (pid, scene):
+        """The normalised chunk-aligned crop of a scene; read once per scene per process (per open
+        store), into buffers reused for the next scene (patches are copied out of it)."""
+        store = self._store()
+        bounds = self._known_layout().crop_bounds
+        if bounds is None:
+            raise ValueError("only fixed patches are cut from a scene crop")
+        ys, xs = bounds
+        if self._crop is not None and self._crop[0] is store and self._crop[1] == scene:
             return self._crop[2], self._crop[3]
-        if self._crop is not None and self._crop[0] == pid:
+        if self._crop is not None and self._crop[0] is store:
             image, mask = self._crop[2], self._crop[3]
         else:
             image, mask = _window_buffers(ys, xs)
         self._crop = None  # a failed read leaves no stale crop behind
-        read_windows_into(self.handle, [(scene, ys, xs)], image, mask)
-        self._crop = (pid, scene, image, mask)
+        read_windows_into(store, [(scene, ys, xs)], image, mask)
+        self._crop = (store, scene, image, mask)
         return image, mask
 
     def _fill(self, indices: Sequence[int], image: np.ndarray, mask: np.ndarray) -> None:
@@ -256,12 +274,15 @@ class CloudMaskPatches:
 
         A batch reads just its windows, every chunk they touch once (a rank or worker reads
         no chunk it does not use); a single fixed patch comes from its scene's cached crop."""
-        items = [self.items[i] for i in indices]
+        all_items = self.items  # the first use in the process that made the dataset opens the store here
+        items = [all_items[i] for i in indices]
         try:
-            if self._crop_bounds is None or len(items) > 1:
-                read_windows_into(self.handle, [(scene, *win.slices) for scene, win in items], image, mask)
+            store = self._store()  # in another process (a worker) it opens here: a failure names the window
+            bounds = self._known_layout().crop_bounds
+            if bounds is None or len(items) > 1:
+                read_windows_into(store, [(scene, *win.slices) for scene, win in items], image, mask)
                 return
-            ys, xs = self._crop_bounds
+            ys, xs = bounds
             for k, (scene, win) in enumerate(items):
                 crop_image, crop_mask = self._scene_crop(scene)
                 py = slice(win.y0 - ys.start, win.y0 - ys.start + win.size)
@@ -271,8 +292,8 @@ class CloudMaskPatches:
         except Exception as err:
             raise self._read_error(items, err) from err
 
-    def _read_error(self, items: list, err: Exception) -> Exception:
-        loc = self.handle.location
+    def _read_error(self, items: list[tuple[int, Window]], err: Exception) -> Exception:
+        loc = self.location
         scene, win = items[0]
         ys, xs = win.slices
         what = f"scene {scene}, rows {ys.start}:{ys.stop}, columns {xs.start}:{xs.stop}"
@@ -290,9 +311,8 @@ class CloudMaskPatches:
                                f"({type(err).__name__}: {err})")
 
     def set_epoch(self, epoch: int) -> None:
-        if getattr(self, "epoch", None) != epoch:
-            self.items = plan_patches(self.scenes, self.shape, self.spec, epoch)
-            self.epoch = epoch
+        """Patches of ``epoch`` from now on (random windows are drawn again; planned on first use)."""
+        self.epoch = epoch
 
     def blocks(self) -> np.ndarray:
         """The scene of each item: the unit whose chunks are read together (see :mod:`loaders.sharding`)."""
@@ -301,14 +321,12 @@ class CloudMaskPatches:
     def __len__(self) -> int:
         return len(self.items)
 
-    def _empty(self, n: int, shared: bool):
+    def _empty(self, n: int, shared: bool) -> tuple[Any, Any, np.ndarray, np.ndarray]:
         """Output buffers (torch tensors or NumPy arrays) and their NumPy views (mask without its channel axis)."""
         p = self.spec.patch
         if not self.as_torch:
-            image, mask = batch_buffer((n, N_CHANNELS, p, p), np.float32), batch_buffer((n, 1, p, p), np.float32)
-            return image, mask, image, mask[:, 0]
-        import torch
-
+            image_np, mask_np = batch_buffer((n, N_CHANNELS, p, p), np.float32), batch_buffer((n, 1, p, p), np.float32)
+            return image_np, mask_np, image_np, mask_np[:, 0]
         if shared:  # a DataLoader worker: the batch goes to the main process through shared memory as is
             image, mask = torch.empty((n, N_CHANNELS, p, p)), torch.empty((n, 1, p, p))
             image.share_memory_()
@@ -318,7 +336,7 @@ class CloudMaskPatches:
             mask = torch.from_numpy(batch_buffer((n, 1, p, p), np.float32))
         return image, mask, image.numpy(), mask.numpy()[:, 0]
 
-    def batch(self, indices: Sequence[int]):
+    def batch(self, indices: Positions) -> Any:
         """Patches ``indices`` as one batch: image ``(B, 9, p, p)``, mask ``(B, 1, p, p)``."""
         indices = [int(i) for i in indices]
         image, mask, image_np, mask_np = self._empty(len(indices), shared=get_worker_info() is not None)
@@ -332,7 +350,7 @@ class CloudMaskPatches:
         self._fill([int(i)], image_np, mask_np)
         return image[0], mask[0]
 
-    def __getitems__(self, indices: Sequence[int]) -> list:
+    def __getitems__(self, indices: Positions) -> list:
         """What ``DataLoader(data, batch_size=B)`` asks for: the batch's patches, read in one round."""
         image, mask = self.batch(indices)
         return list(zip(image, mask))
@@ -389,30 +407,8 @@ class _PatchBatches:
     def blocks(self) -> np.ndarray:
         return self.patches.blocks()
 
-    def batch(self, indices: Sequence[int]):
+    def batch(self, indices: Positions) -> Any:
         return self.patches[int(indices[0])] if self.single else self.patches.batch(indices)
-
-
-def start_worker_server(wait: bool = False) -> threading.Thread:
-    """Start :func:`worker_context`'s server now, in the background, so that its one-off start-up
-    (a new interpreter importing torch and zarr, about a second) overlaps with opening the
-    catalog instead of delaying the first batch. ``wait`` blocks until it is ready.
-
-    The server is started once per process; later calls return at once. Environment variables
-    set after it started do not reach DataLoader workers (they fork from the server): put
-    credentials and endpoints in storage options, or set them before."""
-    def probe() -> None:
-        if worker_context().get_start_method() != "forkserver":
-            return  # fork or spawn: no server to start
-        p = worker_context().Process(target=int)  # the first fork waits for the server's preloads
-        p.start()
-        p.join()
-
-    t = threading.Thread(target=probe, name="scibench-worker-server", daemon=True)
-    t.start()
-    if wait:
-        t.join()
-    return t
 
 
 def patch_loader(data: CloudMaskPatches | ScenePatchStream, batch_size: int, num_workers: int = 0,
@@ -441,6 +437,6 @@ def patch_loader(data: CloudMaskPatches | ScenePatchStream, batch_size: int, num
 
 def read_scene(location: StoreLocation | str, scene: int) -> tuple[np.ndarray, np.ndarray]:
     """A whole normalised scene ``(9, H, W)`` and its mask ``(H, W)`` (for inference)."""
-    handle = StoreHandle(location if isinstance(location, StoreLocation) else StoreLocation(location))
-    _, _, h, w = handle["image"].shape
-    return read_window(handle, scene, slice(0, h), slice(0, w))
+    store = zarr_handle(location).get()
+    _, _, h, w = store["image"].shape
+    return read_window(store, scene, slice(0, h), slice(0, w))

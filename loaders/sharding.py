@@ -27,13 +27,16 @@ the batches not yet delivered, in the same order.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from loaders.common import Positions
 
 REMAINDERS = ("pad", "drop")
 
@@ -43,15 +46,13 @@ class BatchSource(Protocol):
 
     def set_epoch(self, epoch: int) -> None: ...
     def blocks(self) -> np.ndarray: ...  # (n_items,) block label of each item of the current epoch
-    def batch(self, indices: Sequence[int]) -> Any: ...
+    def batch(self, indices: Positions) -> Any: ...
 
 
 def distributed_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """``(rank, world_size)``: the arguments where given, else ``torch.distributed`` when it is
     initialised, else ``RANK`` / ``WORLD_SIZE`` from the environment (as ``torchrun`` sets them),
     else ``(0, 1)``."""
-    import torch.distributed as dist
-
     if rank is None or world_size is None:
         if dist.is_available() and dist.is_initialized():
             found = (dist.get_rank(), dist.get_world_size())

@@ -4,9 +4,9 @@ The store keeps each cell's and drug's features once; a batch is a set of
 response rows, joined to their features by two vectorised NumPy gathers
 (``rnaseq[cell_index[rows]]``, ``descriptors[drug_index[rows]]``). The feature
 tables are small (MBs), so each process loads them once, lazily, from the
-catalog (a pid check makes forked DataLoader workers open their own copy).
+catalog (:class:`loaders.store.StoreHandle`: forked DataLoader workers load their own copy).
 
-Framework-free: :func:`numpy_batches`. PyTorch: :class:`UnoDataset` (items
+Framework-free: :func:`loaders.common.numpy_batches` (``numpy_batches(UnoDataset(...), batch_size)``). PyTorch: :class:`UnoDataset` (items
 are whole batches) with :class:`UnoBatchSampler` (seeded shuffling,
 ``set_epoch``); use ``DataLoader(ds, sampler=sampler, batch_size=None)``, with
 ``multiprocessing_context="forkserver"`` (or spawn) when ``num_workers > 0``:
@@ -16,22 +16,30 @@ read, so each worker must start fresh and load its own copy.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
+import torch
 
+from loaders.common import (
+    batch_order,
+    numpy_batches,  # noqa: F401 - re-exported
+)
 from loaders.sharding import (
     ResumableLoader,
     ShardedBatches,
     ShardSpec,
     distributed_rank,
 )
+from loaders.store import StoreHandle
 from loaders.workers import worker_context
+from scibench_data.catalog import entry_location, open_catalog
 from scibench_data.formats.uno import SPLITS
+from scibench_data.storage.store.records import require_complete
 
 ENTRY = "candle_uno"
 
@@ -47,9 +55,6 @@ class UnoSource:
     def open(self) -> Any:
         """The store as a lazy xarray Dataset, through the catalog only; an unfinished store is refused
         (:func:`~scibench_data.storage.store.records.require_complete`)."""
-        from scibench_data.catalog import entry_location, open_catalog
-        from scibench_data.storage.store.records import require_complete
-
         cat = open_catalog(self.catalog, root=self.root)
         require_complete(entry_location(cat, self.entry))
         return getattr(cat, self.entry).to_dask()
@@ -104,76 +109,55 @@ def gather(arrays: UnoArrays, rows: np.ndarray) -> dict[str, np.ndarray]:
             "auc": arrays.auc[rows]}
 
 
-def batch_order(n: int, batch_size: int, *, seed: int, epoch: int = 0, shuffle: bool = True,
-                drop_last: bool = False) -> list[np.ndarray]:
-    """Positions ``0..n-1`` cut into batches; shuffled from ``(seed, epoch)`` when ``shuffle``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    stop = n - n % batch_size if drop_last else n
-    return [order[a: a + batch_size] for a in range(0, stop, batch_size)]
+def _load(source: UnoSource, standardise: bool) -> UnoArrays:
+    """The store of ``source`` read into memory (what a :class:`UnoDataset`'s handle opens)."""
+    return load_arrays(source.open(), standardise)
 
 
-class _Cache:
-    """One in-memory copy of the store per process (reopened after a fork)."""
-
-    def __init__(self, source: UnoSource, standardise: bool) -> None:
-        self.source, self.standardise = source, standardise
-        self._pid: int | None = None
-        self._arrays: UnoArrays | None = None
-
-    def get(self) -> UnoArrays:
-        if self._arrays is None or self._pid != os.getpid():
-            self._arrays = load_arrays(self.source.open(), self.standardise)
-            self._pid = os.getpid()
-        return self._arrays
-
-    def __getstate__(self) -> dict:  # workers started with spawn open their own copy
-        return {"source": self.source, "standardise": self.standardise, "_pid": None, "_arrays": None}
-
-
-def numpy_batches(arrays: UnoArrays, split: str, batch_size: int, *, seed: int = 0, epoch: int = 0,
-                  shuffle: bool = False) -> Iterator[dict[str, np.ndarray]]:
-    """Framework-free batches of joined rows of ``split``."""
-    rows = arrays.rows(split)
-    for pos in batch_order(len(rows), batch_size, seed=seed, epoch=epoch, shuffle=shuffle):
-        yield gather(arrays, rows[pos])
+def _given(arrays: UnoArrays) -> UnoArrays:
+    """Arrays already in memory, as a :class:`UnoDataset`'s handle opens them."""
+    return arrays
 
 
 class UnoDataset:
-    """Map-style dataset whose items are whole batches: ``ds[positions]`` -> dict of tensors.
+    """Map-style dataset whose items are whole batches: ``ds[positions]`` -> dict of tensors
+    (of NumPy arrays with ``as_torch=False``).
 
-    ``positions`` index the rows of ``split``. Nothing is opened at construction.
+    ``positions`` index the rows of ``split``. ``source`` is where the store is (loaded once per
+    process on first use: nothing is opened at construction) or arrays already in memory.
     """
 
-    def __init__(self, source: UnoSource, split: str, standardise: bool = True) -> None:
+    def __init__(self, source: UnoSource | UnoArrays, split: str, standardise: bool = True,
+                 as_torch: bool = True) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         self.split = split
-        self._cache = _Cache(source, standardise)
-        self._rows: np.ndarray | None = None
-        self._rows_pid: int | None = None
+        self.as_torch = as_torch
+        opener = partial(_given, source) if isinstance(source, UnoArrays) else partial(_load, source, standardise)
+        self.handle: StoreHandle[UnoArrays] = StoreHandle(opener)
+        self._rows: tuple[UnoArrays, np.ndarray] | None = None  # (the arrays, the rows of split in them)
 
     @property
     def arrays(self) -> UnoArrays:
-        return self._cache.get()
+        return self.handle.get()
 
     def rows(self) -> np.ndarray:
-        if self._rows is None or self._rows_pid != os.getpid():
-            self._rows, self._rows_pid = self.arrays.rows(self.split), os.getpid()
-        return self._rows
+        """Positions of the responses of ``split`` in :attr:`arrays` (found once per process)."""
+        arrays = self.arrays
+        if self._rows is None or self._rows[0] is not arrays:
+            self._rows = (arrays, arrays.rows(self.split))
+        return self._rows[1]
 
     def __len__(self) -> int:
         return len(self.rows())
 
     def __getitem__(self, positions: Any) -> dict[str, Any]:
-        import torch
-
         pos = np.atleast_1d(np.asarray(positions, dtype=np.int64))
-        return {k: torch.from_numpy(v) for k, v in gather(self.arrays, self.rows()[pos]).items()}
+        batch = gather(self.arrays, self.rows()[pos])
+        return {k: torch.from_numpy(v) for k, v in batch.items()} if self.as_torch else batch
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_rows": None, "_rows_pid": None}
+        return {**self.__dict__, "_rows": None}
 
     def set_epoch(self, epoch: int) -> None:
         """Nothing depends on the epoch here (:class:`loaders.sharding.BatchSource`)."""

@@ -102,7 +102,7 @@ def predict(model: UnoModel, arrays: UnoArrays, split: str, batch_size: int = 10
     model.eval()
     ys, ps = [], []
     with torch.no_grad():
-        for b in numpy_batches(arrays, split, batch_size):
+        for b in numpy_batches(UnoDataset(arrays, split, as_torch=False), batch_size, shuffle=False):
             ps.append(model(torch.from_numpy(b["cell"]), torch.from_numpy(b["drug"])).numpy())
             ys.append(b["auc"])
     if not ys:

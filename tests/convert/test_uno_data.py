@@ -11,7 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loaders.uno import UnoSource, batch_order, gather, load_arrays, numpy_batches
+from loaders.uno import (
+    UnoDataset,
+    UnoSource,
+    batch_order,
+    gather,
+    load_arrays,
+    numpy_batches,
+)
 from scibench_data.convert.uno import UnoConversion, convert_uno
 from scibench_data.formats import SourceFormatError
 from scibench_data.formats.pickle_literal import UnsafePickleError, literal_from_pickle
@@ -117,8 +124,8 @@ def test_resume_after_interruption_and_idempotent(sources: dict[str, Path], tmp_
 
 def test_numpy_batches_seeded_and_cover_split(sources: dict[str, Path], tmp_path: Path) -> None:
     arrays, _ = _convert(sources["export"], tmp_path)
-    a = [b["auc"] for b in numpy_batches(arrays, "train", 16, seed=1, shuffle=True)]
-    b = [b["auc"] for b in numpy_batches(arrays, "train", 16, seed=1, shuffle=True)]
+    a = [b["auc"] for b in numpy_batches(UnoDataset(arrays, "train"), 16, seed=1, shuffle=True)]
+    b = [b["auc"] for b in numpy_batches(UnoDataset(arrays, "train"), 16, seed=1, shuffle=True)]
     c = batch_order(100, 16, seed=1, epoch=1)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(np.concatenate(batch_order(100, 16, seed=1, epoch=0)), np.concatenate(c))

@@ -92,7 +92,7 @@ def test_numpy_batches_cover_the_epoch(cloudmask_stores):
 @pytest.mark.slow
 def test_dataloader_with_two_workers_matches_in_process(cloudmask_stores):
     data = CloudMaskPatches(str(cloudmask_stores["sen3"]), spec=PatchSpec("random", 32, 8, seed=2))
-    data.handle.group  # opened in the parent: workers must open their own
+    data.handle.get()  # opened in the parent: workers must open their own
     ref = [data[i] for i in range(len(data))]
     loader = DataLoader(data, batch_size=6, shuffle=False, num_workers=2, multiprocessing_context="forkserver")
     batches = list(loader)
@@ -103,8 +103,9 @@ def test_dataloader_with_two_workers_matches_in_process(cloudmask_stores):
 def test_read_scene_and_bad_scene_index(cloudmask_stores):
     image, mask = read_scene(str(cloudmask_stores["hdf"]), 1)
     assert image.shape == (9, 64, 96) and mask.shape == (64, 96)
+    data = CloudMaskPatches(str(cloudmask_stores["hdf"]), scenes=[5])  # checked on first use: no I/O here
     with pytest.raises(IndexError, match="outside"):
-        CloudMaskPatches(str(cloudmask_stores["hdf"]), scenes=[5])
+        len(data)
 
 
 @pytest.mark.parametrize("mode", ["fixed", "random"])
@@ -157,7 +158,8 @@ def test_a_damaged_chunk_names_the_store_and_the_scene(cloudmask_stores, tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fixed", "random"])
 def test_patch_loader_with_two_workers_yields_the_epoch(cloudmask_stores, mode):
-    from loaders.cloudmask import ScenePatchStream, patch_loader, start_worker_server
+    from loaders.cloudmask import ScenePatchStream, patch_loader
+    from loaders.workers import start_worker_server
 
     assert not start_worker_server(wait=True).is_alive()  # the server (forkserver fallback only), started early
     data = CloudMaskPatches(str(cloudmask_stores["hdf"]), spec=PatchSpec(mode, 32, 5, seed=2))

@@ -202,7 +202,7 @@ def test_a_state_from_another_world_size_is_refused(stores):
 def test_torchdata_stateful_dataloader_resumes_our_stream(stores, bench):
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    from loaders.cloudmask import worker_context
+    from loaders.workers import worker_context
 
     def make():
         stream = sd.loader(bench, stores, rank=0, world_size=2).dataset

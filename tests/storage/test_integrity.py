@@ -190,11 +190,11 @@ def test_loaders_refuse_a_store_whose_conversion_is_still_running(store):
 
     RecordStore(StoreLocation(str(store)), "scene").begin_update()  # what a running append looks like
     with pytest.raises(StoreStateError) as err:
-        _patches(store)
+        len(_patches(store))  # the store is opened (and refused) on first use
     msg = str(err.value)
     assert "'incomplete'" in msg and str(store) in msg and "scibench-data convert cloudmask" in msg, msg
     with pytest.raises(StoreStateError, match="'incomplete'"):
-        STEMDLClassification(str(store), [0], [0], preprocessed=True)
+        STEMDLClassification(str(store), [0], [0], preprocessed=True).batch([0])
     from scibench_data.catalog import open_catalog
 
     with pytest.raises(StoreStateError) as via_catalog:  # the same rule and message as the catalog's to_dask()

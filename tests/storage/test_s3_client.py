@@ -155,8 +155,9 @@ def test_a_server_that_stays_away_is_a_remote_read_error_through_obstore(monkeyp
     remote = CloudMaskPatches(StoreLocation(public_url, so), spec=PatchSpec(mode="random", patch=16), as_torch=False)
     dead = {"anon": True, "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{free_port()}"},
             "config_kwargs": {"retries": {"max_attempts": 2}, "connect_timeout": 1}}
+    remote.open()  # the layout is read from the live server (constructors read nothing)
     remote.handle = type(remote.handle)(StoreLocation(public_url, dead))
-    remote.handle._checked = True  # the store was checked complete above; now the server is gone
+    remote.handle.check = None  # the store was checked complete above; now the server is gone
     with pytest.raises(RemoteReadError) as info:
         remote[0]
     message = str(info.value)
