@@ -302,7 +302,7 @@ def staging(endpoint: str, local_raw: Path, workers: int) -> dict:
     cat.cloudmask_ds1.to_dask()
     data = CloudMaskPatches(loc, spec=PatchSpec("fixed"))
     open_s = time.perf_counter() - t0
-    first, ep, n = epoch(our_loader(ScenePatchStream(data, seed=3), workers, shuffle=False))
+    first, ep, _ = epoch(our_loader(ScenePatchStream(data, seed=3), workers, shuffle=False))
     out = {"ours_open_s": open_s, "ours_first_batch_s": open_s + first, "ours_epoch_s": open_s + ep}
     fs = s3fs.S3FileSystem(**so, skip_instance_cache=True)
     t0 = time.perf_counter()
