@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from loaders import prefetch
+
 REMAINDERS = ("pad", "drop")
 
 
@@ -182,9 +184,15 @@ class ShardedBatches(IterableDataset):
         return self._generate(self.batches(), first, n_workers)
 
     def _generate(self, batches: list[np.ndarray], first: int, n_workers: int) -> Iterator[Any]:
-        for k in range(first, len(batches), n_workers):
-            self._next = k + n_workers  # the state once this batch is delivered
-            yield self.source.batch(batches[k])
+        ahead = getattr(self.source, "prefetch", None)  # fetch this process's next batch while it builds one
+        try:
+            for k in range(first, len(batches), n_workers):
+                self._next = k + n_workers  # the state once this batch is delivered
+                if ahead is not None and k + n_workers < len(batches):
+                    ahead(batches[k + n_workers])
+                yield self.source.batch(batches[k])
+        finally:  # the pass ended, was closed or its worker exits: nothing stays in flight
+            prefetch.cancel()
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "next_batch": self._next}
