@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -51,6 +52,7 @@ from loaders.cloudmask import (
     start_worker_server,
 )
 from loaders.patches import fixed_windows
+from loaders.prefetch import PrefetchLimits
 from scibench_data.catalog import entry_location
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
 from scibench_data.storage.distribution.local_s3 import moto_server, storage_options
@@ -343,7 +345,8 @@ def main() -> None:
                          "ceiling, side by side (no S3, staging, xbatcher or transport rows; minutes, not tens)")
     ap.add_argument("--link-throughput", action="store_true",
                     help="only the random regime from S3 through the emulated link (--link-mbit, --link-rtt-ms) with "
-                         "the largest --workers: payload MB/s as a fraction of the link's capacity")
+                         "the largest --workers: the bytes on the wire (counted by the link) and the payload used, as "
+                         "fractions of the link's capacity, prefetch off and on side by side in each repeat")
     ap.add_argument("--out", default="benchmarks/results/performance.json")
     ap.add_argument("--plot", default=None, help="also write a bar chart PNG here")
     args = ap.parse_args()
@@ -569,7 +572,8 @@ def link_throughput(args, store: Path, workers: int) -> dict:
             data.items = random_items(args.scenes)
             stream = ScenePatchStream(data, seed=0)
             sizes = batch_payload(store, data, stream)
-            for _ in range(args.repeats):
+            for repeat, prefetch in itertools.product(range(args.repeats), ("off", "on")):  # side by side
+                data.ahead = PrefetchLimits() if prefetch == "on" else None  # reaches the workers with the dataset
                 loader = patch_loader(stream, BATCH, num_workers=workers, shuffle=True)
                 start = read_counters(proc)
                 t0, first, n = time.perf_counter(), None, 0
@@ -577,22 +581,25 @@ def link_throughput(args, store: Path, workers: int) -> dict:
                     n += 1
                     if first is None:
                         first, at_first = time.perf_counter(), read_counters(proc)
-                dt = time.perf_counter() - first
-                end = read_counters(proc)
+                t_end = time.perf_counter()
+                dt, end = t_end - first, read_counters(proc)
                 payload = sum(sizes) - sizes[0]  # batches come in order; the first one's time is left out
                 wire = end.down_bytes - at_first.down_bytes
-                out["epochs"].append({"seconds_after_first_batch": dt, "first_batch_s": first - t0, "batches": n,
+                out["epochs"].append({"prefetch": prefetch, "repeat": repeat, "seconds_after_first_batch": dt, "first_batch_s": first - t0, "batches": n,
                                       "payload_MB": payload / 1e6, "payload_MBps": payload / dt / 1e6,
                                       "fraction_of_link": payload / dt / rate,
                                       "wire_MB": wire / 1e6, "wire_MBps": wire / dt / 1e6, "wire_fraction_of_link": wire / dt / rate,
-                                      "epoch_wire_MB": (end.down_bytes - start.down_bytes) / 1e6,
+                                      "epoch_s": t_end - t0, "epoch_wire_MB": (end.down_bytes - start.down_bytes) / 1e6,
+                                      "epoch_wire_fraction_of_link": (end.down_bytes - start.down_bytes) / (t_end - t0) / rate,
                                       "epoch_payload_MB": sum(sizes) / 1e6,
                                       "epoch_connections": end.connections - start.connections,
                                       "load": os.getloadavg()[0]})
-                print(f"link | {workers} workers | wire {wire / dt / 1e6:6.1f} MB/s = {100 * wire / dt / rate:5.1f}% "
+                print(f"link | {workers} workers | prefetch {prefetch:>3} | wire {wire / dt / 1e6:6.1f} MB/s = {100 * wire / dt / rate:5.1f}% "
                       f"of {args.link_mbit:g} Mbit/s | payload {payload / dt / 1e6:6.1f} MB/s = {100 * payload / dt / rate:5.1f}% "
                       f"| epoch: {(end.down_bytes - start.down_bytes) / 1e6:.0f} MB on the wire for {sum(sizes) / 1e6:.0f} MB "
-                      f"of chunks used | load {os.getloadavg()[0]:.1f}", flush=True)
+                      f"of chunks used in {t_end - t0:.2f} s (first batch {first - t0:.2f} s) = "
+                      f"{100 * (end.down_bytes - start.down_bytes) / (t_end - t0) / rate:.1f}% | load {os.getloadavg()[0]:.1f}",
+                      flush=True)
             fs = s3fs.S3FileSystem(**lso, skip_instance_cache=True)
             objects = touched_objects(data.items, store)
             per_batch = [sorted({key for i in batch for key in objects[int(i)]}) for batch in stream.batches()]
@@ -612,15 +619,22 @@ def link_throughput(args, store: Path, workers: int) -> dict:
 def finish(results: dict, args) -> None:
     if "link" in results:
         lk = results["link"]
-        fr = [e["fraction_of_link"] for e in lk["epochs"]]
-        wf = [e["wire_fraction_of_link"] for e in lk["epochs"]]
-        print(f"\nrandom regime over {lk['link_mbit']:g} Mbit/s, {lk['rtt_ms']:g} ms with {lk['workers']} workers: wire "
-              f"{np.median([e['wire_MBps'] for e in lk['epochs']]):.1f} MB/s, {100 * np.median(wf):.1f}% of the link "
-              f"(per epoch: {', '.join(f'{100 * f:.1f}%' for f in wf)}); payload "
-              f"{np.median([e['payload_MBps'] for e in lk['epochs']]):.1f} MB/s, {100 * np.median(fr):.1f}% of the link "
-              f"(per epoch: {', '.join(f'{100 * f:.1f}%' for f in fr)}); raw GETs through the link "
-              f"{100 * lk['raw_get_through_link']['MBps'] * 1e6 / (lk['link_mbit'] * 1e6 / 8):.1f}%, on loopback "
-              f"{lk['raw_get_loopback']['MBps']:.1f} MB/s; load average before {lk['load_average_before']}, "
+        print(f"\nrandom regime over {lk['link_mbit']:g} Mbit/s, {lk['rtt_ms']:g} ms with {lk['workers']} workers "
+              "(% of the link's capacity, from the first batch to the last; per epoch, then the median):")
+        for prefetch in ("off", "on"):
+            eps = [e for e in lk["epochs"] if e["prefetch"] == prefetch]
+            for key, label in (("wire_fraction_of_link", "wire"), ("fraction_of_link", "payload"),
+                               ("epoch_wire_fraction_of_link", "wire over the whole epoch (start-up included)")):
+                fr = [e[key] for e in eps]
+                print(f"  prefetch {prefetch:>3}: {label}: {', '.join(f'{100 * f:.1f}%' for f in fr)} "
+                      f"(median {100 * np.median(fr):.1f}%)")
+        on = {e["repeat"]: e for e in lk["epochs"] if e["prefetch"] == "on"}
+        ratios = [on[e["repeat"]]["wire_MBps"] / e["wire_MBps"] for e in lk["epochs"] if e["prefetch"] == "off"]
+        print(f"  wire MB/s with prefetch / without, per repeat (back to back): {', '.join(f'{r:.2f}' for r in ratios)}")
+        ratios = [e["epoch_s"] / on[e["repeat"]]["epoch_s"] for e in lk["epochs"] if e["prefetch"] == "off"]
+        print(f"  epoch time without prefetch / with, per repeat: {', '.join(f'{r:.2f}' for r in ratios)}")
+        print(f"  raw concurrent GETs through the link {100 * lk['raw_get_through_link']['MBps'] * 1e6 / (lk['link_mbit'] * 1e6 / 8):.1f}%, "
+              f"on loopback {lk['raw_get_loopback']['MBps']:.1f} MB/s; load average before {lk['load_average_before']}, "
               f"after {lk['load_average_after']}")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))

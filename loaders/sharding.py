@@ -188,9 +188,13 @@ class ShardedBatches(IterableDataset):
         try:
             for k in range(first, len(batches), n_workers):
                 self._next = k + n_workers  # the state once this batch is delivered
-                if ahead is not None and k + n_workers < len(batches):
-                    ahead(batches[k + n_workers])
-                yield self.source.batch(batches[k])
+                after = batches[k + n_workers] if ahead is not None and k + n_workers < len(batches) else None
+                if after is not None and k != first:  # this batch's own chunks are on their way already
+                    ahead(after)
+                batch = self.source.batch(batches[k])
+                if after is not None and k == first:  # the pass's first batch: its own reads go first
+                    ahead(after)
+                yield batch
         finally:  # the pass ended, was closed or its worker exits: nothing stays in flight
             prefetch.cancel()
 
