@@ -96,8 +96,12 @@ def _gets(server: LoggedS3Server, location: StoreLocation, since: int) -> set[st
             if method == "GET" and path.startswith(prefix)}
 
 
+@pytest.mark.parametrize("client", ["obstore", "s3fs"])
 @pytest.mark.parametrize("keep", [True, False])
-def test_prefetched_batches_are_the_batches_read_without_prefetch(location, keep, monkeypatch):
+def test_prefetched_batches_are_the_batches_read_without_prefetch(location, keep, client, monkeypatch):
+    monkeypatch.setenv("SCIBENCH_S3_CLIENT", client)  # the chunk-reading client: prefetch runs on either
+    store_type = type(_data(location, None).handle.group.store).__name__
+    assert store_type == {"obstore": "ObstoreReadStore", "s3fs": "FsspecStore"}[client]
     if not keep:  # this tiny store's chunks all fit in a reader's kept chunks: make every batch fetch
         monkeypatch.setattr(chunk_reader, "KEEP_DECODED_BYTES", 0)
     want = _epoch(location, None)
