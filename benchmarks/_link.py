@@ -10,13 +10,23 @@ comparison go through the same link.
 
 prints ``http://127.0.0.1:<port>`` on its first line, then serves until killed. Run as its
 own process, so that its work does not share a GIL with the loaders it carries.
+
+It counts the bytes it carries (:class:`LinkCounters`: the responses' bytes as they leave the
+link towards the client, the requests' bytes towards the server, connections opened). On
+``SIGUSR1`` it prints them as one JSON line on stdout (:func:`read_counters` asks for it), so a
+benchmark can measure what crossed the link between two moments, not what its loader used.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import signal
+import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 
 class TokenBucket:
@@ -39,8 +49,24 @@ class TokenBucket:
                 await asyncio.sleep((n - self.tokens) / self.rate)
 
 
+@dataclass
+class LinkCounters:
+    """What the link carried so far: ``down_bytes`` server -> client (the responses), ``up_bytes``
+    client -> server (the requests), and the connections it opened to the server."""
+
+    down_bytes: int = 0
+    up_bytes: int = 0
+    connections: int = 0
+
+    def add_down(self, n: int) -> None:
+        self.down_bytes += n
+
+    def add_up(self, n: int) -> None:
+        self.up_bytes += n
+
+
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float,
-                bucket: TokenBucket | None) -> None:
+                bucket: TokenBucket | None, count: Callable[[int], None] | None = None) -> None:
     try:
         while data := await reader.read(64 * 1024):
             if delay:
@@ -48,6 +74,8 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             if bucket is not None:
                 await bucket.take(len(data))
             writer.write(data)
+            if count is not None:
+                count(len(data))  # through the bucket and handed on: carried by the link
             await writer.drain()
     except (ConnectionError, OSError):
         pass
@@ -55,8 +83,11 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         writer.close()
 
 
-async def serve(target: tuple[str, int], rate_bytes: float, rtt: float, port: int = 0) -> None:
+async def start(target: tuple[str, int], rate_bytes: float, rtt: float, port: int = 0,
+                counters: LinkCounters | None = None) -> asyncio.Server:
+    """The link, listening on 127.0.0.1:``port`` (0: any free port), counting into ``counters``."""
     bucket = TokenBucket(rate_bytes, burst=max(256 * 1024, rate_bytes * 0.01)) if rate_bytes else None
+    counters = counters if counters is not None else LinkCounters()
 
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
@@ -64,12 +95,32 @@ async def serve(target: tuple[str, int], rate_bytes: float, rtt: float, port: in
         except OSError:
             client_w.close()
             return
-        await asyncio.gather(_pump(client_r, up_w, rtt, None), _pump(up_r, client_w, 0.0, bucket))
+        counters.connections += 1
+        await asyncio.gather(_pump(client_r, up_w, rtt, None, counters.add_up),
+                             _pump(up_r, client_w, 0.0, bucket, counters.add_down))
 
-    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
+    return await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
+
+
+async def serve(target: tuple[str, int], rate_bytes: float, rtt: float, port: int = 0) -> None:
+    """Run the link until killed: its URL on the first line of stdout, its counters on ``SIGUSR1``."""
+    counters = LinkCounters()
+    server = await start(target, rate_bytes, rtt, port, counters)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGUSR1, lambda: print(json.dumps(asdict(counters)), flush=True))
     print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
         await server.serve_forever()
+
+
+def read_counters(proc: subprocess.Popen) -> LinkCounters:
+    """The counters of a link running as ``proc`` (started with ``stdout=PIPE, text=True`` and its
+    URL line already read): sends ``SIGUSR1`` and reads the JSON line it prints."""
+    proc.send_signal(signal.SIGUSR1)
+    line = proc.stdout.readline() if proc.stdout is not None else ""
+    if not line:
+        raise RuntimeError(f"the link process {proc.pid} ended without reporting its counters")
+    return LinkCounters(**json.loads(line))
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from _link import read_counters  # benchmarks/_link.py (the script's folder)
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from loaders.cloudmask import (
@@ -50,6 +52,7 @@ from loaders.cloudmask import (
     start_worker_server,
 )
 from loaders.patches import fixed_windows
+from loaders.prefetch import PrefetchLimits
 from scibench_data.catalog import entry_location
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
 from scibench_data.storage.distribution.local_s3 import moto_server, storage_options
@@ -263,19 +266,27 @@ def our_requests_per_patch(regime: str, objects: list[list[str]], seed: int = 0)
 
 
 @contextlib.contextmanager
-def emulated_link(endpoint: str, link: tuple[float, float] | None):
-    """The S3 endpoint behind an emulated link (``benchmarks/_link.py``: Mbit/s, RTT ms), or as is."""
-    if link is None:
-        yield endpoint
-        return
+def link_process(endpoint: str, link: tuple[float, float]):
+    """``(url, process)`` of an emulated link (``benchmarks/_link.py``: Mbit/s, RTT ms) in front of
+    the S3 endpoint; :func:`_link.read_counters` of the process says what it carried so far."""
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_link.py")), "--target",
                              endpoint.removeprefix("http://"), "--rate-mbit", str(link[0]), "--rtt-ms", str(link[1])],
                             stdout=subprocess.PIPE, text=True)
     try:
-        yield proc.stdout.readline().strip()
+        yield proc.stdout.readline().strip(), proc
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def emulated_link(endpoint: str, link: tuple[float, float] | None):
+    """The S3 endpoint behind an emulated link (Mbit/s, RTT ms; :func:`link_process`), or as is."""
+    if link is None:
+        yield endpoint
+        return
+    with link_process(endpoint, link) as (url, _):
+        yield url
 
 
 def catalog_location(so: dict):
@@ -302,7 +313,7 @@ def staging(endpoint: str, local_raw: Path, workers: int) -> dict:
     cat.cloudmask_ds1.to_dask()
     data = CloudMaskPatches(loc, spec=PatchSpec("fixed"))
     open_s = time.perf_counter() - t0
-    first, ep, n = epoch(our_loader(ScenePatchStream(data, seed=3), workers, shuffle=False))
+    first, ep, _ = epoch(our_loader(ScenePatchStream(data, seed=3), workers, shuffle=False))
     out = {"ours_open_s": open_s, "ours_first_batch_s": open_s + first, "ours_epoch_s": open_s + ep}
     fs = s3fs.S3FileSystem(**so, skip_instance_cache=True)
     t0 = time.perf_counter()
@@ -334,7 +345,8 @@ def main() -> None:
                          "ceiling, side by side (no S3, staging, xbatcher or transport rows; minutes, not tens)")
     ap.add_argument("--link-throughput", action="store_true",
                     help="only the random regime from S3 through the emulated link (--link-mbit, --link-rtt-ms) with "
-                         "the largest --workers: payload MB/s as a fraction of the link's capacity")
+                         "the largest --workers: the bytes on the wire (counted by the link) and the payload used, as "
+                         "fractions of the link's capacity, prefetch off and on side by side in each repeat")
     ap.add_argument("--out", default="benchmarks/results/performance.json")
     ap.add_argument("--plot", default=None, help="also write a bar chart PNG here")
     args = ap.parse_args()
@@ -532,22 +544,26 @@ def batch_payload(store: Path, data: CloudMaskPatches, stream: ScenePatchStream)
 def link_throughput(args, store: Path, workers: int) -> dict:
     """The random regime from S3 through the emulated link, ``workers`` DataLoader workers.
 
-    Payload: the bytes of the chunk objects each batch fetches (its distinct chunks, one GET
-    each), over the time from the first batch to the last (the first batch's bytes left out,
-    as its time is). Beside it, through the same link and server, concurrent raw GETs of the
-    same objects (what the link and the server deliver with nothing else to do)."""
+    Wire: the bytes the link carried towards the client (``benchmarks/_link.py`` counts them:
+    responses with their HTTP headers, a chunk fetched twice counted twice), from the first
+    batch to the last, over that time. Payload: the bytes of the chunk objects each batch uses
+    (its distinct chunks), over the same time (the first batch's bytes left out, as its time
+    is); a worker does not fetch again a chunk it kept decoded from its previous batch, so
+    payload can exceed the link. Beside them, through the same link and server, concurrent
+    raw GETs of the same objects (what the link and the server deliver with nothing else to do)."""
     import s3fs
 
     from scibench_data.storage.distribution.publish import PublishOptions, publish
 
     rate = args.link_mbit * 1e6 / 8
-    out: dict = {"link_mbit": args.link_mbit, "rtt_ms": args.link_rtt_ms, "workers": workers, "epochs": []}
+    out: dict = {"link_mbit": args.link_mbit, "rtt_ms": args.link_rtt_ms, "workers": workers, "epochs": [],
+                 "load_average_before": os.getloadavg()}
     with moto_server() as endpoint:
         so = storage_options(endpoint)
         s3fs.S3FileSystem(**so).mkdir("bench")
         publish("cloudmask_ds1", StoreLocation(str(store)), "s3://bench/pub", storage_options=so,
                 options=PublishOptions(progress=False))
-        with emulated_link(endpoint, (args.link_mbit, args.link_rtt_ms)) as link:
+        with link_process(endpoint, (args.link_mbit, args.link_rtt_ms)) as (link, proc):
             lso = storage_options(link)
             os.environ.update({"AWS_ACCESS_KEY_ID": so["key"], "AWS_SECRET_ACCESS_KEY": so["secret"], "AWS_ENDPOINT_URL": link})
             start_worker_server(wait=True)
@@ -556,42 +572,70 @@ def link_throughput(args, store: Path, workers: int) -> dict:
             data.items = random_items(args.scenes)
             stream = ScenePatchStream(data, seed=0)
             sizes = batch_payload(store, data, stream)
-            for _ in range(args.repeats):
+            for repeat, prefetch in itertools.product(range(args.repeats), ("off", "on")):  # side by side
+                data.ahead = PrefetchLimits() if prefetch == "on" else None  # reaches the workers with the dataset
                 loader = patch_loader(stream, BATCH, num_workers=workers, shuffle=True)
+                start = read_counters(proc)
                 t0, first, n = time.perf_counter(), None, 0
-                for image, _ in loader:
+                for _batch in loader:
                     n += 1
                     if first is None:
-                        first = time.perf_counter()
-                dt = time.perf_counter() - first
+                        first, at_first = time.perf_counter(), read_counters(proc)
+                t_end = time.perf_counter()
+                dt, end = t_end - first, read_counters(proc)
                 payload = sum(sizes) - sizes[0]  # batches come in order; the first one's time is left out
-                out["epochs"].append({"seconds_after_first_batch": dt, "first_batch_s": first - t0, "batches": n,
+                wire = end.down_bytes - at_first.down_bytes
+                out["epochs"].append({"prefetch": prefetch, "repeat": repeat, "seconds_after_first_batch": dt, "first_batch_s": first - t0, "batches": n,
                                       "payload_MB": payload / 1e6, "payload_MBps": payload / dt / 1e6,
-                                      "fraction_of_link": payload / dt / rate, "load": os.getloadavg()[0]})
-                print(f"link | {workers} workers | payload {payload / dt / 1e6:6.1f} MB/s = "
-                      f"{100 * payload / dt / rate:5.1f}% of {args.link_mbit:g} Mbit/s | load {os.getloadavg()[0]:.1f}", flush=True)
+                                      "fraction_of_link": payload / dt / rate,
+                                      "wire_MB": wire / 1e6, "wire_MBps": wire / dt / 1e6, "wire_fraction_of_link": wire / dt / rate,
+                                      "epoch_s": t_end - t0, "epoch_wire_MB": (end.down_bytes - start.down_bytes) / 1e6,
+                                      "epoch_wire_fraction_of_link": (end.down_bytes - start.down_bytes) / (t_end - t0) / rate,
+                                      "epoch_payload_MB": sum(sizes) / 1e6,
+                                      "epoch_connections": end.connections - start.connections,
+                                      "load": os.getloadavg()[0]})
+                print(f"link | {workers} workers | prefetch {prefetch:>3} | wire {wire / dt / 1e6:6.1f} MB/s = {100 * wire / dt / rate:5.1f}% "
+                      f"of {args.link_mbit:g} Mbit/s | payload {payload / dt / 1e6:6.1f} MB/s = {100 * payload / dt / rate:5.1f}% "
+                      f"| epoch: {(end.down_bytes - start.down_bytes) / 1e6:.0f} MB on the wire for {sum(sizes) / 1e6:.0f} MB "
+                      f"of chunks used in {t_end - t0:.2f} s (first batch {first - t0:.2f} s) = "
+                      f"{100 * (end.down_bytes - start.down_bytes) / (t_end - t0) / rate:.1f}% | load {os.getloadavg()[0]:.1f}",
+                      flush=True)
             fs = s3fs.S3FileSystem(**lso, skip_instance_cache=True)
             objects = touched_objects(data.items, store)
             per_batch = [sorted({key for i in batch for key in objects[int(i)]}) for batch in stream.batches()]
+            before = read_counters(proc)
             raw = get_ceiling(fs, loc.url.removeprefix("s3://"), per_batch)
+            raw["wire_MB_with_warmup"] = (read_counters(proc).down_bytes - before.down_bytes) / 1e6
             out["raw_get_through_link"] = raw
             print(f"link | raw concurrent GETs of the same objects through the link: {raw['MBps']:.1f} MB/s = "
                   f"{100 * raw['MBps'] * 1e6 / rate:.1f}% of the link", flush=True)
         fs = s3fs.S3FileSystem(**so, skip_instance_cache=True)
         out["raw_get_loopback"] = get_ceiling(fs, loc.url.removeprefix("s3://"), per_batch)
         print(f"link | the same GETs on loopback (no link): {out['raw_get_loopback']['MBps']:.1f} MB/s", flush=True)
+    out["load_average_after"] = os.getloadavg()
     return out
 
 
 def finish(results: dict, args) -> None:
     if "link" in results:
         lk = results["link"]
-        fr = [e["fraction_of_link"] for e in lk["epochs"]]
-        print(f"\nrandom regime over {lk['link_mbit']:g} Mbit/s, {lk['rtt_ms']:g} ms with {lk['workers']} workers: payload "
-              f"{np.median([e['payload_MBps'] for e in lk['epochs']]):.1f} MB/s, {100 * np.median(fr):.1f}% of the link "
-              f"(per epoch: {', '.join(f'{100 * f:.1f}%' for f in fr)}); raw GETs through the link "
-              f"{100 * lk['raw_get_through_link']['MBps'] * 1e6 / (lk['link_mbit'] * 1e6 / 8):.1f}%, on loopback "
-              f"{lk['raw_get_loopback']['MBps']:.1f} MB/s")
+        print(f"\nrandom regime over {lk['link_mbit']:g} Mbit/s, {lk['rtt_ms']:g} ms with {lk['workers']} workers "
+              "(% of the link's capacity, from the first batch to the last; per epoch, then the median):")
+        for prefetch in ("off", "on"):
+            eps = [e for e in lk["epochs"] if e["prefetch"] == prefetch]
+            for key, label in (("wire_fraction_of_link", "wire"), ("fraction_of_link", "payload"),
+                               ("epoch_wire_fraction_of_link", "wire over the whole epoch (start-up included)")):
+                fr = [e[key] for e in eps]
+                print(f"  prefetch {prefetch:>3}: {label}: {', '.join(f'{100 * f:.1f}%' for f in fr)} "
+                      f"(median {100 * np.median(fr):.1f}%)")
+        on = {e["repeat"]: e for e in lk["epochs"] if e["prefetch"] == "on"}
+        ratios = [on[e["repeat"]]["wire_MBps"] / e["wire_MBps"] for e in lk["epochs"] if e["prefetch"] == "off"]
+        print(f"  wire MB/s with prefetch / without, per repeat (back to back): {', '.join(f'{r:.2f}' for r in ratios)}")
+        ratios = [e["epoch_s"] / on[e["repeat"]]["epoch_s"] for e in lk["epochs"] if e["prefetch"] == "off"]
+        print(f"  epoch time without prefetch / with, per repeat: {', '.join(f'{r:.2f}' for r in ratios)}")
+        print(f"  raw concurrent GETs through the link {100 * lk['raw_get_through_link']['MBps'] * 1e6 / (lk['link_mbit'] * 1e6 / 8):.1f}%, "
+              f"on loopback {lk['raw_get_loopback']['MBps']:.1f} MB/s; load average before {lk['load_average_before']}, "
+              f"after {lk['load_average_after']}")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
         return

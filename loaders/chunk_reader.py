@@ -43,6 +43,7 @@ from numcodecs import blosc
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from loaders import prefetch
 from scibench_data.storage.store.integrity import (
     NO_INVENTORY,
     ChunkChecksumError,
@@ -371,7 +372,7 @@ def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> 
     remote = [k for k in users if readers[k[0]]._local_root is None]
 
     async def fetch_all():
-        return await asyncio.gather(*(readers[rid].fetch(c) for rid, c in remote),
+        return await asyncio.gather(*(prefetch.fetch(readers[rid], c) for rid, c in remote),  # started early?
                                     *(_zarr_read(r, reg) for r, reg, _ in slow), return_exceptions=True)
 
     got = sync(fetch_all()) if remote or slow else []

@@ -24,6 +24,8 @@ from loaders.common import (
     numpy_batches,  # noqa: F401 - re-exported
 )
 from loaders.patches import Window, fixed_windows, random_windows
+from loaders.prefetch import PrefetchLimits
+from loaders.prefetch import start as start_prefetch
 from loaders.sharding import (
     ResumableLoader,
     ShardedBatches,
@@ -250,6 +252,16 @@ class CloudMaskPatches:
             self._items = (self.epoch, plan_patches(self.scenes, self.shape, self.spec, self.epoch))
         return self._items[1]
 
+    ahead: PrefetchLimits | None = PrefetchLimits()  # loaders.prefetch's bounds; None: no prefetch
+
+    def prefetch(self, indices: Sequence[int]) -> None:
+        """Start fetching, in the background, the remote chunks of batch ``indices`` (this process's next)."""
+        if self.ahead is not None and len(indices) > 1:  # the regions read_windows_into reads
+            image_r, mask_r = _readers(self._store())  # the readers the batch read uses (prefetch is keyed by reader)
+            items = [self.items[int(i)] for i in indices]
+            start_prefetch([(image_r, (slice(s, s + 1), slice(0, image_r.shape[1]), *w.slices)) for s, w in items]
+                           + [(mask_r, (slice(s, s + 1), *w.slices)) for s, w in items], self.ahead)
+
     def _scene_crop(self, scene: int) -> tuple[np.ndarray, np.ndarray]:
         """The normalised chunk-aligned crop of a scene; read once per scene per process (per open
         store), into buffers reused for the next scene (patches are copied out of it)."""
@@ -409,6 +421,10 @@ class _PatchBatches:
 
     def batch(self, indices: Positions) -> Any:
         return self.patches[int(indices[0])] if self.single else self.patches.batch(indices)
+
+    def prefetch(self, indices: Sequence[int]) -> None:
+        if not self.single:
+            self.patches.prefetch(indices)
 
 
 def patch_loader(data: CloudMaskPatches | ScenePatchStream, batch_size: int, num_workers: int = 0,

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from loaders.common import Positions
+from loaders import prefetch
 
 REMAINDERS = ("pad", "drop")
 
@@ -183,9 +184,19 @@ class ShardedBatches(IterableDataset):
         return self._generate(self.batches(), first, n_workers)
 
     def _generate(self, batches: list[np.ndarray], first: int, n_workers: int) -> Iterator[Any]:
-        for k in range(first, len(batches), n_workers):
-            self._next = k + n_workers  # the state once this batch is delivered
-            yield self.source.batch(batches[k])
+        ahead = getattr(self.source, "prefetch", None)  # fetch this process's next batch while it builds one
+        try:
+            for k in range(first, len(batches), n_workers):
+                self._next = k + n_workers  # the state once this batch is delivered
+                after = batches[k + n_workers] if ahead is not None and k + n_workers < len(batches) else None
+                if after is not None and k != first:  # this batch's own chunks are on their way already
+                    ahead(after)
+                batch = self.source.batch(batches[k])
+                if after is not None and k == first:  # the pass's first batch: its own reads go first
+                    ahead(after)
+                yield batch
+        finally:  # the pass ended, was closed or its worker exits: nothing stays in flight
+            prefetch.cancel()
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "next_batch": self._next}
