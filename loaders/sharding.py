@@ -36,8 +36,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from loaders.common import Positions
 from loaders import prefetch
+from loaders.common import Positions
 
 REMAINDERS = ("pad", "drop")
 
@@ -189,10 +189,10 @@ class ShardedBatches(IterableDataset):
             for k in range(first, len(batches), n_workers):
                 self._next = k + n_workers  # the state once this batch is delivered
                 after = batches[k + n_workers] if ahead is not None and k + n_workers < len(batches) else None
-                if after is not None and k != first:  # this batch's own chunks are on their way already
+                if ahead is not None and after is not None and k != first:  # this batch's chunks are on their way
                     ahead(after)
                 batch = self.source.batch(batches[k])
-                if after is not None and k == first:  # the pass's first batch: its own reads go first
+                if ahead is not None and after is not None and k == first:  # the first batch's reads go first
                     ahead(after)
                 yield batch
         finally:  # the pass ended, was closed or its worker exits: nothing stays in flight
