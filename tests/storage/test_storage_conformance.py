@@ -5,6 +5,7 @@ that raises instead of reading as the fill value."""
 
 from __future__ import annotations
 
+import multiprocessing
 import uuid
 
 import numpy as np
@@ -137,3 +138,26 @@ def test_one_writer_at_a_time(location):
         first.release()
     with WriterLock(location, operation="after release"):
         pass
+
+
+def _read_in_child(location: StoreLocation, key: str, out) -> None:
+    try:
+        out.put(location.read_json(key))
+    except Exception as err:  # the child reports, the parent asserts
+        out.put(f"{type(err).__name__}: {err}")
+
+
+def test_a_location_used_before_a_fork_reads_in_the_forked_child(location):
+    """A DataLoader worker forked after its parent read through a location must read through it
+    too: fsspec's S3 filesystem is not fork-safe, so the child needs its own (it got the parent's,
+    cached on the location, and failed with "This class is not fork-safe")."""
+    location.write_json({"n": 1}, "probe.json")
+    assert location.read_json("probe.json") == {"n": 1}  # the parent's filesystem is made and used
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(location, "probe.json", out))
+    child.start()
+    got = out.get(timeout=60)
+    child.join(timeout=60)
+    assert got == {"n": 1}
+    assert location.read_json("probe.json") == {"n": 1}  # the parent's own still works

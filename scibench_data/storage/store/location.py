@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import fsspec
@@ -43,10 +43,19 @@ class StoreLocation:
     def is_local(self) -> bool:
         return "://" not in self.url or self.url.startswith("file://")
 
-    @cached_property
+    @property
     def _fs_root(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        fs, root = fsspec.core.url_to_fs(self.url, **self.options)
-        return tune_s3fs(fs), root.rstrip("/")
+        """This process's filesystem and root: made again in a forked child (a DataLoader worker),
+        whose copy of the parent's would fail ("This class is not fork-safe")."""
+        made = self.__dict__.get("_fs_made")
+        if made is None or made[0] != os.getpid():
+            fs, root = fsspec.core.url_to_fs(self.url, **self.options)
+            made = (os.getpid(), tune_s3fs(fs), root.rstrip("/"))
+            object.__setattr__(self, "_fs_made", made)  # a cache, not a field of the frozen dataclass
+        return made[1], made[2]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_fs_made"}  # the receiver makes its own
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
