@@ -236,7 +236,10 @@ def obstore_retry_config(attempts: int, connect_timeout: float, read_timeout: fl
 
 
 #: the process that started obstore's (tokio) runtime here; a fork of it must not use obstore:
-#: the child inherits a runtime without its threads, and its first request never returns
+#: the child inherits a runtime without its threads, and its first request never returns. A fresh
+#: ``S3Store`` built in the child hangs the same way (obstore 0.12.1 keeps one runtime per process,
+#: started by the first request, not by building a store; measured 2026-12-02), so the child reads
+#: through s3fs; only a parent that never sent an obstore request forks children that can use it
 _obstore_pid: int | None = None
 
 
