@@ -144,16 +144,10 @@ class ChunkReader:
         From a local directory store the chunk file is memory-mapped, not read: blosc then
         decodes straight from the page cache with no copy of the compressed bytes first.
         A chunk that the store's manifest lists but the store lacks raises :class:`MissingChunkError`."""
-        key = self.chunk_key(coords)
-        if self._local_root is not None:
-            try:
-                with open(os.path.join(self._local_root, key), "rb") as f:
-                    if os.fstat(f.fileno()).st_size < _MMAP_MIN_BYTES:  # small (mask) chunks: a read is cheaper
-                        return f.read()
-                    return mmap.mmap(f.fileno(), 0, flags=_MMAP_FLAGS, prot=mmap.PROT_READ)
-            except FileNotFoundError:
-                return await self._absent(coords)
-        buf = await (self.array.store_path / key).get(prototype=default_buffer_prototype())
+        if self._local_root is not None:  # an open and an mmap: no I/O worth a thread hop
+            raw = self.read_local(coords)
+            return await self._absent(coords) if raw is ABSENT else raw
+        buf = await (self.array.store_path / self.chunk_key(coords)).get(prototype=default_buffer_prototype())
         return await self._absent(coords) if buf is None else buf.as_numpy_array()
 
     async def _absent(self, coords: tuple[int, ...]) -> None:

@@ -5,6 +5,8 @@ the options. Retries of an outage and of cut responses: tests/storage/test_relia
 
 from __future__ import annotations
 
+import http.server
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
+import zarr.core.buffer
+import zarr.core.sync
 from _s3_helpers import LoggedS3Server, bucket_client, tiny_cloudmask_store
 
 from loaders.cloudmask import CloudMaskPatches, PatchSpec
@@ -61,14 +65,16 @@ def test_obstore_gets_the_retry_timeout_and_credential_settings_s3fs_gets(monkey
     so = {"key": "k", "secret": SECRET, "client_kwargs": {"endpoint_url": ENDPOINT}}
     got, why = obstore_settings("s3://b/p/x.zarr", so)
     assert why == "" and (got.bucket, got.prefix) == ("b", "p/x.zarr")
-    assert got.retry_config["max_retries"] == 9  # 10 attempts, as botocore's standard mode here
+    assert got.retry_config["max_retries"] == 10  # botocore: Config(retries={"max_attempts": 10}) is 10 retries
     assert got.retry_config["backoff"]["max_backoff"] == timedelta(seconds=20)
     assert got.client_options["connect_timeout"] == timedelta(seconds=10) and got.client_options["allow_http"]
     assert got.config["access_key_id"] == "k" and got.config["endpoint"] == ENDPOINT
     assert SECRET not in repr(got)
     mine = {**so, "config_kwargs": {"retries": {"max_attempts": 2}, "connect_timeout": 3}}
     got, _ = obstore_settings("s3://b/x", mine)
-    assert got.retry_config["max_retries"] == 1 and got.client_options["connect_timeout"] == timedelta(seconds=3)
+    assert got.retry_config["max_retries"] == 2 and got.client_options["connect_timeout"] == timedelta(seconds=3)
+    # obstore stops retrying no earlier than botocore could: backoff bounds 1 + 2 s, 3 x (3 s connect + 60 s read)
+    assert got.retry_config["retry_timeout"] == timedelta(seconds=1 + 2 + 3 * (3 + 60))
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "4")
     assert obstore_settings("s3://b/x", so)[0].retry_config["max_retries"] == 3
     anon, _ = obstore_settings("s3://b/x", {"anon": "true", "endpoint_url": ENDPOINT})
@@ -192,3 +198,66 @@ def test_workers_forked_after_an_obstore_read_use_s3fs_and_read_the_same(monkeyp
     got = list(loader)
     assert [kind for kind, _ in got] == ["FsspecStore"] * len(data)
     assert [total for _, total in got] == [total for _, total in want]
+
+
+class _Unavailable:
+    """A server that answers every request 503 Service Unavailable (retried by both clients) and
+    counts the requests it saw."""
+
+    def __init__(self) -> None:
+        count = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                count.append((self.command, self.path))
+                body = b"<Error><Code>ServiceUnavailable</Code><Message>down</Message></Error>"
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def unavailable():
+    server = _Unavailable()
+    yield server
+    server.close()
+
+
+def test_obstore_makes_as_many_attempts_as_s3fs_when_the_server_stays_away(monkeypatch, unavailable):
+    """``max_attempts=2`` (botocore: 2 retries, 3 attempts) on both clients, even after s3fs has read
+    with the same options first (the store's completeness check does): botocore rewrites the caller's
+    ``retries`` dict in place (``max_attempts`` -> ``total_max_attempts``), and obstore then fell back
+    to the default 10 attempts (41 s instead of s3fs's 2.5 s in test_reliability_faults)."""
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("SCIBENCH_S3_CLIENT", "obstore")
+    so = {"key": "k", "secret": SECRET, "client_kwargs": {"endpoint_url": unavailable.endpoint},
+          "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 2}}
+    location = StoreLocation("s3://b/x.zarr", so)
+    with pytest.raises(OSError):
+        location.fs.cat_file(location.path("zarr.json"))
+    by_s3fs = len(unavailable.seen)
+    unavailable.seen.clear()
+    store = location.zarr_store(read_only=True)
+    assert isinstance(store, ObstoreReadStore)
+    with pytest.raises(ConnectionError, match="503"):
+        zarr.core.sync.sync(store.get("zarr.json", zarr.core.buffer.default_buffer_prototype()))
+    by_obstore = len(unavailable.seen)
+    assert by_s3fs == 3, f"s3fs sent {by_s3fs} requests for one read with max_attempts=2"
+    assert by_obstore == by_s3fs, f"obstore sent {by_obstore} requests, s3fs {by_s3fs}"
+    assert so["config_kwargs"]["retries"] == {"max_attempts": 2, "mode": "standard"}, "the caller's options changed"

@@ -12,9 +12,11 @@ parent read through obstore read through s3fs; workers started with ``forkserver
 use obstore). ``$SCIBENCH_S3_CLIENT`` chooses: ``auto`` (default), ``s3fs``, or ``obstore`` (an
 option it cannot honour is then an error).
 
-Both clients behave as :mod:`scibench_data.storage.store.retries` documents: the same number of attempts
-(``config_kwargs={"retries": {"max_attempts": N}}`` or ``$AWS_MAX_ATTEMPTS``), exponential backoff
-with jitter up to 20 s, ``connect_timeout`` 10 s, ``read_timeout`` 60 s (botocore's), anonymous
+Both clients behave as :mod:`scibench_data.storage.store.retries` documents: the same number of requests
+for a read that keeps failing (:func:`botocore_attempts`: ``config_kwargs={"retries": {"max_attempts": N}}``
+is N retries to botocore, ``$AWS_MAX_ATTEMPTS`` counts every request; tested by counting a 503 server's
+requests), exponential backoff from 1 s up to 20 s (:func:`obstore_retry_config`), ``connect_timeout``
+10 s, ``read_timeout`` 60 s (botocore's), anonymous
 (unsigned) requests for ``anon=True``, keys from the options or ``$AWS_ACCESS_KEY_ID`` /
 ``$AWS_SECRET_ACCESS_KEY``, the endpoint from ``endpoint_url`` / ``client_kwargs`` or ``$AWS_ENDPOINT_URL``.
 
@@ -49,9 +51,8 @@ _S3_SCHEMES = ("s3://", "s3a://")
 READ_TIMEOUT_S = 60.0
 #: the longest one request may take, body included (obstore's own default is 30 s)
 REQUEST_TIMEOUT_S = 300.0
-#: obstore stops retrying this long after the first attempt (botocore has no such bound;
-#: 10 attempts with backoff up to 20 s take at most about this long)
-RETRY_TIMEOUT_S = 180.0
+#: botocore's longest wait between attempts (its standard and legacy modes)
+MAX_BACKOFF_S = 20.0
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -77,6 +78,11 @@ def s3fs_options(url: str, storage_options: Mapping[str, Any], policy: RetryPoli
     out = with_retries(url, storage_options, policy)
     if is_s3(url):
         out.setdefault("max_concurrency", 1)
+        config = out.get("config_kwargs")
+        if isinstance(config, Mapping) and isinstance(config.get("retries"), Mapping):
+            # botocore rewrites this dict in place (max_attempts -> total_max_attempts): give it a copy,
+            # so the caller's options still mean the same to obstore afterwards
+            out["config_kwargs"] = {**config, "retries": dict(config["retries"])}
     return out
 
 
@@ -166,35 +172,74 @@ def obstore_settings(url: str, storage_options: Mapping[str, Any], env: Mapping[
         config["region"] = region
     else:
         return None, "AWS without a region (botocore follows the bucket's region redirect; obstore does not)"
-    attempts = _attempts(cfg, env, policy)
-    retry = {"max_retries": attempts - 1, "retry_timeout": timedelta(seconds=RETRY_TIMEOUT_S),
-             "backoff": {"init_backoff": timedelta(seconds=1), "max_backoff": timedelta(seconds=20), "base": 2}}
+    attempts = botocore_attempts(cfg, env, policy)
     connect = _seconds(cfg.get("connect_timeout", policy.connect_timeout), "connect_timeout")
     read = _seconds(cfg.get("read_timeout", READ_TIMEOUT_S), "read_timeout")
+    retry = obstore_retry_config(attempts, connect, read)
     client = {"connect_timeout": timedelta(seconds=connect), "read_timeout": timedelta(seconds=read),
               "timeout": timedelta(seconds=max(REQUEST_TIMEOUT_S, read)),
               "allow_http": str(config.get("endpoint", "")).startswith("http://")}
     return ObstoreSettings(bucket, prefix.rstrip("/"), config, client, retry), ""
 
 
-def _attempts(config_kwargs: Mapping[str, Any], env: Mapping[str, str], policy: RetryPolicy) -> int:
-    """Attempts per request, as botocore would count them: the caller's ``retries``, else
-    ``$AWS_MAX_ATTEMPTS``, else the policy's."""
-    retries = config_kwargs.get("retries") or {}
-    value = retries.get("max_attempts") if isinstance(retries, Mapping) else None
-    if value is None:
-        value = env.get("AWS_MAX_ATTEMPTS") or policy.max_attempts
+#: botocore's attempts per request when only ``$AWS_RETRY_MODE`` is set (its defaults per mode)
+_MODE_ATTEMPTS = {"legacy": 5, "standard": 3, "adaptive": 3}
+
+
+def _whole(value: Any, what: str) -> int:
     try:
         n = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"max_attempts must be an integer, got {value!r}") from None
-    if n < 1:
-        raise ValueError(f"max_attempts must be >= 1, got {n}")
+        raise ValueError(f"{what} must be an integer, got {value!r}") from None
     return n
 
 
+def botocore_attempts(config_kwargs: Mapping[str, Any], env: Mapping[str, str] = os.environ,
+                      policy: RetryPolicy = DEFAULT_POLICY) -> int:
+    """Requests botocore sends for one read that keeps failing (the first one included), from the
+    same options it gets: ``retries={"max_attempts": N}`` in ``config_kwargs`` means N *retries*
+    (N + 1 requests), ``total_max_attempts`` (what botocore rewrites it to) and ``$AWS_MAX_ATTEMPTS``
+    count every request; without either, the policy's ``max_attempts`` is set as retries
+    (:func:`~scibench_data.storage.store.retries.with_retries`), unless ``$AWS_RETRY_MODE`` alone is
+    set (botocore's default for that mode)."""
+    retries = config_kwargs.get("retries")
+    retries = retries if isinstance(retries, Mapping) else {}
+    if retries.get("total_max_attempts") is not None:
+        n = _whole(retries["total_max_attempts"], "total_max_attempts")
+    elif retries.get("max_attempts") is not None:
+        n = _whole(retries["max_attempts"], "max_attempts") + 1
+    elif env.get("AWS_MAX_ATTEMPTS"):
+        n = _whole(env["AWS_MAX_ATTEMPTS"], "$AWS_MAX_ATTEMPTS")
+    elif env.get("AWS_RETRY_MODE"):
+        n = _MODE_ATTEMPTS.get(env["AWS_RETRY_MODE"].strip().lower(), 3)
+    else:
+        n = policy.max_attempts + 1
+    if n < 1:
+        raise ValueError(f"max_attempts must give at least one request, got {n}")
+    return n
+
+
+def obstore_retry_config(attempts: int, connect_timeout: float, read_timeout: float) -> dict[str, Any]:
+    """obstore's ``retry_config`` for botocore's retries: ``attempts - 1`` retries; backoff from 1 s,
+    doubling, at most :data:`MAX_BACKOFF_S` (botocore's standard mode waits ``rand(0, 1) * min(2**i,
+    20)`` s before retry i + 1, obstore ``rand(1 s, 2 x its last wait)``: never longer than botocore's
+    bound); and ``retry_timeout`` the longest botocore's retries can take (every bound waited, every
+    attempt running into both timeouts), so it never stops obstore before botocore would stop."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    retries = attempts - 1
+    waits = sum(min(2.0 ** i, MAX_BACKOFF_S) for i in range(retries))
+    budget = waits + attempts * (connect_timeout + read_timeout)
+    return {"max_retries": retries, "retry_timeout": timedelta(seconds=budget),
+            "backoff": {"init_backoff": timedelta(seconds=1), "max_backoff": timedelta(seconds=MAX_BACKOFF_S),
+                        "base": 2}}
+
+
 #: the process that started obstore's (tokio) runtime here; a fork of it must not use obstore:
-#: the child inherits a runtime without its threads, and its first request never returns
+#: the child inherits a runtime without its threads, and its first request never returns. A fresh
+#: ``S3Store`` built in the child hangs the same way (obstore 0.12.1 keeps one runtime per process,
+#: started by the first request, not by building a store; measured 2026-12-02), so the child reads
+#: through s3fs; only a parent that never sent an obstore request forks children that can use it
 _obstore_pid: int | None = None
 
 
