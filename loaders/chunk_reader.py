@@ -53,8 +53,8 @@ from scibench_data.storage.store.integrity import (
     chunk_where,
     load_inventory,
 )
+from scibench_data.storage.store.location import store_url
 from scibench_data.storage.store.regions import chunks_touched
-from scibench_data.storage.store.s3_client import object_store_url
 
 Slices = tuple[slice, ...]  # one step-1 slice per dimension
 _MMAP_MIN_BYTES = 256 * 1024
@@ -229,20 +229,6 @@ class ChunkReader:
 def _close(raw) -> None:
     if isinstance(raw, mmap.mmap) and not raw.closed:
         raw.close()
-
-
-def store_url(store) -> str:
-    """The URL (or local path) of a zarr store, for error messages."""
-    from zarr.storage import FsspecStore, LocalStore
-
-    inner = store
-    while getattr(inner, "_store", None) is not None:  # WrapperStore (the chunk cache, ...)
-        inner = inner._store
-    if isinstance(inner, LocalStore):
-        return str(inner.root)
-    if isinstance(inner, FsspecStore):
-        return inner.fs.unstrip_protocol(inner.path)
-    return object_store_url(inner) or repr(inner)
 
 
 def _local_dir(store_path) -> str | None:

@@ -18,6 +18,9 @@ FORBIDDEN = {
                               "scibench_data.cli", "scibench_data.convert", "scibench_data.registry"),
     "scibench_data/scoring": ("loaders", "reference_models", "scibench_data.pipelines", "scibench_data.cli",
                               "scibench_data.submission"),
+    "scibench_data/storage": ("loaders", "reference_models", "scibench_data.pipelines", "scibench_data.scoring",
+                              "scibench_data.cli", "scibench_data.submission", "scibench_data.registry"),
+    "scibench_data/storage/store": ("scibench_data.storage.distribution",),
     "loaders": ("scibench_data.pipelines", "scibench_data.scoring", "scibench_data.cli", "scibench_data.submission"),
 }
 

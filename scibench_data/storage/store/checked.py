@@ -13,13 +13,13 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
 
-from loaders.chunk_reader import store_url
 from scibench_data.storage.store.integrity import (
     NO_INVENTORY,
     Inventory,
     MissingChunkError,
     load_inventory,
 )
+from scibench_data.storage.store.location import store_url
 
 
 def _url(store: Store) -> str:

@@ -13,7 +13,12 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from scibench_data.atomic import write_bytes
-from scibench_data.storage.store.s3_client import read_store, s3fs_options, tune_s3fs
+from scibench_data.storage.store.s3_client import (
+    object_store_url,
+    read_store,
+    s3fs_options,
+    tune_s3fs,
+)
 
 
 @dataclass(frozen=True)
@@ -106,3 +111,16 @@ class StoreLocation:
             write_bytes(p, data, fsync=False)  # markers and plans: one per record, as before
         else:
             self.fs.pipe_file(p, data)
+
+
+def store_url(store: Store) -> str:
+    """The URL (or local path) of an open zarr store, for error messages (through wrappers such as
+    the chunk cache)."""
+    inner: Any = store
+    while getattr(inner, "_store", None) is not None:  # WrapperStore (the chunk cache, ...)
+        inner = inner._store
+    if isinstance(inner, LocalStore):
+        return str(inner.root)
+    if isinstance(inner, FsspecStore):
+        return str(inner.fs.unstrip_protocol(inner.path))
+    return object_store_url(inner) or repr(inner)
