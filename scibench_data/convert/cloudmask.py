@@ -42,7 +42,9 @@ Three ways to fill a store, one task per product on any Dask scheduler:
 
 from __future__ import annotations
 
+import itertools
 import posixpath
+import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -106,6 +108,8 @@ TIE_BREAK = ("scenes are ordered by acquisition start, then split (none, trainin
              "scene that repeats a start second, so it is unique and increasing; scenes appended later follow "
              "in append order, each at its start plus the fewest milliseconds no other scene of that second "
              "holds (unique; sort by time to read in time order)")
+#: The physical bounds checked by default (frozen: one shared instance).
+DEFAULT_BOUNDS = PhysicalBounds()
 FORMAT_VERSION = 2  # 2: text as Zarr v3 core types, y/x coordinates, unique increasing time (ms)
 
 
@@ -117,7 +121,7 @@ class CloudMaskConversion(ConversionRun):
     layout: str
     tile: int = TILE
     src_storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    bounds: PhysicalBounds | None = PhysicalBounds()
+    bounds: PhysicalBounds | None = DEFAULT_BOUNDS
 
     def __post_init__(self) -> None:
         if self.tile < 16 or self.tile % 16:
@@ -294,8 +298,7 @@ class SourceUnavailableError(OSError):
     """A product the coordinator listed is not visible on the node running its task."""
 
     def __init__(self, path: str) -> None:
-        import socket
-
+        # distributed imported here, not at the top: ~0.4 s to import, and only a worker needs it
         try:
             from distributed import get_worker
 
@@ -314,7 +317,7 @@ class ConvertProduct:
     src_url: str
     src_storage_options: dict
     grid: tuple[int, int]
-    bounds: PhysicalBounds | None = PhysicalBounds()
+    bounds: PhysicalBounds | None = DEFAULT_BOUNDS
 
     def __call__(self, job: tuple[int, SourceProduct]) -> dict:
         index, product = job
@@ -618,7 +621,7 @@ def scaffold_slots(n_scenes: int, n_filled: int) -> list[int]:
     """Record indices of ``n_filled`` scenes spread evenly over ``n_scenes`` (first and last included)."""
     if not 1 <= n_filled <= n_scenes:
         raise ValueError(f"need 1 <= filled ({n_filled}) <= scenes ({n_scenes})")
-    return sorted({int(round(x)) for x in np.linspace(0, n_scenes - 1, n_filled)})
+    return sorted({round(float(x)) for x in np.linspace(0, n_scenes - 1, n_filled)})
 
 
 def scaffold_times(filled_times: Sequence[datetime], slots: Sequence[int], n_scenes: int,
@@ -627,7 +630,7 @@ def scaffold_times(filled_times: Sequence[datetime], slots: Sequence[int], n_sce
     the others are interpolated between them (``cadence_s`` apart before the first and after the last)."""
     if len(filled_times) != len(slots) or list(slots) != sorted(set(slots)):
         raise ValueError("slots must be increasing and as many as the filled times")
-    if any(b <= a for a, b in zip(filled_times, filled_times[1:])):
+    if any(b <= a for a, b in itertools.pairwise(filled_times)):
         raise ValueError("filled products must be in increasing time order")
     t = np.array([np.datetime64(x, "s").astype(np.int64) for x in filled_times], dtype=np.float64)
     s = np.asarray(slots, dtype=np.float64)

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import IO, Any, Literal
 
 import fsspec
@@ -167,8 +167,6 @@ def product_name(
     frame: int = 2160, extension: str = "SEN3",
 ) -> str:
     """Format a product name as ESA does (used by the synthetic generator)."""
-    from datetime import timedelta
-
     stop = start + timedelta(seconds=duration_s)
     creation = start + timedelta(days=1, hours=4)
     return (
@@ -495,7 +493,7 @@ def _variable(ds: xr.Dataset, path: str, name: str, shape: tuple[int, int] | Non
               max_size: int | None = None) -> xr.DataArray:
     """A variable, its declared dims/shape (or size) and dtype checked; no data read."""
     if name not in ds.variables:
-        raise SourceFormatError(path, f"missing variable {name!r} (found {sorted(ds.variables)})")
+        raise SourceFormatError(path, f"missing variable {name!r} (found {sorted(str(k) for k in ds.variables)})")
     v = ds[name]
     if v.dtype.kind not in "iuf" or v.dtype.itemsize > 8:
         raise SourceFormatError(path, f"variable {name!r} has dtype {v.dtype}, expected a real number type")
