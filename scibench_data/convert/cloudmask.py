@@ -279,8 +279,8 @@ def common_grid(fs: fsspec.AbstractFileSystem, products: list[SourceProduct],
                                                        np.linspace(0, len(products) - 1, sample).round()]
     grids, errors = [], []
     for product in picked:
-        try:
-            grids.append(grid_of(fs, product))
+        try:  # headers only: a reader that keeps no file in memory (h5py then reads just the header blocks)
+            grids.append(grid_of(fs, product, HashingReader(fs, max_bytes=0, hash_files=False)))
         except SourceFormatError as err:
             errors.append(str(err))
     if not grids:

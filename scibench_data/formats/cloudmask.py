@@ -36,8 +36,8 @@ from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.slstr import (
     GridGeometry,
     block_mean,
-    cos_zenith,
     interpolate_tie_points,
+    pi_over_mu0,
 )
 from scibench_data.storage.store.hashing import FileBytes, HashingReader
 
@@ -97,10 +97,13 @@ class PhysicalBounds:
         for i, what, unit, bounds, source in checks:
             if bounds is None:
                 continue
-            values = image[i][np.isfinite(image[i])]
-            if values.size == 0:
-                continue
-            lo, hi = float(values.min()), float(values.max())
+            lo, hi = float(image[i].min()), float(image[i].max())  # no copy when every pixel is finite
+            values = image[i]
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                values = image[i][np.isfinite(image[i])]
+                if values.size == 0:
+                    continue
+                lo, hi = float(values.min()), float(values.max())
             if (lo < bounds[0] or hi > bounds[1]) and \
                     np.count_nonzero((values < bounds[0]) | (values > bounds[1])) > self.tolerance * values.size:
                 where = f"{source}.nc" if layout == "sen3" else ("bts" if what.startswith("b") else "refs")
@@ -559,7 +562,7 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
         e0 = irradiance(ch)
         # pi L / (E0 mu0), block-averaged to 1 km; the scalar 1 / E0 applied after the average
         # (4x fewer pixels; equal to reflectance_from_mu0 then block_mean up to rounding)
-        radiance *= pi_over_mu0  # our own float64 copy: in place, no 58 MB temporary per channel
+        radiance *= factor  # our own float64 copy: in place, no 58 MB temporary per channel
         refl = block_mean(radiance)
         refl *= 1.0 / e0
         return refl.astype(np.float32)
@@ -567,7 +570,7 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
     first = REFLECTANCE_CHANNELS[0]
     radiance, file_attrs = _read_packed(fs, product, f"{first}_radiance_an.nc", f"{first}_radiance_an", fine, reader)
     image_grid = GridGeometry.from_attrs(file_attrs, posixpath.join(product, f"{first}_radiance_an.nc"))
-    pi_over_mu0 = np.pi / cos_zenith(interpolate_tie_points(zenith_tn, tie, image_grid, fine))  # once per product
+    factor = pi_over_mu0(interpolate_tie_points(zenith_tn, tie, image_grid, fine))  # once per product, in place
     # the other channels on two threads while this one finishes here: inflate (zlib) and the
     # NumPy arithmetic release the GIL; at most three radiances in memory at once
     with ThreadPoolExecutor(CHANNEL_THREADS, thread_name_prefix="sen3-channel") as pool:

@@ -113,3 +113,17 @@ def _size(path: str) -> int:
     import os
 
     return os.path.getsize(path)
+
+
+@pytest.mark.parametrize("layout", ["hdf", "sen3"])
+def test_the_grid_survey_reads_headers_not_whole_files(layout, cloudmask_raw):
+    """``common_grid`` (run by the coordinator on up to 25 products) decodes headers only: it must not
+    pull whole files into memory (it read every sampled hdf file whole, 112 MB each at full size)."""
+    src = cloudmask_raw[layout]
+    fs = fsspec.filesystem("countfile")
+    OPENS.clear(), BYTES.clear()
+    common_grid(fs, discover_products(fs, str(src), layout)[0])
+    surveyed = {path: n for path, n in BYTES.items() if n}
+    assert surveyed, "the survey read nothing"
+    for path, n in surveyed.items():
+        assert n < _size(path) / 2, (path, n, _size(path))
