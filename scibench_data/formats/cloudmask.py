@@ -536,10 +536,11 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
     shape is checked before its data is read; each file is read once through ``reader``."""
     reader = _reader(fs, reader)
     grid = check_grid(posixpath.join(product, "S7_BT_in.nc"), grid) if grid else sen3_grid_shape(fs, product, reader)
-    bts = []
-    for ch in BT_CHANNELS:
+    # the stored image, filled channel by channel (float32 as astype gives; no stacking copy at the end)
+    image = np.empty((len(CHANNELS), *grid), np.float32)
+    for k, ch in enumerate(BT_CHANNELS):
         values, _ = _read_packed(fs, product, f"{ch}_BT_in.nc", f"{ch}_BT_in", grid, reader)
-        bts.append(values.astype(np.float32))
+        image[len(REFLECTANCE_CHANNELS) + k] = values
     fine = (2 * grid[0], 2 * grid[1])
 
     geo_path = posixpath.join(product, "geometry_tn.nc")
@@ -556,7 +557,7 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
             raise SourceFormatError(qpath, f"{ch}_solar_irradiance_an[0] is not a positive number")
         return float(irr[0])
 
-    def reflectance(ch: str, radiance: np.ndarray | None = None) -> np.ndarray:
+    def reflectance(ch: str, radiance: np.ndarray | None = None) -> None:
         if radiance is None:
             radiance, _ = _read_packed(fs, product, f"{ch}_radiance_an.nc", f"{ch}_radiance_an", fine, reader)
         e0 = irradiance(ch)
@@ -565,7 +566,7 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
         radiance *= factor  # our own float64 copy: in place, no 58 MB temporary per channel
         refl = block_mean(radiance)
         refl *= 1.0 / e0
-        return refl.astype(np.float32)
+        image[REFLECTANCE_CHANNELS.index(ch)] = refl
 
     first = REFLECTANCE_CHANNELS[0]
     radiance, file_attrs = _read_packed(fs, product, f"{first}_radiance_an.nc", f"{first}_radiance_an", fine, reader)
@@ -575,9 +576,9 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
     # NumPy arithmetic release the GIL; at most three radiances in memory at once
     with ThreadPoolExecutor(CHANNEL_THREADS, thread_name_prefix="sen3-channel") as pool:
         others = pool.map(reflectance, REFLECTANCE_CHANNELS[1:])
-        refs = [reflectance(first, radiance)]
+        reflectance(first, radiance)
         del radiance
-        refs += list(others)
+        list(others)  # their exceptions, if any
 
     fpath = posixpath.join(product, "flags_in.nc")
     with _nc_file(fs, product, "flags_in.nc", mask_and_scale=False, reader=reader) as (_, flags):
@@ -586,7 +587,7 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
         bit = _flag_bit(confidence, fpath, SUMMARY_CLOUD)
         mask = (bayes.values > 0).astype(np.uint8)
         summary_cloud = ((confidence.values.astype(np.int64) & bit) != 0).astype(np.uint8)
-    return _finish(product, np.stack(refs + bts), mask, summary_cloud)
+    return _finish(product, image, mask, summary_cloud)
 
 
 def _finish(path: str, image: np.ndarray, mask: np.ndarray, summary: np.ndarray) -> Scene:
