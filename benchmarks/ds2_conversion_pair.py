@@ -1,6 +1,8 @@
 """One layout, one code tree (whatever ``scibench_data`` PYTHONPATH gives): convert the products under
-SRC in this process (``scheduler="sync"``), then measure the decode+encode ceiling with
-``ds2_scale.ceiling``; print one JSON line. Start it twice at once, once per tree, to compare two
+SRC in this process (``scheduler="sync"``), then measure the ceiling (the least work of a conversion,
+one core: ``ds2_scale.ceiling``); print one JSON line. ``pct_ceiling_cpu`` = the ceiling's CPU-s per
+product / the conversion's (all its threads): the per-core efficiency, the figure that load on a
+shared machine disturbs least. Start it twice at once, once per tree, to compare two
 versions under the same load (issue 19):
 
     git archive c596523 | tar -x -C /tmp/base      # the code before issue 19
@@ -49,6 +51,8 @@ def main() -> None:
         "tree": tag, "code": os.path.dirname(scibench_data.__file__), "layout": layout, "products": rep.total,
         "wall_s": round(wall, 2), "cpu_s_per_product": round(used / rep.total, 3), "cores_obtained": round(cores, 2),
         "MBps": round(mbps, 1), "ceiling_MBps": round(ceil["MBps"], 1), "ceiling_cores": round(cused / cwall, 2),
+        "ceiling_cpu_s_per_product": round(ceil["cpu_s"], 3), "sha256_s_per_product": round(ceil["sha256_s"], 3),
+        "pct_ceiling_cpu": round(100 * ceil["cpu_s"] / (used / rep.total)),
         "pct_ceiling_per_process": round(100 * mbps / ceil["MBps"]),
         "pct_ceiling_per_core_obtained": round(100 * mbps / cores / ceil["MBps"]),
         "load_start": [round(x, 1) for x in load0], "load_end": [round(x, 1) for x in os.getloadavg()]}))

@@ -42,7 +42,11 @@ Three ways to fill a store, one task per product on any Dask scheduler:
 
 from __future__ import annotations
 
+import ctypes
+import itertools
+import os
 import posixpath
+import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -71,7 +75,7 @@ from scibench_data.formats.cloudmask import (
     sen3_grid_shape,
 )
 from scibench_data.formats.synthetic_marker import find_marker
-from scibench_data.parallel import TaskResult, run_tasks
+from scibench_data.parallel import WORKER_ENV, TaskResult, run_tasks
 from scibench_data.storage.store.encoding import CodecChoice, encoding_for
 from scibench_data.storage.store.hashing import HashingReader, combined_digest
 from scibench_data.storage.store.location import StoreLocation
@@ -106,6 +110,8 @@ TIE_BREAK = ("scenes are ordered by acquisition start, then split (none, trainin
              "scene that repeats a start second, so it is unique and increasing; scenes appended later follow "
              "in append order, each at its start plus the fewest milliseconds no other scene of that second "
              "holds (unique; sort by time to read in time order)")
+#: The physical bounds checked by default (frozen: one shared instance).
+DEFAULT_BOUNDS = PhysicalBounds()
 FORMAT_VERSION = 2  # 2: text as Zarr v3 core types, y/x coordinates, unique increasing time (ms)
 
 
@@ -117,7 +123,7 @@ class CloudMaskConversion(ConversionRun):
     layout: str
     tile: int = TILE
     src_storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    bounds: PhysicalBounds | None = PhysicalBounds()
+    bounds: PhysicalBounds | None = DEFAULT_BOUNDS
 
     def __post_init__(self) -> None:
         if self.tile < 16 or self.tile % 16:
@@ -275,8 +281,8 @@ def common_grid(fs: fsspec.AbstractFileSystem, products: list[SourceProduct],
                                                        np.linspace(0, len(products) - 1, sample).round()]
     grids, errors = [], []
     for product in picked:
-        try:
-            grids.append(grid_of(fs, product))
+        try:  # headers only: a reader that keeps no file in memory (h5py then reads just the header blocks)
+            grids.append(grid_of(fs, product, HashingReader(fs, max_bytes=0, hash_files=False)))
         except SourceFormatError as err:
             errors.append(str(err))
     if not grids:
@@ -294,8 +300,7 @@ class SourceUnavailableError(OSError):
     """A product the coordinator listed is not visible on the node running its task."""
 
     def __init__(self, path: str) -> None:
-        import socket
-
+        # distributed imported here, not at the top: ~0.4 s to import, and only a worker needs it
         try:
             from distributed import get_worker
 
@@ -306,6 +311,31 @@ class SourceUnavailableError(OSError):
                          "sources at the same path or URL")
 
 
+#: glibc ``mallopt`` parameters, and the process that set them (see :func:`keep_freed_memory`).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MALLOC_SET_IN: list[int] = []
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc malloc, in this process, what the workers we start get from their environment
+    (``parallel.WORKER_ENV``'s ``MALLOC_*``): keep freed arrays for the next product instead of
+    returning them to the kernel. Otherwise every product's arrays (hundreds of MB of 58 MB
+    float64 radiances for ``sen3``) are page-faulted and zeroed again: measured here, in one
+    process, a ``sen3`` product's decode went from 2.93 to 1.76 CPU-s (``docs/ds2.md``). Once per
+    process; a no-op (False) off glibc."""
+    if _MALLOC_SET_IN and _MALLOC_SET_IN[0] == os.getpid():
+        return True
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = all(mallopt(param, int(WORKER_ENV[name])) == 1 for param, name in (
+        (_M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_"), (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_"),
+        (_M_TOP_PAD, "MALLOC_TOP_PAD_")))
+    _MALLOC_SET_IN[:] = [os.getpid()]
+    return ok
+
+
 @dataclass(frozen=True)
 class ConvertProduct:
     """The task run for one product: read, check, write the scene, then its marker. Picklable."""
@@ -314,10 +344,11 @@ class ConvertProduct:
     src_url: str
     src_storage_options: dict
     grid: tuple[int, int]
-    bounds: PhysicalBounds | None = PhysicalBounds()
+    bounds: PhysicalBounds | None = DEFAULT_BOUNDS
 
     def __call__(self, job: tuple[int, SourceProduct]) -> dict:
         index, product = job
+        keep_freed_memory()  # in-process runs too, not only the workers we start
         fs, _ = fsspec.core.url_to_fs(self.src_url, **self.src_storage_options)
         # every source file is read once: parsed from memory while a second thread hashes the same
         # bytes (files the reader does not parse are hashed in one streamed pass)
@@ -618,7 +649,7 @@ def scaffold_slots(n_scenes: int, n_filled: int) -> list[int]:
     """Record indices of ``n_filled`` scenes spread evenly over ``n_scenes`` (first and last included)."""
     if not 1 <= n_filled <= n_scenes:
         raise ValueError(f"need 1 <= filled ({n_filled}) <= scenes ({n_scenes})")
-    return sorted({int(round(x)) for x in np.linspace(0, n_scenes - 1, n_filled)})
+    return sorted({round(float(x)) for x in np.linspace(0, n_scenes - 1, n_filled)})
 
 
 def scaffold_times(filled_times: Sequence[datetime], slots: Sequence[int], n_scenes: int,
@@ -627,7 +658,7 @@ def scaffold_times(filled_times: Sequence[datetime], slots: Sequence[int], n_sce
     the others are interpolated between them (``cadence_s`` apart before the first and after the last)."""
     if len(filled_times) != len(slots) or list(slots) != sorted(set(slots)):
         raise ValueError("slots must be increasing and as many as the filled times")
-    if any(b <= a for a, b in zip(filled_times, filled_times[1:])):
+    if any(b <= a for a, b in itertools.pairwise(filled_times)):
         raise ValueError("filled products must be in increasing time order")
     t = np.array([np.datetime64(x, "s").astype(np.int64) for x in filled_times], dtype=np.float64)
     s = np.asarray(slots, dtype=np.float64)

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import IO, Any, Literal
 
 import fsspec
@@ -36,8 +36,8 @@ from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.slstr import (
     GridGeometry,
     block_mean,
-    cos_zenith,
     interpolate_tie_points,
+    pi_over_mu0,
 )
 from scibench_data.storage.store.hashing import FileBytes, HashingReader
 
@@ -97,10 +97,13 @@ class PhysicalBounds:
         for i, what, unit, bounds, source in checks:
             if bounds is None:
                 continue
-            values = image[i][np.isfinite(image[i])]
-            if values.size == 0:
-                continue
-            lo, hi = float(values.min()), float(values.max())
+            lo, hi = float(image[i].min()), float(image[i].max())  # no copy when every pixel is finite
+            values = image[i]
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                values = image[i][np.isfinite(image[i])]
+                if values.size == 0:
+                    continue
+                lo, hi = float(values.min()), float(values.max())
             if (lo < bounds[0] or hi > bounds[1]) and \
                     np.count_nonzero((values < bounds[0]) | (values > bounds[1])) > self.tolerance * values.size:
                 where = f"{source}.nc" if layout == "sen3" else ("bts" if what.startswith("b") else "refs")
@@ -167,8 +170,6 @@ def product_name(
     frame: int = 2160, extension: str = "SEN3",
 ) -> str:
     """Format a product name as ESA does (used by the synthetic generator)."""
-    from datetime import timedelta
-
     stop = start + timedelta(seconds=duration_s)
     creation = start + timedelta(days=1, hours=4)
     return (
@@ -495,7 +496,7 @@ def _variable(ds: xr.Dataset, path: str, name: str, shape: tuple[int, int] | Non
               max_size: int | None = None) -> xr.DataArray:
     """A variable, its declared dims/shape (or size) and dtype checked; no data read."""
     if name not in ds.variables:
-        raise SourceFormatError(path, f"missing variable {name!r} (found {sorted(ds.variables)})")
+        raise SourceFormatError(path, f"missing variable {name!r} (found {sorted(str(k) for k in ds.variables)})")
     v = ds[name]
     if v.dtype.kind not in "iuf" or v.dtype.itemsize > 8:
         raise SourceFormatError(path, f"variable {name!r} has dtype {v.dtype}, expected a real number type")
@@ -535,10 +536,11 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
     shape is checked before its data is read; each file is read once through ``reader``."""
     reader = _reader(fs, reader)
     grid = check_grid(posixpath.join(product, "S7_BT_in.nc"), grid) if grid else sen3_grid_shape(fs, product, reader)
-    bts = []
-    for ch in BT_CHANNELS:
+    # the stored image, filled channel by channel (float32 as astype gives; no stacking copy at the end)
+    image = np.empty((len(CHANNELS), *grid), np.float32)
+    for k, ch in enumerate(BT_CHANNELS):
         values, _ = _read_packed(fs, product, f"{ch}_BT_in.nc", f"{ch}_BT_in", grid, reader)
-        bts.append(values.astype(np.float32))
+        image[len(REFLECTANCE_CHANNELS) + k] = values
     fine = (2 * grid[0], 2 * grid[1])
 
     geo_path = posixpath.join(product, "geometry_tn.nc")
@@ -555,28 +557,28 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
             raise SourceFormatError(qpath, f"{ch}_solar_irradiance_an[0] is not a positive number")
         return float(irr[0])
 
-    def reflectance(ch: str, radiance: np.ndarray | None = None) -> np.ndarray:
+    def reflectance(ch: str, radiance: np.ndarray | None = None) -> None:
         if radiance is None:
             radiance, _ = _read_packed(fs, product, f"{ch}_radiance_an.nc", f"{ch}_radiance_an", fine, reader)
         e0 = irradiance(ch)
         # pi L / (E0 mu0), block-averaged to 1 km; the scalar 1 / E0 applied after the average
         # (4x fewer pixels; equal to reflectance_from_mu0 then block_mean up to rounding)
-        radiance *= pi_over_mu0  # our own float64 copy: in place, no 58 MB temporary per channel
+        radiance *= factor  # our own float64 copy: in place, no 58 MB temporary per channel
         refl = block_mean(radiance)
         refl *= 1.0 / e0
-        return refl.astype(np.float32)
+        image[REFLECTANCE_CHANNELS.index(ch)] = refl
 
     first = REFLECTANCE_CHANNELS[0]
     radiance, file_attrs = _read_packed(fs, product, f"{first}_radiance_an.nc", f"{first}_radiance_an", fine, reader)
     image_grid = GridGeometry.from_attrs(file_attrs, posixpath.join(product, f"{first}_radiance_an.nc"))
-    pi_over_mu0 = np.pi / cos_zenith(interpolate_tie_points(zenith_tn, tie, image_grid, fine))  # once per product
+    factor = pi_over_mu0(interpolate_tie_points(zenith_tn, tie, image_grid, fine))  # once per product, in place
     # the other channels on two threads while this one finishes here: inflate (zlib) and the
     # NumPy arithmetic release the GIL; at most three radiances in memory at once
     with ThreadPoolExecutor(CHANNEL_THREADS, thread_name_prefix="sen3-channel") as pool:
         others = pool.map(reflectance, REFLECTANCE_CHANNELS[1:])
-        refs = [reflectance(first, radiance)]
+        reflectance(first, radiance)
         del radiance
-        refs += list(others)
+        list(others)  # their exceptions, if any
 
     fpath = posixpath.join(product, "flags_in.nc")
     with _nc_file(fs, product, "flags_in.nc", mask_and_scale=False, reader=reader) as (_, flags):
@@ -585,7 +587,7 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
         bit = _flag_bit(confidence, fpath, SUMMARY_CLOUD)
         mask = (bayes.values > 0).astype(np.uint8)
         summary_cloud = ((confidence.values.astype(np.int64) & bit) != 0).astype(np.uint8)
-    return _finish(product, np.stack(refs + bts), mask, summary_cloud)
+    return _finish(product, image, mask, summary_cloud)
 
 
 def _finish(path: str, image: np.ndarray, mask: np.ndarray, summary: np.ndarray) -> Scene:

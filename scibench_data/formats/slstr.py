@@ -99,13 +99,32 @@ def interpolate_tie_points(
     c0, wc = _linear_weights(cols, field.shape[1])
     f = np.asarray(field, dtype=np.float64)
     along = f[r0] * (1.0 - wr)[:, None] + f[r0 + 1] * wr[:, None]  # (rows, cols_t)
-    return along[:, c0] * (1.0 - wc)[None, :] + along[:, c0 + 1] * wc[None, :]
+    # the same products and sum as ``along[:, c0] * (1 - wc) + along[:, c0 + 1] * wc``, in place:
+    # two image-sized arrays instead of five (each a fresh allocation to fault in)
+    out = along[:, c0]
+    out *= (1.0 - wc)[None, :]
+    upper = along[:, c0 + 1]
+    upper *= wc[None, :]
+    out += upper
+    return out
 
 
 def cos_zenith(solar_zenith_deg: np.ndarray) -> np.ndarray:
     """``mu0 = cos(zenith)`` where the Sun is above the horizon, else 1 (the reference's rule)."""
     z = np.asarray(solar_zenith_deg, dtype=np.float64)
     return np.where(z < 90.0, np.cos(np.deg2rad(z)), 1.0)
+
+
+def pi_over_mu0(solar_zenith_deg: np.ndarray) -> np.ndarray:
+    """``pi / cos_zenith(zenith)``, computed in place in ``solar_zenith_deg`` when it is a float64
+    array (equal values; one image-sized array instead of four)."""
+    z = np.asarray(solar_zenith_deg, dtype=np.float64)
+    night = ~(z < 90.0)  # as cos_zenith: NaN is not "above the horizon" either
+    np.deg2rad(z, out=z)
+    np.cos(z, out=z)
+    z[night] = 1.0
+    np.divide(np.pi, z, out=z)
+    return z
 
 
 def radiance_to_reflectance(radiance: np.ndarray, irradiance: float, solar_zenith_deg: np.ndarray) -> np.ndarray:

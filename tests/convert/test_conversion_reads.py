@@ -4,6 +4,7 @@ same bytes), within a memory cap, with the provenance digests unchanged."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 
 import fsspec
@@ -15,6 +16,7 @@ from scibench_data.convert.cloudmask import (
     CloudMaskConversion,
     common_grid,
     convert_cloudmask,
+    keep_freed_memory,
 )
 from scibench_data.formats.cloudmask import discover_products, read_product
 from scibench_data.storage.store.hashing import HashingReader, combined_digest
@@ -47,6 +49,28 @@ class CountingFileSystem(LocalFileSystem):
 
 
 fsspec.register_implementation("countfile", CountingFileSystem, clobber=True)
+
+#: Paths whose contents :class:`ShrinkingFileSystem` cuts to half (what a concurrent writer or a
+#: hostile source does to a file between its listing and its read).
+SHRINKING: set[str] = set()
+
+
+class _ShrunkFile(LocalFileOpener):
+    def read(self, *args, **kwargs):
+        out = super().read(*args, **kwargs)
+        return out[: len(out) // 2] if self.path in SHRINKING else out
+
+
+class ShrinkingFileSystem(LocalFileSystem):
+    """Local files; those in :data:`SHRINKING` return half their bytes (``shrinkfile://``)."""
+
+    protocol = ("shrinkfile",)
+
+    def _open(self, path, mode="rb", block_size=None, **kwargs):
+        return _ShrunkFile(self._strip_protocol(path), mode, fs=self, **kwargs)
+
+
+fsspec.register_implementation("shrinkfile", ShrinkingFileSystem, clobber=True)
 
 
 def _source_files(folder) -> dict[str, int]:
@@ -110,6 +134,52 @@ def test_a_file_over_the_memory_cap_is_streamed_and_gives_the_same_scene_and_dig
 
 
 def _size(path: str) -> int:
-    import os
-
     return os.path.getsize(path)
+
+
+@pytest.mark.parametrize("layout", ["hdf", "sen3"])
+def test_the_grid_survey_reads_headers_not_whole_files(layout, cloudmask_raw):
+    """``common_grid`` (run by the coordinator on up to 25 products) decodes headers only: it must not
+    pull whole files into memory (it read every sampled hdf file whole, 112 MB each at full size)."""
+    src = cloudmask_raw[layout]
+    fs = fsspec.filesystem("countfile")
+    OPENS.clear(), BYTES.clear()
+    common_grid(fs, discover_products(fs, str(src), layout)[0])
+    surveyed = {path: n for path, n in BYTES.items() if n}
+    assert surveyed, "the survey read nothing"
+    for path, n in surveyed.items():
+        assert n < _size(path) / 2, (path, n, _size(path))
+
+
+@pytest.mark.parametrize("layout", ["hdf", "sen3"])
+def test_a_source_file_that_shrinks_while_read_is_a_named_failure_not_a_crash(layout, cloudmask_raw, tmp_path):
+    """A source file cut short between its listing and its read (a concurrent writer, a hostile
+    source) fails its product with a message naming the file; the other products convert and the
+    process lives on. (Why sources are read, not mapped: a mapped file truncated under the reader
+    kills the process with SIGBUS, and a mapped file rewritten under it would be hashed and parsed
+    from different bytes.)"""
+    src = cloudmask_raw[layout]
+    products = discover_products(fsspec.filesystem("file"), str(src), layout)[0]
+    victim = products[1].path if layout == "hdf" else os.path.join(products[1].path, "S2_radiance_an.nc")
+    SHRINKING.clear()
+    SHRINKING.add(victim)
+    try:
+        report = convert_cloudmask(f"shrinkfile://{src}", str(tmp_path / "s.zarr"),
+                                   CloudMaskConversion(layout=layout, scheduler="sync", progress=False, retries=0))
+    finally:
+        SHRINKING.clear()
+    assert not report.ok and len(report.failed) == 1 and len(report.converted) == len(products) - 1
+    name, error = report.failed[0]
+    assert name == products[1].name.name
+    assert victim in error and "changed while read" in error, error
+
+
+def test_in_process_conversion_keeps_freed_memory_as_our_workers_do(cloudmask_raw, tmp_path):
+    """The task sets glibc's malloc thresholds (``parallel.WORKER_ENV``) in whatever process runs it,
+    once per process: an in-process (sync or threaded) conversion no longer page-faults every
+    product's arrays afresh. On glibc the call succeeds; converting after it is unchanged."""
+    assert keep_freed_memory() is True
+    assert keep_freed_memory() is True  # once per process: the second call is a no-op
+    report = convert_cloudmask(str(cloudmask_raw["hdf"]), str(tmp_path / "s.zarr"),
+                               CloudMaskConversion(layout="hdf", scheduler="sync", progress=False))
+    assert report.ok

@@ -11,6 +11,7 @@ from scibench_data.formats.slstr import (
     block_mean,
     cos_zenith,
     interpolate_tie_points,
+    pi_over_mu0,
     radiance_to_reflectance,
     reflectance_to_radiance,
 )
@@ -64,3 +65,13 @@ def test_block_mean_equals_numpy_mean_of_blocks(dtype):
     assert got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float32 else 1e-13)
     np.testing.assert_allclose(block_mean(a[:, :9].astype(np.float64), 3)[1, 2], a[3:, 6:9].astype(np.float64).mean())
+
+
+def test_pi_over_mu0_in_place_equals_pi_over_cos_zenith_including_night_and_nan():
+    """The in-place factor the sen3 reader applies is exactly ``pi / cos_zenith``: zenith >= 90
+    (night) and NaN take mu0 = 1 as before, bit for bit."""
+    z = np.array([[0.0, 45.0, 89.999], [90.0, 120.0, np.nan]])
+    expected = np.pi / cos_zenith(z)
+    got = pi_over_mu0(z.copy())
+    np.testing.assert_array_equal(got, expected)
+    assert got[1, 0] == got[1, 1] == got[1, 2] == np.pi
