@@ -40,8 +40,11 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 from numcodecs import blosc
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from loaders import prefetch
 from scibench_data.storage.store.integrity import (
@@ -233,8 +236,6 @@ def _close(raw) -> None:
 
 def _local_dir(store_path) -> str | None:
     """The folder of an array in a plain local directory store (no wrapper), else None."""
-    from zarr.storage import LocalStore
-
     store = store_path.store
     if type(store) is not LocalStore:  # wrappers (cache, counting, ...) keep their own get()
         return None
@@ -243,9 +244,6 @@ def _local_dir(store_path) -> str | None:
 
 def _plain_blosc(meta) -> bool:
     """True for zarr v3 ``bytes`` (native order) + ``blosc`` (+ ``crc32c``) on a regular grid: our stores' chain."""
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
-    from zarr.core.chunk_grids import RegularChunkGrid
-
     codecs = getattr(meta, "codecs", None)
     if getattr(meta, "zarr_format", None) != 3 or not isinstance(meta.chunk_grid, RegularChunkGrid) or not codecs:
         return False
