@@ -46,11 +46,11 @@ SCRIPT = textwrap.dedent("""
         def __getitem__(self, i):
             image, mask = self.data.batch([2 * i, 2 * i + 1])
             store = type(self.data.handle.group.store).__name__
-            return store, s3_client._obstore_pid == os.getpid(), os.getpid(), np.asarray(image), np.asarray(mask)
+            return store, s3_client.obstore_started_here(), os.getpid(), np.asarray(image), np.asarray(mask)
 
     data = CloudMaskPatches(StoreLocation(url, so), spec=spec, as_torch=False)
     n = len(data)
-    parent = {"pid": os.getpid(), "runtime_started": s3_client._obstore_pid == os.getpid(),
+    parent = {"pid": os.getpid(), "runtime_started": s3_client.obstore_started_here(),
               "store": type(data.handle.group.store).__name__}
     want = CloudMaskPatches(StoreLocation(local), spec=spec, as_torch=False)
     loader = torch.utils.data.DataLoader(Probe(data), batch_size=None, num_workers=2, timeout=120)

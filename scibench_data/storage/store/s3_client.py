@@ -3,14 +3,17 @@
 Read-only Zarr stores on ``s3://`` are read through zarr's :class:`zarr.storage.ObjectStore`
 over obstore's ``S3Store`` (Rust, one GET per chunk, ~2.5x less client CPU per GB than s3fs;
 docs/performance.md) whenever the caller's s3fs storage options mean the same thing to obstore.
-s3fs stays for writes, listings, pull and verify, and for reads whose options only s3fs
-understands: a named ``profile``, credentials that only botocore's chain finds (``~/.aws``,
-instance metadata, SSO), real AWS without a known region (botocore follows the bucket's region
-redirect, obstore does not), any option not translated here, and a process forked from one that
-had used obstore (its tokio runtime does not survive ``fork``: DataLoader workers forked after the
-parent read through obstore read through s3fs; workers started with ``forkserver`` or ``spawn``
-use obstore). ``$SCIBENCH_S3_CLIENT`` chooses: ``auto`` (default), ``s3fs``, or ``obstore`` (an
-option it cannot honour is then an error).
+Zarr metadata (``zarr.json``, ``.zattrs`` ...), listings and ``exists`` go through s3fs (one GET
+each), so opening a store never starts obstore's runtime. s3fs stays for writes, listings, pull and
+verify, and for reads whose options only s3fs understands: a named ``profile``, credentials that
+only botocore's chain finds (``~/.aws``, instance metadata, SSO), real AWS without a known region
+(botocore follows the bucket's region redirect, obstore does not), any option not translated here,
+and a process forked from one that had sent an obstore request (its tokio runtime, started by the
+first request, does not survive ``fork``). So DataLoader workers forked from a parent that only
+opened the store read chunks through obstore; forked after the parent read chunks through obstore
+(xarray's ``open_zarr`` loads the coordinates: the catalog's ``to_dask()``), they read through s3fs;
+workers started with ``forkserver`` or ``spawn`` use obstore. ``$SCIBENCH_S3_CLIENT`` chooses:
+``auto`` (default), ``s3fs``, or ``obstore`` (an option it cannot honour is then an error).
 
 Both clients behave as :mod:`scibench_data.storage.store.retries` documents: the same number of requests
 for a read that keeps failing (:func:`botocore_attempts`: ``config_kwargs={"retries": {"max_attempts": N}}``
@@ -249,6 +252,12 @@ _obstore_pid: int | None = None
 
 #: zarr's metadata objects: read through s3fs even where chunks are read through obstore (one GET each)
 METADATA_KEYS = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+
+
+def obstore_started_here() -> bool:
+    """True once this process has sent an obstore request (its runtime runs here): a process forked
+    from it now reads through s3fs; start workers with ``forkserver`` or ``spawn`` to keep obstore."""
+    return _obstore_pid == os.getpid()
 
 
 def forked_after_obstore() -> bool:
