@@ -6,6 +6,7 @@ the options. Retries of an outage and of cut responses: tests/storage/test_relia
 from __future__ import annotations
 
 import http.server
+import re
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -255,9 +256,26 @@ def test_obstore_makes_as_many_attempts_as_s3fs_when_the_server_stays_away(monke
     unavailable.seen.clear()
     store = location.zarr_store(read_only=True)
     assert isinstance(store, ObstoreReadStore)
-    with pytest.raises(ConnectionError, match="503"):
-        zarr.core.sync.sync(store.get("zarr.json", zarr.core.buffer.default_buffer_prototype()))
+    with pytest.raises(ConnectionError, match="503"):  # a chunk: read through obstore (metadata: s3fs)
+        zarr.core.sync.sync(store.get("image/c/0/0/0/0", zarr.core.buffer.default_buffer_prototype()))
     by_obstore = len(unavailable.seen)
     assert by_s3fs == 3, f"s3fs sent {by_s3fs} requests for one read with max_attempts=2"
     assert by_obstore == by_s3fs, f"obstore sent {by_obstore} requests, s3fs {by_s3fs}"
     assert so["config_kwargs"]["retries"] == {"max_attempts": 2, "mode": "standard"}, "the caller's options changed"
+
+
+def test_metadata_read_through_s3fs_fails_in_one_line_as_obstore_does(monkeypatch, unavailable):
+    """An obstore-backed store reads zarr.json through s3fs (so opening a store never starts obstore's
+    runtime); its failure reads like obstore's: one line naming the object, the server's status."""
+    _clean_env(monkeypatch)
+    so = {"key": "k", "secret": SECRET, "client_kwargs": {"endpoint_url": unavailable.endpoint},
+          "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
+    store = StoreLocation("s3://b/x.zarr", so).zarr_store(read_only=True)
+    assert isinstance(store, ObstoreReadStore)
+    with pytest.raises(ConnectionError) as info:
+        zarr.open_group(store, mode="r")
+    message = str(info.value)
+    assert re.match(r"s3://b/x\.zarr/(zarr\.json|\.zgroup|\.zattrs|\.zmetadata): ", message), message
+    assert "503 Service Unavailable" in message
+    assert "\n" not in message and SECRET not in message
+    assert unavailable.seen and {method for method, _ in unavailable.seen} == {"GET"}

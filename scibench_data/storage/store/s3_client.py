@@ -3,14 +3,17 @@
 Read-only Zarr stores on ``s3://`` are read through zarr's :class:`zarr.storage.ObjectStore`
 over obstore's ``S3Store`` (Rust, one GET per chunk, ~2.5x less client CPU per GB than s3fs;
 docs/performance.md) whenever the caller's s3fs storage options mean the same thing to obstore.
-s3fs stays for writes, listings, pull and verify, and for reads whose options only s3fs
-understands: a named ``profile``, credentials that only botocore's chain finds (``~/.aws``,
-instance metadata, SSO), real AWS without a known region (botocore follows the bucket's region
-redirect, obstore does not), any option not translated here, and a process forked from one that
-had used obstore (its tokio runtime does not survive ``fork``: DataLoader workers forked after the
-parent read through obstore read through s3fs; workers started with ``forkserver`` or ``spawn``
-use obstore). ``$SCIBENCH_S3_CLIENT`` chooses: ``auto`` (default), ``s3fs``, or ``obstore`` (an
-option it cannot honour is then an error).
+Zarr metadata (``zarr.json``, ``.zattrs`` ...), listings and ``exists`` go through s3fs (one GET
+each), so opening a store never starts obstore's runtime. s3fs stays for writes, listings, pull and
+verify, and for reads whose options only s3fs understands: a named ``profile``, credentials that
+only botocore's chain finds (``~/.aws``, instance metadata, SSO), real AWS without a known region
+(botocore follows the bucket's region redirect, obstore does not), any option not translated here,
+and a process forked from one that had sent an obstore request (its tokio runtime, started by the
+first request, does not survive ``fork``). So DataLoader workers forked from a parent that only
+opened the store read chunks through obstore; forked after the parent read chunks through obstore
+(xarray's ``open_zarr`` loads the coordinates: the catalog's ``to_dask()``), they read through s3fs;
+workers started with ``forkserver`` or ``spawn`` use obstore. ``$SCIBENCH_S3_CLIENT`` chooses:
+``auto`` (default), ``s3fs``, or ``obstore`` (an option it cannot honour is then an error).
 
 Both clients behave as :mod:`scibench_data.storage.store.retries` documents: the same number of requests
 for a read that keeps failing (:func:`botocore_attempts`: ``config_kwargs={"retries": {"max_attempts": N}}``
@@ -29,11 +32,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from http import HTTPStatus
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, EndpointConnectionError
 from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import ObjectStore
@@ -235,17 +240,46 @@ def obstore_retry_config(attempts: int, connect_timeout: float, read_timeout: fl
                         "base": 2}}
 
 
-#: the process that started obstore's (tokio) runtime here; a fork of it must not use obstore:
-#: the child inherits a runtime without its threads, and its first request never returns. A fresh
-#: ``S3Store`` built in the child hangs the same way (obstore 0.12.1 keeps one runtime per process,
-#: started by the first request, not by building a store; measured 2026-12-02), so the child reads
-#: through s3fs; only a parent that never sent an obstore request forks children that can use it
+#: the process that started obstore's (tokio) runtime here, set by :class:`ObstoreReadStore` just
+#: before it sends its first request (the runtime starts at the first request, not when a store is
+#: built). A fork of that process must not use obstore: the child inherits a runtime without its
+#: threads, and its first request never returns, through a fresh ``S3Store`` too (obstore 0.12.1 keeps
+#: one runtime per process; developmentseed/obstore#441; measured 2026-12-02), so such a child reads
+#: through s3fs. Zarr metadata, listings and ``exists`` go through s3fs (:data:`METADATA_KEYS`), so a
+#: parent that only opens stores (a training script before its DataLoader workers fork) never starts
+#: the runtime, and its forked workers read chunks through obstore (tests/storage/test_s3_fork.py)
 _obstore_pid: int | None = None
+
+#: zarr's metadata objects: read through s3fs even where chunks are read through obstore (one GET each)
+METADATA_KEYS = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+
+
+def obstore_started_here() -> bool:
+    """True once this process has sent an obstore request (its runtime runs here): a process forked
+    from it now reads through s3fs; start workers with ``forkserver`` or ``spawn`` to keep obstore."""
+    return _obstore_pid == os.getpid()
 
 
 def forked_after_obstore() -> bool:
-    """True in a process forked from one that had created an obstore store (its runtime is unusable here)."""
+    """True in a process forked from one that had started obstore's runtime (unusable here)."""
     return _obstore_pid is not None and _obstore_pid != os.getpid()
+
+
+def _start_obstore() -> None:
+    """Note that this process is about to send an obstore request (which starts its runtime); refuse
+    in a process forked after the runtime started (its first request would never return)."""
+    global _obstore_pid
+    if _obstore_pid == os.getpid():
+        return
+    if forked_after_obstore():
+        raise ClientChoiceError("obstore cannot be used in a process forked from one that had started its runtime "
+                                "(tokio is not fork-safe); start workers with forkserver or spawn")
+    _obstore_pid = os.getpid()
+
+
+def is_metadata_key(key: str) -> bool:
+    """True for a zarr metadata object's key (``zarr.json``, ``image/zarr.json``, ``.zattrs`` ...)."""
+    return key.rsplit("/", 1)[-1] in METADATA_KEYS
 
 
 def obstore_s3(settings: ObstoreSettings):
@@ -254,19 +288,25 @@ def obstore_s3(settings: ObstoreSettings):
 
     options: dict[str, Any] = {"prefix": settings.prefix or None, "config": settings.config,
                                "client_options": settings.client_options, "retry_config": settings.retry_config}
-    global _obstore_pid
     if forked_after_obstore():
         raise ClientChoiceError("obstore cannot be used in a process forked from one that had started its runtime "
                                 "(tokio is not fork-safe); start workers with forkserver or spawn")
-    _obstore_pid = os.getpid()
     return S3Store(settings.bucket, **options)
+
+
+def _s3fs_store(url: str, storage_options: Mapping[str, Any]):
+    """s3fs's read-only ``FsspecStore`` of ``url`` with :func:`s3fs_options`."""
+    from zarr.storage import FsspecStore
+
+    store = FsspecStore.from_url(url, storage_options=s3fs_options(url, storage_options), read_only=True)
+    tune_s3fs(store.fs)
+    return store
 
 
 def read_store(url: str, storage_options: Mapping[str, Any], env: Mapping[str, str] = os.environ):
     """A read-only zarr store of ``url`` (``s3://``): obstore's where it can honour the options
-    (:func:`obstore_settings`), else s3fs's ``FsspecStore`` (with :func:`s3fs_options`)."""
-    from zarr.storage import FsspecStore
-
+    (:func:`obstore_settings`, with metadata read through s3fs), else s3fs's ``FsspecStore``
+    (with :func:`s3fs_options`)."""
     choice = chosen_client(env)
     if choice != "s3fs":
         settings, why = obstore_settings(url, storage_options, env)
@@ -274,12 +314,10 @@ def read_store(url: str, storage_options: Mapping[str, Any], env: Mapping[str, s
             settings, why = None, ("this process was forked from one that had started obstore's runtime "
                                    "(tokio is not fork-safe); start workers with forkserver or spawn")
         if settings is not None:
-            return ObstoreReadStore(obstore_s3(settings), read_only=True)
+            return ObstoreReadStore(obstore_s3(settings), read_only=True, metadata=_s3fs_store(url, storage_options))
         if choice == "obstore":
             raise ClientChoiceError(f"${CLIENT_ENV}=obstore cannot read {url}: {why}")
-    store = FsspecStore.from_url(url, storage_options=s3fs_options(url, storage_options), read_only=True)
-    tune_s3fs(store.fs)
-    return store
+    return _s3fs_store(url, storage_options)
 
 
 def object_store_url(store) -> str | None:
@@ -293,13 +331,31 @@ def object_store_url(store) -> str | None:
 
 
 class ObstoreReadStore(ObjectStore):
-    """zarr's :class:`~zarr.storage.ObjectStore` whose failures are one-line Python errors, as
-    s3fs's are: refused credentials -> :class:`PermissionError`; an unreachable server ->
-    :class:`ConnectionError` (``Could not connect to the endpoint URL: ...``, botocore's words);
-    a timeout -> :class:`TimeoutError`; any other failure after the retries -> :class:`ConnectionError`.
-    obstore's messages carry a multi-line debug dump (never the secret); only its first line is kept."""
+    """zarr's :class:`~zarr.storage.ObjectStore` that reads chunks through obstore and zarr metadata
+    (:data:`METADATA_KEYS`), listings, ``exists`` and sizes through ``metadata``, an s3fs store of the
+    same URL and options, where one is given: opening a store then never starts obstore's runtime
+    (:data:`_obstore_pid`), so processes forked after it can still use obstore.
+
+    Failures are one-line Python errors on both clients: refused credentials -> :class:`PermissionError`;
+    an unreachable server -> :class:`ConnectionError` (``Could not connect to the endpoint URL: ...``,
+    botocore's words); a timeout -> :class:`TimeoutError`; any other failure after the retries ->
+    :class:`ConnectionError`. obstore's messages carry a multi-line debug dump (never the secret);
+    only its first line is kept."""
+
+    def __init__(self, store: Any, *, read_only: bool = True, metadata: Any = None) -> None:
+        super().__init__(store, read_only=read_only)
+        self.metadata = metadata
+
+    def with_read_only(self, read_only: bool = False) -> ObstoreReadStore:
+        return type(self)(self.store, read_only=read_only, metadata=self.metadata)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        if self.metadata is not None and is_metadata_key(key):
+            try:
+                return await self.metadata.get(key, prototype, byte_range)
+            except Exception as err:  # noqa: BLE001 - s3fs's failures are translated, others re-raised
+                raise translate_s3fs_error(err, self._url(key)) from None
+        _start_obstore()
         try:
             return await super().get(key, prototype, byte_range)
         except Exception as err:  # noqa: BLE001 - obstore's errors are translated, others re-raised
@@ -308,19 +364,90 @@ class ObstoreReadStore(ObjectStore):
     async def get_partial_values(self, prototype: BufferPrototype,
                                  key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
         key_ranges = list(key_ranges)
+        if self.metadata is not None and key_ranges and all(is_metadata_key(k) for k, _ in key_ranges):
+            try:
+                return list(await self.metadata.get_partial_values(prototype, key_ranges))
+            except Exception as err:  # noqa: BLE001
+                raise translate_s3fs_error(err, self._url(key_ranges[0][0])) from None
+        _start_obstore()
         try:
             return await super().get_partial_values(prototype, key_ranges)
         except Exception as err:  # noqa: BLE001
             raise translate_error(err, self._url(key_ranges[0][0] if key_ranges else "")) from None
 
     async def exists(self, key: str) -> bool:
+        if self.metadata is not None:
+            try:
+                return bool(await self.metadata.exists(key))
+            except Exception as err:  # noqa: BLE001
+                raise translate_s3fs_error(err, self._url(key)) from None
+        _start_obstore()
         try:
             return await super().exists(key)
         except Exception as err:  # noqa: BLE001
             raise translate_error(err, self._url(key)) from None
 
+    def list(self) -> AsyncGenerator[str, None]:
+        if self.metadata is not None:
+            return self.metadata.list()
+        _start_obstore()
+        return super().list()
+
+    def list_prefix(self, prefix: str) -> AsyncGenerator[str, None]:
+        if self.metadata is not None:
+            return self.metadata.list_prefix(prefix)
+        _start_obstore()
+        return super().list_prefix(prefix)
+
+    def list_dir(self, prefix: str) -> AsyncGenerator[str, None]:
+        if self.metadata is not None:
+            return self.metadata.list_dir(prefix)
+        _start_obstore()
+        return super().list_dir(prefix)
+
+    async def getsize(self, key: str) -> int:
+        if self.metadata is not None:
+            return int(await self.metadata.getsize(key))
+        _start_obstore()
+        return await super().getsize(key)
+
+    async def getsize_prefix(self, prefix: str) -> int:
+        if self.metadata is not None:
+            return int(await self.metadata.getsize_prefix(prefix))
+        _start_obstore()
+        return await super().getsize_prefix(prefix)
+
     def _url(self, key: str) -> str:
         return f"{object_store_url(self)}/{key}"
+
+
+_ACCESS_HINT = ("check the credentials (key/secret, $AWS_ACCESS_KEY_ID) or read anonymously (anon=True) "
+                "if the data is public")
+
+
+def translate_s3fs_error(err: Exception, url: str) -> Exception:
+    """A failure of s3fs reading ``url`` worded as :func:`translate_error` words obstore's: one line
+    naming ``url``, the server's code, message and HTTP status, never the secret; the same types
+    (:class:`PermissionError`, :class:`ConnectionError`, :class:`TimeoutError`); a missing object and
+    errors that are not I/O failures as they are."""
+    if isinstance(err, FileNotFoundError) or not isinstance(err, (OSError, BotoCoreError)):
+        return err
+    response = getattr(err.__cause__, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code") or "")
+    first = str(response.get("Error", {}).get("Message") or err).split("\n", 1)[0].strip()
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    try:
+        http = f"{status} {HTTPStatus(int(status)).phrase}" if status else ""
+    except ValueError:
+        http = str(status)
+    why = "; ".join(part for part in (f"{code}: {first}" if code else first, http) if part)
+    if isinstance(err, PermissionError):
+        return PermissionError(f"{url}: access denied by the server ({why}); {_ACCESS_HINT}")
+    if isinstance(err, EndpointConnectionError) or "Could not connect" in first:
+        return ConnectionError(f"Could not connect to the endpoint URL for {url}: {first}")
+    if isinstance(err, TimeoutError) or "timeout" in type(err).__name__.lower() or "timed out" in first.lower():
+        return TimeoutError(f"{url}: timed out: {first}")
+    return ConnectionError(f"{url}: {why}")
 
 
 _XML_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
@@ -342,8 +469,7 @@ def translate_error(err: Exception, url: str) -> Exception:
     code, said = _XML_CODE.search(text), _XML_MESSAGE.search(text)
     if isinstance(err, (PermissionDeniedError, UnauthenticatedError)):
         why = f"{code.group(1)}: {said.group(1) if said else ''}".rstrip(": ") if code else first
-        return PermissionError(f"{url}: access denied by the server ({why}); check the credentials "
-                               "(key/secret, $AWS_ACCESS_KEY_ID) or read anonymously (anon=True) if the data is public")
+        return PermissionError(f"{url}: access denied by the server ({why}); {_ACCESS_HINT}")
     if "kind: Connect" in text or "ConnectError" in text:
         return ConnectionError(f"Could not connect to the endpoint URL for {url}: {first}")
     if "TimedOut" in text or "kind: Timeout" in text or "timed out" in first.lower():
