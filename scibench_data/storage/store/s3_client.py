@@ -30,6 +30,7 @@ a response cut mid-body is tried 10 times (``retries``; s3fs's default is 5), as
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -39,9 +40,11 @@ from http import HTTPStatus
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, EndpointConnectionError
+from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
+from obstore.store import S3Store
 from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.storage import ObjectStore
+from zarr.storage import FsspecStore, ObjectStore
 
 from scibench_data.storage.store.retries import (
     DEFAULT_POLICY,
@@ -277,6 +280,58 @@ def _start_obstore() -> None:
     _obstore_pid = os.getpid()
 
 
+#: our own small objects beside the arrays (manifest, inventory, markers): read with the metadata
+STATE_PREFIX = "_scibench/"
+
+
+def one_chunk_arrays(key: str, body: bytes) -> set[str]:
+    """The paths of the arrays stored in a single chunk that zarr metadata object ``key`` describes
+    (an array's ``zarr.json`` or ``.zarray``; a group's consolidated ``zarr.json`` or ``.zmetadata``).
+    Those are coordinates and small per-store tables, read once when a dataset opens: they are read
+    through s3fs with the metadata, so that opening a dataset with xarray never starts obstore's runtime."""
+    name = key.rsplit("/", 1)[-1]
+    base = key[: -len(name)].rstrip("/")
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return set()  # zarr reports a bad metadata object itself
+    if not isinstance(doc, dict):
+        return set()
+    found: set[str] = set()
+
+    def visit(path: str, meta: Any) -> None:
+        if isinstance(meta, dict) and _in_one_chunk(meta):
+            found.add(path.strip("/"))
+
+    if name == "zarr.json":
+        visit(base, doc)
+        consolidated = doc.get("consolidated_metadata")
+        nodes = consolidated.get("metadata") if isinstance(consolidated, dict) else None
+        for path, meta in (nodes.items() if isinstance(nodes, dict) else ()):
+            visit(f"{base}/{path}", meta)
+    elif name == ".zarray":
+        visit(base, doc)
+    elif name == ".zmetadata":
+        nodes = doc.get("metadata")
+        for path, meta in (nodes.items() if isinstance(nodes, dict) else ()):
+            if str(path).endswith("/.zarray"):
+                visit(f"{base}/{str(path)[: -len('/.zarray')]}", meta)
+    return found
+
+
+def _in_one_chunk(meta: dict) -> bool:
+    """True for v3 or v2 array metadata whose one chunk (or shard) covers the whole shape."""
+    shape = meta.get("shape")
+    if meta.get("node_type", "array") != "array" or not isinstance(shape, list):
+        return False
+    grid = meta.get("chunk_grid")
+    chunks = (grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) else None) \
+        if "chunk_grid" in meta else meta.get("chunks")
+    if not isinstance(chunks, list) or len(chunks) != len(shape):
+        return False
+    return all(isinstance(c, int) and isinstance(n, int) and c >= n for n, c in zip(shape, chunks, strict=True))
+
+
 def is_metadata_key(key: str) -> bool:
     """True for a zarr metadata object's key (``zarr.json``, ``image/zarr.json``, ``.zattrs`` ...)."""
     return key.rsplit("/", 1)[-1] in METADATA_KEYS
@@ -284,8 +339,6 @@ def is_metadata_key(key: str) -> bool:
 
 def obstore_s3(settings: ObstoreSettings):
     """An obstore ``S3Store`` rooted at the settings' prefix (builds a client; no request is sent)."""
-    from obstore.store import S3Store
-
     options: dict[str, Any] = {"prefix": settings.prefix or None, "config": settings.config,
                                "client_options": settings.client_options, "retry_config": settings.retry_config}
     if forked_after_obstore():
@@ -296,8 +349,6 @@ def obstore_s3(settings: ObstoreSettings):
 
 def _s3fs_store(url: str, storage_options: Mapping[str, Any]):
     """s3fs's read-only ``FsspecStore`` of ``url`` with :func:`s3fs_options`."""
-    from zarr.storage import FsspecStore
-
     store = FsspecStore.from_url(url, storage_options=s3fs_options(url, storage_options), read_only=True)
     tune_s3fs(store.fs)
     return store
@@ -345,16 +396,28 @@ class ObstoreReadStore(ObjectStore):
     def __init__(self, store: Any, *, read_only: bool = True, metadata: Any = None) -> None:
         super().__init__(store, read_only=read_only)
         self.metadata = metadata
+        self.one_chunk: set[str] = set()  # arrays in one chunk (coordinates): read with the metadata
+
+    def _through_s3fs(self, key: str) -> bool:
+        """Metadata, our state objects and one-chunk arrays go through s3fs (when it is given)."""
+        if self.metadata is None:
+            return False
+        if is_metadata_key(key) or key.startswith(STATE_PREFIX):
+            return True
+        return any(key.startswith(f"{a}/") if a else True for a in self.one_chunk)  # "": the root is the array
 
     def with_read_only(self, read_only: bool = False) -> ObstoreReadStore:
         return type(self)(self.store, read_only=read_only, metadata=self.metadata)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
-        if self.metadata is not None and is_metadata_key(key):
+        if self._through_s3fs(key):
             try:
-                return await self.metadata.get(key, prototype, byte_range)
+                got = await self.metadata.get(key, prototype, byte_range)
             except Exception as err:  # noqa: BLE001 - s3fs's failures are translated, others re-raised
                 raise translate_s3fs_error(err, self._url(key)) from None
+            if got is not None and byte_range is None and is_metadata_key(key):
+                self.one_chunk |= one_chunk_arrays(key, got.to_bytes())
+            return got
         _start_obstore()
         try:
             return await super().get(key, prototype, byte_range)
@@ -364,7 +427,7 @@ class ObstoreReadStore(ObjectStore):
     async def get_partial_values(self, prototype: BufferPrototype,
                                  key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
         key_ranges = list(key_ranges)
-        if self.metadata is not None and key_ranges and all(is_metadata_key(k) for k, _ in key_ranges):
+        if key_ranges and all(self._through_s3fs(k) for k, _ in key_ranges):
             try:
                 return list(await self.metadata.get_partial_values(prototype, key_ranges))
             except Exception as err:  # noqa: BLE001
@@ -456,12 +519,6 @@ _XML_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
 
 def translate_error(err: Exception, url: str) -> Exception:
     """A one-line Python error for an obstore failure reading ``url``; other errors as they are."""
-    from obstore.exceptions import (
-        BaseError,
-        PermissionDeniedError,
-        UnauthenticatedError,
-    )
-
     if not isinstance(err, BaseError) or isinstance(err, FileNotFoundError):
         return err
     text = str(err)
