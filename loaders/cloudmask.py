@@ -252,6 +252,11 @@ class CloudMaskPatches:
             self._items = (self.epoch, plan_patches(self.scenes, self.shape, self.spec, self.epoch))
         return self._items[1]
 
+    @items.setter
+    def items(self, value: Sequence[tuple[int, Window]]) -> None:
+        """Replace the current epoch's patches (as before this was a property; benchmarks set it)."""
+        self._items = (self.epoch, list(value))
+
     ahead: PrefetchLimits | None = PrefetchLimits()  # loaders.prefetch's bounds; None: no prefetch
 
     def prefetch(self, indices: Sequence[int]) -> None:

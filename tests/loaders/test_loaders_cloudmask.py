@@ -46,6 +46,21 @@ def test_patches_equal_the_store_values(cloudmask_stores):
     assert data.items == first  # ... reproducibly
 
 
+def test_a_datasets_patches_can_still_be_set_for_its_epoch(cloudmask_stores):
+    """benchmarks/performance.py sets ``data.items`` (the reference's patch list); once ``items`` became
+    a property (constructors read nothing) that raised "property 'items' ... has no setter"."""
+    data = CloudMaskPatches(str(cloudmask_stores["hdf"]), scenes=[2, 0], spec=PatchSpec("random", 32, 5, seed=4),
+                            as_torch=False)
+    chosen = list(reversed(data.items))[:3]
+    data.items = chosen
+    assert data.items == chosen and len(data) == 3
+    scene, win = chosen[1]
+    image, _ = data[1]
+    ys, xs = win.slices
+    want = xr.open_zarr(cloudmask_stores["hdf"])["image"][scene, :, ys, xs].values
+    np.testing.assert_array_equal(image, normalise(want))
+
+
 def test_fixed_mode_uses_the_reference_crop(cloudmask_stores):
     data = CloudMaskPatches(str(cloudmask_stores["hdf"]), spec=PatchSpec("fixed", 32))
     # 64x96 scene, 32 patches: 2 x 3 per scene, 3 scenes
