@@ -39,8 +39,10 @@ def _convert(args: argparse.Namespace) -> int:
         CloudMaskConversion,
         append_cloudmask,
         convert_cloudmask,
+        keep_freed_memory,
     )
 
+    keep_freed_memory()  # this command's own process converts in-process with the sync/threaded schedulers
     return run_conversion(args, append_cloudmask if args.append else convert_cloudmask, CloudMaskConversion,
                           layout=args.layout, tile=args.tile)
 
@@ -55,8 +57,9 @@ def conversion_options(args: argparse.Namespace):
 
 
 def _append(args: argparse.Namespace) -> int:
-    from scibench_data.convert.cloudmask import append_cloudmask
+    from scibench_data.convert.cloudmask import append_cloudmask, keep_freed_memory
 
+    keep_freed_memory()  # our own process (see _convert)
     break_lock_if_asked(args)
     report = append_cloudmask(args.src, dest_location(args), conversion_options(args))
     print("\n".join(report.lines()))

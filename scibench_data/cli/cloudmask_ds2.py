@@ -16,8 +16,9 @@ from scibench_data.cli.common import (
 
 
 def _scaffold(args: argparse.Namespace) -> int:
-    from scibench_data.convert.cloudmask import scaffold_cloudmask
+    from scibench_data.convert.cloudmask import keep_freed_memory, scaffold_cloudmask
 
+    keep_freed_memory()  # our own process (see cli.cloudmask._convert)
     break_lock_if_asked(args)
     slots = [int(s) for s in args.slots.split(",")] if args.slots else None
     report = scaffold_cloudmask(args.src, dest_location(args), conversion_options(args), n_scenes=args.scenes,

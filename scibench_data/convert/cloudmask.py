@@ -322,7 +322,9 @@ def keep_freed_memory() -> bool:
     returning them to the kernel. Otherwise every product's arrays (hundreds of MB of 58 MB
     float64 radiances for ``sen3``) are page-faulted and zeroed again: measured here, in one
     process, a ``sen3`` product's decode went from 2.93 to 1.76 CPU-s (``docs/ds2.md``). Once per
-    process; a no-op (False) off glibc."""
+    process; a no-op (False) off glibc. Only our own processes call it (the conversion commands of
+    the CLI): it changes the whole process's allocator, which a library call must not do to its
+    caller (a notebook would keep up to 512 MB of freed memory)."""
     if _MALLOC_SET_IN and _MALLOC_SET_IN[0] == os.getpid():
         return True
     try:
@@ -348,7 +350,6 @@ class ConvertProduct:
 
     def __call__(self, job: tuple[int, SourceProduct]) -> dict:
         index, product = job
-        keep_freed_memory()  # in-process runs too, not only the workers we start
         fs, _ = fsspec.core.url_to_fs(self.src_url, **self.src_storage_options)
         # every source file is read once: parsed from memory while a second thread hashes the same
         # bytes (files the reader does not parse are hashed in one streamed pass)
