@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ds2_scale
 
 import scibench_data
-from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
+from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask, keep_freed_memory
 
 
 def _cpu() -> float:
@@ -34,6 +34,7 @@ def _cpu() -> float:
 
 
 def main() -> None:
+    keep_freed_memory()  # as `scibench-data convert` does in its own process (a library call does not)
     layout, src, tag = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     dest = Path(tempfile.mkdtemp(prefix=f"pair-{tag}-")) / "s.zarr"
     load0 = os.getloadavg()

@@ -54,6 +54,7 @@ from scibench_data.convert.cloudmask import (
     ConvertProduct,
     common_grid,
     convert_cloudmask,
+    keep_freed_memory,
     encodings,
     scaffold_cloudmask,
     template,
@@ -391,6 +392,7 @@ def open_and_subset(src: Path, work: Path) -> dict:
 
 
 def main() -> None:
+    keep_freed_memory()  # as `scibench-data convert` does in its own process (a library call does not)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=None, help="working folder (kept; products are reused); default a temp dir")
     ap.add_argument("--products", type=int, default=16, help="products per layout for the throughput runs")
