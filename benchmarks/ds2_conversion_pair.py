@@ -25,7 +25,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ds2_scale
 
 import scibench_data
-from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask, keep_freed_memory
+from scibench_data.convert.cloudmask import (
+    CloudMaskConversion,
+    convert_cloudmask,
+    keep_freed_memory,
+)
 
 
 def _cpu() -> float:

@@ -54,8 +54,8 @@ from scibench_data.convert.cloudmask import (
     ConvertProduct,
     common_grid,
     convert_cloudmask,
-    keep_freed_memory,
     encodings,
+    keep_freed_memory,
     scaffold_cloudmask,
     template,
 )
