@@ -279,3 +279,15 @@ def test_metadata_read_through_s3fs_fails_in_one_line_as_obstore_does(monkeypatc
     assert "503 Service Unavailable" in message
     assert "\n" not in message and SECRET not in message
     assert unavailable.seen and {method for method, _ in unavailable.seen} == {"GET"}
+
+
+def test_with_retries_never_hands_botocore_the_callers_retries_dict():
+    """botocore rewrites a client config's ``retries`` dict in place (``max_attempts`` becomes
+    ``total_max_attempts``); handed the caller's own dict, every later reader of the same options
+    (obstore's settings) saw the rewritten one and fell back to its defaults."""
+    from scibench_data.storage.store.retries import with_retries
+
+    caller = {"config_kwargs": {"retries": {"max_attempts": 2}}}
+    out = with_retries("s3://bucket/x.zarr", caller)
+    assert out["config_kwargs"]["retries"] == {"max_attempts": 2}
+    assert out["config_kwargs"]["retries"] is not caller["config_kwargs"]["retries"]

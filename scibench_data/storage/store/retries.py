@@ -6,7 +6,8 @@ loopback server, see ``tests/storage/test_reliability_faults.py``):
 * botocore (inside s3fs) retries connection failures (connection refused,
   connection reset, timeouts) and 5xx/throttling answers. Its default
   ("legacy" mode, 5 attempts) gave up after ~7 s of outage. We set
-  ``mode="standard"`` with ``max_attempts=10`` (exponential backoff with
+  ``mode="standard"`` with ``max_attempts=10`` (in a client config botocore
+  counts these as retries, so up to 11 requests; exponential backoff with
   jitter, at most 20 s between attempts): an outage of roughly 30 s to
   a minute is ridden out. ``connect_timeout=10`` s keeps a server that accepts
   nothing from hanging a reader for botocore's default 60 s per attempt.
@@ -68,6 +69,8 @@ def with_retries(url: str, storage_options: Mapping[str, Any], policy: RetryPoli
     if not url.startswith(_S3_SCHEMES):
         return out
     config = dict(out.get("config_kwargs") or {})
+    if isinstance(config.get("retries"), Mapping):  # botocore rewrites this dict in place: never the caller's
+        config["retries"] = dict(config["retries"])
     if not (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
         config.setdefault("retries", {"max_attempts": policy.max_attempts, "mode": policy.mode})
     config.setdefault("connect_timeout", policy.connect_timeout)
