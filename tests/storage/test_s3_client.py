@@ -22,7 +22,7 @@ from _s3_helpers import LoggedS3Server, bucket_client, tiny_cloudmask_store
 from loaders.cloudmask import CloudMaskPatches, PatchSpec
 from scibench_data.storage.distribution.publish import PublishOptions, publish
 from scibench_data.storage.store.location import StoreLocation
-from scibench_data.storage.store.retries import RemoteReadError
+from scibench_data.storage.store.retries import RemoteReadError, with_retries
 from scibench_data.storage.store.s3_client import (
     ClientChoiceError,
     ObstoreReadStore,
@@ -285,8 +285,6 @@ def test_with_retries_never_hands_botocore_the_callers_retries_dict():
     """botocore rewrites a client config's ``retries`` dict in place (``max_attempts`` becomes
     ``total_max_attempts``); handed the caller's own dict, every later reader of the same options
     (obstore's settings) saw the rewritten one and fell back to its defaults."""
-    from scibench_data.storage.store.retries import with_retries
-
     caller = {"config_kwargs": {"retries": {"max_attempts": 2}}}
     out = with_retries("s3://bucket/x.zarr", caller)
     assert out["config_kwargs"]["retries"] == {"max_attempts": 2}

@@ -20,6 +20,7 @@ import pytest
 from _s3_helpers import bucket_client, tiny_cloudmask_store
 
 from scibench_data.storage.distribution.publish import PublishOptions, publish
+from scibench_data.storage.store.s3_client import one_chunk_arrays
 
 BUCKET = "forked"
 REPO = Path(__file__).resolve().parents[2]
@@ -116,8 +117,6 @@ def test_forked_workers_of_a_parent_that_only_opened_the_store_read_chunks_throu
 def test_only_arrays_in_one_chunk_are_read_with_the_metadata():
     """The arrays a dataset's opening reads whole (coordinates, one chunk each) go through s3fs with the
     metadata; every array of more than one chunk stays on obstore; a malformed object names nothing."""
-    from scibench_data.storage.store.s3_client import one_chunk_arrays
-
     def v3(shape, chunks):
         return {"node_type": "array", "shape": shape,
                 "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}}}
