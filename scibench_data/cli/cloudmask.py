@@ -63,9 +63,6 @@ def _append(args: argparse.Namespace) -> int:
     break_lock_if_asked(args)
     report = append_cloudmask(args.src, dest_location(args), conversion_options(args))
     print("\n".join(report.lines()))
-    extra = report.extra
-    print(f"appended: {len(extra.get('appended', []))} product(s), replaced by a reprocessed version: "
-          f"{len(extra.get('replaced', []))}, older versions skipped: {len(extra.get('superseded', []))}")
     if args.report:
         write_json(args.report, report.as_dict())
     return 0 if report.ok else 1

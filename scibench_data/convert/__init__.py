@@ -72,6 +72,10 @@ class ConversionReport:
             f"status: {'complete' if self.complete else 'INCOMPLETE (rerun the same command to resume)'}",
         ]
         out += [f"note: {n}" for n in self.notes]
+        if "appended" in self.extra:  # an append (either command): what it added, replaced and skipped
+            out.append(f"appended: {len(self.extra['appended'])} product(s), replaced by a reprocessed version: "
+                       f"{len(self.extra.get('replaced', []))}, older versions skipped: "
+                       f"{len(self.extra.get('superseded', []))}")
         for path, reason in self.rejected:
             out.append(f"skipped {path}: {reason}")
         for src, err in self.failed:

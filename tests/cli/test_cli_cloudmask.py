@@ -116,3 +116,22 @@ def test_a_locked_append_or_scaffold_takes_the_break_lock_its_error_names(cloudm
     assert "--break-lock" in capsys.readouterr().err
     assert main(args + ["--break-lock"]) == 0
     assert f"removed the lock of {dest}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["append", "cloudmask"], ["convert", "cloudmask", "--append"]])
+def test_both_append_commands_say_how_many_products_they_appended(cloudmask_raw, tmp_path, capsys, command):
+    """``convert cloudmask --append`` printed no "appended" line, where ``append cloudmask`` did."""
+    products = sorted(p for p in cloudmask_raw["hdf"].iterdir() if p.suffix == ".hdf")
+    first, rest = tmp_path / "first", tmp_path / "rest"
+    first.mkdir()
+    rest.mkdir()
+    shutil.copy(products[0], first / products[0].name)
+    for p in products[1:]:
+        shutil.copy(p, rest / p.name)
+    dest = tmp_path / "grown.zarr"
+    assert main(["convert", "cloudmask", "--layout", "hdf", str(first), str(dest), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main([*command, "--layout", "hdf", str(rest), str(dest), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"appended: {len(products) - 1} product(s)" in out, out
+    assert out.count("appended: ") == 1, out
