@@ -161,3 +161,29 @@ def test_prefetch_limits_are_checked():
         PrefetchLimits(max_chunks=0)
     with pytest.raises(ValueError, match="prefetch limits must be >= 1"):
         PrefetchLimits(max_bytes=0)
+
+
+def _chunk_get_counts(server: LoggedS3Server, location: StoreLocation, since: int) -> dict[str, int]:
+    """How many times each chunk object of the store was GET since request number ``since``."""
+    prefix = "/" + location.url.removeprefix("s3://").rstrip("/") + "/"
+    counts: dict[str, int] = {}
+    for method, path in server.requests()[since:]:
+        key = path[len(prefix):]
+        if method == "GET" and path.startswith(prefix) and "/c/" in key and key.split("/", 1)[0] in ("image", "cloud_mask"):
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_a_prefetched_chunk_is_not_fetched_again_by_its_batch(server, location, monkeypatch):
+    """A prefetch is keyed by the reader that will read the chunk; one keyed by another reader (fresh
+    ``ChunkReader``s built for the prefetch) is never used, and the batch GETs every chunk a second time."""
+    monkeypatch.setattr(chunk_reader, "KEEP_DECODED_BYTES", 0)  # every batch fetches all of its chunks
+    before = len(server.requests())
+    _epoch(location, None)
+    without = _chunk_get_counts(server, location, before)
+    before = len(server.requests())
+    _epoch(location, PrefetchLimits())
+    with_prefetch = _chunk_get_counts(server, location, before)
+    assert without and sum(with_prefetch.values()) == sum(without.values()), (
+        f"{sum(with_prefetch.values())} chunk GETs with prefetch, {sum(without.values())} without")
+    assert with_prefetch == without
