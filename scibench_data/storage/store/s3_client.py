@@ -83,14 +83,9 @@ def s3fs_options(url: str, storage_options: Mapping[str, Any], policy: RetryPoli
     """s3fs storage options for our reads and writes: the retry defaults
     (:func:`~scibench_data.storage.store.retries.with_retries`) and ``max_concurrency=1`` (one GET
     per whole-object read), each only where the caller set none; other URLs unchanged."""
-    out = with_retries(url, storage_options, policy)
+    out = with_retries(url, storage_options, policy)  # copies the retries dict botocore rewrites in place
     if is_s3(url):
         out.setdefault("max_concurrency", 1)
-        config = out.get("config_kwargs")
-        if isinstance(config, Mapping) and isinstance(config.get("retries"), Mapping):
-            # botocore rewrites this dict in place (max_attempts -> total_max_attempts): give it a copy,
-            # so the caller's options still mean the same to obstore afterwards
-            out["config_kwargs"] = {**config, "retries": dict(config["retries"])}
     return out
 
 
