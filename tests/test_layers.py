@@ -62,11 +62,6 @@ def test_scoring_does_not_branch_on_a_benchmark_name():
     assert not hits, hits
 
 
-#: Files other branches of issue 18/19/20 edit now; their function-level imports are theirs to mend.
-#: Take a file off this list once it passes (the rule then holds for all of scibench_data).
-NOT_YET_SCANNED: tuple[str, ...] = ()  # every module is scanned
-
-
 def _comment_lines(source: str) -> set[int]:
     return {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(source).readline)
             if tok.type == tokenize.COMMENT}
@@ -89,7 +84,7 @@ def _unexplained_function_imports(path: Path) -> list[str]:
 
 def test_imports_are_at_the_top_of_modules_unless_a_comment_says_why():
     paths = [p for package in ("scibench_data", "loaders", "reference_models") for p in sorted((ROOT / package).rglob("*.py"))
-             if "cli" not in p.relative_to(ROOT).parts and str(p.relative_to(ROOT)) not in NOT_YET_SCANNED]
+             if "cli" not in p.relative_to(ROOT).parts]
     hits = [h for p in paths for h in _unexplained_function_imports(p)]
     assert not hits, "\n".join(hits)
 
