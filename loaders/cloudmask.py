@@ -267,13 +267,9 @@ class CloudMaskPatches:
             start_prefetch([(image_r, (slice(s, s + 1), slice(0, image_r.shape[1]), *w.slices)) for s, w in items]
                            + [(mask_r, (slice(s, s + 1), *w.slices)) for s, w in items], self.ahead)
 
-    def _scene_crop(self, scene: int) -> tuple[np.ndarray, np.ndarray]:
-        """The normalised chunk-aligned crop of a scene; read once per scene per process (per open
-        store), into buffers reused for the next scene (patches are copied out of it)."""
-        store = self._store()
-        bounds = self._known_layout().crop_bounds
-        if bounds is None:
-            raise ValueError("only fixed patches are cut from a scene crop")
+    def _scene_crop(self, store: ZarrStore, scene: int, bounds: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised chunk-aligned crop ``bounds`` of a scene; read once per scene per process (per
+        open store), into buffers reused for the next scene (patches are copied out of it)."""
         ys, xs = bounds
         if self._crop is not None and self._crop[0] is store and self._crop[1] == scene:
             return self._crop[2], self._crop[3]
@@ -301,7 +297,7 @@ class CloudMaskPatches:
                 return
             ys, xs = bounds
             for k, (scene, win) in enumerate(items):
-                crop_image, crop_mask = self._scene_crop(scene)
+                crop_image, crop_mask = self._scene_crop(store, scene, bounds)
                 py = slice(win.y0 - ys.start, win.y0 - ys.start + win.size)
                 px = slice(win.x0 - xs.start, win.x0 - xs.start + win.size)
                 image[k] = crop_image[0, :, py, px]
