@@ -33,8 +33,10 @@ import itertools
 import mmap
 import os
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +48,7 @@ from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from loaders import prefetch
+from loaders import decode_pool, prefetch
 from scibench_data.storage.store.integrity import (
     NO_INVENTORY,
     ChunkChecksumError,
@@ -115,9 +117,10 @@ class ChunkReader:
         self.fast = _plain_blosc(meta)
         self.checksum = self.fast and len(meta.codecs) == 3
         self._local_root = _local_dir(self.array.store_path) if self.fast else None
-        self._scratch: np.ndarray | None = None
+        self._scratch = threading.local()  # decode's buffer when given none: one per thread
         self._inventory: Inventory | None = None  # read on the first absent chunk
         self._kept: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()  # decoded, checksum checked
+        self._pending: dict[tuple[int, ...], Future] = {}  # kept chunks still being decoded (one read)
         nbytes = int(np.prod(self.chunks)) * self.dtype.itemsize
         self.keep = min(KEEP_DECODED_BYTES // max(nbytes, 1), KEEP_DECODED_CHUNKS) if self.fast else 0
 
@@ -170,9 +173,9 @@ class ChunkReader:
         """A chunk's values in ``into`` (C-contiguous, the chunk's shape and dtype) or, without it, in a
         scratch buffer reused by the next call (copy out what you keep). ``coords`` names the chunk in errors."""
         if into is None:
-            if self._scratch is None:
-                self._scratch = np.empty(self.chunks, self.dtype)
-            into = self._scratch
+            into = getattr(self._scratch, "buf", None)
+            if into is None:
+                into = self._scratch.buf = np.empty(self.chunks, self.dtype)
         if raw is None:
             into.fill(self.fill_value)
             return into
@@ -209,7 +212,10 @@ class ChunkReader:
             return ABSENT
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_scratch": None, "_inventory": None, "_kept": OrderedDict()}
+        return {**self.__dict__, "_scratch": None, "_inventory": None, "_kept": OrderedDict(), "_pending": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _scratch=threading.local())
 
     def kept(self, coords: tuple[int, ...]) -> np.ndarray | None:
         """A chunk's values decoded by an earlier read and still kept (least recently used go first), else None."""
@@ -218,15 +224,32 @@ class ChunkReader:
             self._kept.move_to_end(coords)
         return values
 
-    def decode_kept(self, raw, coords: tuple[int, ...]) -> np.ndarray:
-        """:meth:`decode` into a buffer kept for later reads (the least recently used one is reused
-        once :attr:`keep` chunks are kept); into the scratch buffer where nothing is kept."""
+    def take_buffer(self) -> np.ndarray | None:
+        """A buffer to decode a chunk into and keep (:meth:`keep_decoding`), or None where this reader
+        keeps nothing: a new one until :attr:`keep` are kept, then the least recently used one
+        (once the decode that filled it, if still running, has finished)."""
         if self.keep < 1:
-            return self.decode(raw, coords)
-        buf = self._kept.popitem(last=False)[1] if len(self._kept) >= self.keep else np.empty(self.chunks, self.dtype)
-        values = self.decode(raw, coords, into=buf)  # raises before the chunk is kept: a bad chunk is never kept
-        self._kept[coords] = values
-        return values
+            return None
+        if len(self._kept) < self.keep:
+            return np.empty(self.chunks, self.dtype)
+        coords, buf = self._kept.popitem(last=False)
+        running = self._pending.pop(coords, None)
+        if running is not None:
+            running.exception()  # waits; its own caller raises what it raised
+        return buf
+
+    def keep_decoding(self, coords: tuple[int, ...], buf: np.ndarray, done: Future) -> None:
+        """Keep ``buf`` as chunk ``coords``' values, which ``done`` is decoding into it."""
+        self._kept[coords] = buf
+        self._pending[coords] = done
+
+    def settle(self) -> None:
+        """After a read (every decode finished): forget the chunks whose decode failed (a bad chunk is
+        never kept)."""
+        for coords, done in self._pending.items():
+            if done.exception() is not None:
+                self._kept.pop(coords, None)
+        self._pending.clear()
 
 
 def _close(raw) -> None:
@@ -301,19 +324,30 @@ def _whole(piece: Piece, chunks: tuple[int, ...]) -> bool:
     return all(sl.start == 0 and sl.stop == n for sl, n in zip(piece.src, chunks))
 
 
-def _assemble(reader: ChunkReader, coords: tuple[int, ...], raw, users: list[tuple[np.ndarray, Piece]]) -> None:
-    """Decode one chunk (checksum first) and copy its pieces into every window that needs it.
-
-    A chunk that is one window's piece as a whole, landing in a contiguous output of its dtype,
-    is decoded straight into that output (no scratch copy); others are decoded into a buffer the
-    reader keeps for the next reads (:meth:`ChunkReader.decode_kept`)."""
-    if len(users) == 1 and raw is not None:
+def _direct_target(reader: ChunkReader, users: list[tuple[np.ndarray, Piece]]) -> np.ndarray | None:
+    """The output a chunk can be decoded straight into: it is one window's piece as a whole, landing in
+    a contiguous output of its dtype (no copy); else None."""
+    if len(users) == 1:
         out, piece = users[0]
         dst = out[piece.dst]
         if _whole(piece, reader.chunks) and dst.dtype == reader.dtype and dst.flags.c_contiguous:
-            reader.decode(raw, coords, into=dst.reshape(reader.chunks))
-            return
-    _put(reader.decode_kept(raw, coords), users)
+            return dst.reshape(reader.chunks)
+    return None
+
+
+def _place(reader: ChunkReader, coords: tuple[int, ...], raw, users: list[tuple[np.ndarray, Piece]],
+           into: np.ndarray | None, kept: np.ndarray | None) -> None:
+    """One chunk, on a decode thread: its stored bytes (``raw``; ABSENT: read the local file now),
+    checksum checked, decoded into ``into`` (the output itself) or ``kept`` (a buffer the reader keeps)
+    or a per-thread scratch buffer, then its pieces copied to every window that needs it."""
+    if raw is ABSENT:
+        raw = reader.read_local(coords)
+        if raw is ABSENT:  # no such file: fill, or MissingChunkError where the manifest lists it
+            raw = sync(reader._absent(coords))
+    if into is not None:
+        reader.decode(raw, coords, into=into)  # closes raw (decode does)
+        return
+    _put(reader.decode(raw, coords, into=kept), users)
 
 
 def _put(values: np.ndarray, users: list[tuple[np.ndarray, Piece]]) -> None:
@@ -327,8 +361,10 @@ def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> 
 
     All chunks of all requests not on local disk are fetched in one concurrent round (local chunk
     files are read, or mapped, as they are decoded: no event-loop round trip); each chunk's CRC-32C
-    is checked, it is decoded once (blosc's own threads use every core) and its pieces are copied
-    to every window that needs it.
+    is checked, it is decoded once and its pieces are copied to every window that needs it, on
+    :mod:`loaders.decode_pool`'s threads (every core of a process reading its own batches; a
+    DataLoader worker decodes on its own thread). Every decode has finished when this returns or
+    raises; of several failures, the first chunk's (in first-use order) is raised.
     """
     for reader, region, out in requests:
         reader.check(region)
@@ -355,20 +391,30 @@ def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> 
 
     got = sync(fetch_all()) if remote or slow else []
     fetched = dict(zip(remote, got))
-    raw = None
+    pool, running = decode_pool.executor(), []
     try:
         failed = next((g for g in got if isinstance(g, BaseException)), None)
         if failed is not None:
             raise failed
+        # each chunk decoded and placed on the decode pool (every core of a process reading its own
+        # batches; a DataLoader worker's own thread); chunks land in disjoint parts of the outputs
         for key, chunk_users in users.items():
             reader, chunk = readers[key[0]], key[1]
-            raw = fetched.pop(key) if key in fetched else reader.read_local(chunk)
-            if raw is ABSENT:  # no such file: fill, or MissingChunkError where the manifest lists it
-                raw = sync(reader._absent(chunk))
-            _assemble(reader, chunk, raw, chunk_users)  # closes raw (decode does)
-    finally:  # a failed chunk leaves the others' mappings open otherwise
-        _close(raw)
-        for r in fetched.values():
+            into = _direct_target(reader, chunk_users)
+            kept = reader.take_buffer() if into is None else None
+            done = pool.submit(_place, reader, chunk, fetched.pop(key, ABSENT), chunk_users, into, kept)
+            if kept is not None:
+                reader.keep_decoding(chunk, kept, done)
+            running.append(done)
+            if done.done() and done.exception() is not None:
+                break  # decoded in line and failed: the chunks after it are not needed
+        decode_pool.wait_all(running)
+    finally:  # every decode finished before returning or raising: none writes into the outputs later
+        for done in running:
+            done.exception()
+        for reader in readers.values():
+            reader.settle()
+        for r in fetched.values():  # a failed read leaves the others' mappings open otherwise
             if not isinstance(r, BaseException):
                 _close(r)
     for (_, _, out), values in zip(slow, got[len(remote):]):
