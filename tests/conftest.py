@@ -76,3 +76,16 @@ def s3_storage_options(s3_endpoint) -> dict:
     from scibench_data.storage.distribution.local_s3 import storage_options
 
     return storage_options(s3_endpoint)
+
+
+@pytest.fixture(scope="session")
+def logged_s3_server(tmp_path_factory):
+    """One ``moto_server`` whose request log tests count (``tests/_s3_helpers.LoggedS3Server``), shared by
+    the modules that count requests under their own bucket."""
+    from _s3_helpers import LoggedS3Server
+
+    server = LoggedS3Server(tmp_path_factory.mktemp("moto_log"))
+    try:
+        yield server
+    finally:
+        server.stop()

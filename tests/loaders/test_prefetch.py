@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +33,8 @@ BATCH = 4
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[LoggedS3Server]:
-    s = LoggedS3Server(tmp_path_factory.mktemp("moto_log"))
-    try:
-        yield s
-    finally:
-        s.stop()
+def server(logged_s3_server: LoggedS3Server) -> LoggedS3Server:
+    return logged_s3_server  # shared (conftest.py); this module's requests are told apart by its bucket
 
 
 @pytest.fixture(scope="module")

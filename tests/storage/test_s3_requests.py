@@ -10,7 +10,6 @@ HEAD, for each distinct chunk it needed.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,8 @@ DATASET = "cloudmask_ds1"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[LoggedS3Server]:
-    s = LoggedS3Server(tmp_path_factory.mktemp("moto_log"))
-    try:
-        yield s
-    finally:
-        s.stop()
+def server(logged_s3_server: LoggedS3Server) -> LoggedS3Server:
+    return logged_s3_server  # shared (conftest.py); this module's requests are told apart by its bucket
 
 
 @pytest.fixture(scope="module")
