@@ -42,6 +42,7 @@ import torch
 from _link import read_counters  # benchmarks/_link.py (the script's folder)
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from loaders import decode_pool
 from loaders.cloudmask import (
     CloudMaskPatches,
     PatchSpec,
@@ -209,16 +210,33 @@ def touched_objects(items: list, store: Path) -> list[list[str]]:
     return out
 
 
-def decode_ceiling(store: Path, objects: list[list[str]]) -> dict:
-    """Decode exactly the objects the stream touches, as often as it touches them, bytes in memory."""
+def decode_ceiling(store: Path, objects: list[list[str]], threads: int = 0) -> dict:
+    """Decode exactly the objects the stream touches, as often as it touches them, bytes in memory.
+
+    ``threads`` 0: numcodecs' ``Blosc().decode`` in a loop on this thread (Blosc's own threads as
+    it sets them: the issue's "bare blosc decode ceiling"); ``threads`` N: the objects shared out
+    over N threads, each decoding with Blosc's threads off (what N cores can decode)."""
     import numcodecs
+    import numcodecs.blosc
 
     blobs = [(store / key).read_bytes() for keys in objects for key in keys]
     codec = numcodecs.Blosc()
-    t0 = time.perf_counter()
-    out = sum(len(codec.decode(b)) for b in blobs)
-    dt = time.perf_counter() - t0
-    return {"patches_per_s": len(objects) / dt, "decoded_MB": out / 1e6, "MBps": out / dt / 1e6}
+    if threads < 1:
+        t0 = time.perf_counter()
+        out = sum(len(codec.decode(b)) for b in blobs)
+        dt = time.perf_counter() - t0
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def part(k: int) -> int:  # a pool thread: numcodecs decodes without Blosc's threads there
+            return sum(len(codec.decode(b)) for b in blobs[k::threads])
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(part, range(threads)))  # threads started before timing
+            t0 = time.perf_counter()
+            out = sum(pool.map(part, range(threads)))
+            dt = time.perf_counter() - t0
+    return {"patches_per_s": len(objects) / dt, "decoded_MB": out / 1e6, "MBps": out / dt / 1e6, "threads": threads}
 
 
 def get_ceiling(fs, base: str, objects: list[list[str]], concurrency: int = 128) -> dict:
@@ -505,33 +523,66 @@ def local_only(args, results: dict, store: Path, files: list[str], worker_counts
     rand_items = random_items(args.scenes)
     fixed_items = plan_patches(range(args.scenes), (1200, 1500), PatchSpec("fixed"))
     rows, results["ceilings"], results["local_repeats"] = results["rows"], {}, []
+    decode_threads = decode_pool.threads()  # what ours decodes on with workers=0 (loaders/decode_pool.py)
+    results["decode_threads"] = decode_threads
     results["load_average_before"] = os.getloadavg()
     for regime, items in (("fixed", fixed_items), ("random", rand_items)):
         objects = touched_objects(items, store)
         for workers in worker_counts:
-            cells: dict[str, list[float]] = {"ceiling": [], "ours": [], "reference": []}
+            cells: dict[str, list[float]] = {"ceiling": [], "ceiling_threads": [], "ours": [], "ours_1_thread": [],
+                                             "reference": []}
             for _ in range(args.repeats):
                 cells["ceiling"].append(decode_ceiling(store, objects)["patches_per_s"])
-                ds = CloudMaskPatches(str(store), spec=PatchSpec("fixed") if regime == "fixed" else PatchSpec("random", 256, 20, seed=3))
-                if regime == "random":
-                    ds.items = rand_items
-                else:
-                    ds = ScenePatchStream(ds, seed=3)
-                first, secs, n = epoch(our_loader(ds, workers, shuffle=regime == "random"))
-                cells["ours"].append(steady_rate(first, secs, n, epoch.first_size))  # type: ignore[attr-defined]
+                # the same decodes shared over as many threads as our loader decodes on in this process
+                # (workers=0) or as there are worker processes: what the cores it uses could decode
+                cells["ceiling_threads"].append(decode_ceiling(store, objects, (workers or decode_threads))["patches_per_s"])
+                for cell, threads in (("ours", None), ("ours_1_thread", "1")):  # in-process: the decode pool, then without
+                    if cell == "ours_1_thread" and workers:
+                        cells[cell].append(float("nan"))  # a DataLoader worker decodes on its own thread anyway
+                        continue
+                    ds = CloudMaskPatches(str(store), spec=PatchSpec("fixed") if regime == "fixed" else PatchSpec("random", 256, 20, seed=3))
+                    if regime == "random":
+                        ds.items = rand_items
+                    else:
+                        ds = ScenePatchStream(ds, seed=3)
+                    with _env(decode_pool.THREADS_ENV, threads):
+                        first, secs, n = epoch(our_loader(ds, workers, shuffle=regime == "random"))
+                    cells[cell].append(steady_rate(first, secs, n, epoch.first_size))  # type: ignore[attr-defined]
                 ref = ReferenceFixed(files) if regime == "fixed" else ReferenceRandom(files, rand_items)
                 first, secs, n = epoch(plain_loader(ref, workers, shuffle=regime == "random"))
                 cells["reference"].append(steady_rate(first, secs, n, epoch.first_size))  # type: ignore[attr-defined]
                 rep = {k: v[-1] for k, v in cells.items()}
                 results["local_repeats"].append({"regime": regime, "workers": workers, **rep, "load": os.getloadavg()[0]})
                 print(f"{regime:>6} {workers}w | ceiling {rep['ceiling']:7.1f} | ours {rep['ours']:7.1f} "
-                      f"({100 * rep['ours'] / rep['ceiling']:5.1f}% of the ceiling) | reference {rep['reference']:6.1f} "
+                      f"({100 * rep['ours'] / rep['ceiling']:5.1f}% of the ceiling, "
+                      f"{100 * rep['ours'] / rep['ceiling_threads']:5.1f}% of {(workers or decode_threads)} threads' "
+                      f"{rep['ceiling_threads']:6.1f}) | ours on 1 decode thread {rep['ours_1_thread']:7.1f} "
+                      f"({100 * rep['ours_1_thread'] / rep['ceiling']:5.1f}%) | reference {rep['reference']:6.1f} "
                       f"(ours {rep['ours'] / rep['reference']:5.1f}x) | load {os.getloadavg()[0]:.1f}", flush=True)
-            for name, key in (("ours, local Zarr", "ours"), ("reference (h5py whole product)", "reference")):
+            for name, key in (("ours, local Zarr", "ours"), ("ours, local Zarr, 1 decode thread", "ours_1_thread"),
+                              ("reference (h5py whole product)", "reference")):
                 rows.append({"regime": regime, "loader": name, "workers": workers,
                              "samples_per_s": float(np.median(cells[key])), "all_samples_per_s": cells[key]})
             results["ceilings"].setdefault(regime, {})["decode_local"] = {"patches_per_s": float(np.median(cells["ceiling"]))}
+            results["ceilings"][regime][f"decode_local_{workers}w_threads"] = {
+                "patches_per_s": float(np.median(cells["ceiling_threads"])), "threads": (workers or decode_threads)}
     results["load_average_after"] = os.getloadavg()
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None):
+    """``$name`` set to ``value`` inside the block (None: left as it is)."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None:
+            if before is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = before
 
 
 def batch_payload(store: Path, data: CloudMaskPatches, stream: ScenePatchStream) -> list[int]:
@@ -686,9 +737,15 @@ def report(results: dict) -> None:
                 reps = [r for r in results["local_repeats"] if (r["regime"], r["workers"]) == (regime, w)]
                 print(f"  {regime:>6} {w}w: % of ceiling per repeat "
                       + " ".join(f"{100 * r['ours'] / r['ceiling']:.0f}" for r in reps)
-                      + f" (median {np.median([100 * r['ours'] / r['ceiling'] for r in reps]):.0f}%); x reference per repeat "
+                      + f" (median {np.median([100 * r['ours'] / r['ceiling'] for r in reps]):.0f}%); % of the threads' ceiling "
+                      + " ".join(f"{100 * r['ours'] / r['ceiling_threads']:.0f}" for r in reps)
+                      + f" (median {np.median([100 * r['ours'] / r['ceiling_threads'] for r in reps]):.0f}%); x reference per repeat "
                       + " ".join(f"{r['ours'] / r['reference']:.1f}" for r in reps)
                       + f" (median {np.median([r['ours'] / r['reference'] for r in reps]):.1f}x)")
+                if reps and not w:
+                    print(f"  {regime:>6} {w}w, 1 decode thread: % of ceiling per repeat "
+                          + " ".join(f"{100 * r['ours_1_thread'] / r['ceiling']:.0f}" for r in reps)
+                          + f" (median {np.median([100 * r['ours_1_thread'] / r['ceiling'] for r in reps]):.0f}%)")
         print(f"  load average before {results['load_average_before']}, after {results['load_average_after']}")
         return
     for reg, r in results.get("requests_per_patch", {}).items():
