@@ -125,6 +125,11 @@ class ChunkReader:
         self.keep = min(KEEP_DECODED_BYTES // max(nbytes, 1), KEEP_DECODED_CHUNKS) if self.fast else 0
 
     @property
+    def fetched(self) -> bool:
+        """Its chunks are fetched through the store (object storage, wrappers), not mapped from local files."""
+        return self._local_root is None
+
+    @property
     def name(self) -> str:
         """The array's path in its store (``image``)."""
         return self.array.store_path.path
@@ -383,7 +388,7 @@ def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> 
         values = readers[key[0]].kept(key[1])
         if values is not None:
             _put(values, users.pop(key))
-    remote = [k for k in users if readers[k[0]]._local_root is None]
+    remote = [k for k in users if readers[k[0]].fetched]
 
     async def fetch_all():
         return await asyncio.gather(*(prefetch.fetch(readers[rid], c) for rid, c in remote),  # started early?

@@ -117,7 +117,7 @@ def start(requests: Sequence[tuple[ChunkReader, Slices]], limits: PrefetchLimits
         a.batch += 1
         a.drop([k for k, f in a.fetches.items() if f.batch < a.batch - 1])
         held, nbytes = len(a.fetches), a.nbytes
-        wanted = ((reader, coords) for reader, region in requests if reader.fast and reader._local_root is None
+        wanted = ((reader, coords) for reader, region in requests if reader.fast and reader.fetched
                   for coords in chunk_coords(region, reader.chunks))
         seen: set[tuple[int, tuple[int, ...]]] = set()
         for reader, coords in wanted:
