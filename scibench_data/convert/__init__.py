@@ -76,6 +76,10 @@ class ConversionReport:
             out.append(f"appended: {len(self.extra['appended'])} product(s), replaced by a reprocessed version: "
                        f"{len(self.extra.get('replaced', []))}, older versions skipped: "
                        f"{len(self.extra.get('superseded', []))}")
+        elif self.extra.get("superseded"):  # a conversion: the older versions of an acquisition it left out
+            names = self.extra["superseded"]
+            out.append(f"superseded: {len(names)} older version(s) of a product also present in a newer "
+                       f"processing, not stored (e.g. {names[0]})")
         for path, reason in self.rejected:
             out.append(f"skipped {path}: {reason}")
         for src, err in self.failed:

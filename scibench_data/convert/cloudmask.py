@@ -439,6 +439,8 @@ def _run_and_finalize(store: RecordStore, src: str, todo: list, grid: tuple[int,
 def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskConversion) -> ConversionReport:
     """Convert every product of ``options.layout`` under ``src`` into the store ``dest``.
 
+    Of several processings of one acquisition (:func:`acquisition`) only the newest is stored, as
+    :func:`append_cloudmask` does; the others are listed in the report (``extra["superseded"]``).
     Resumable and idempotent: rerunning converts only the scenes without a
     marker and finalizes; a complete store is left as it is.
     """
@@ -448,7 +450,9 @@ def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCon
     if not products:
         raise FileNotFoundError(f"no {options.layout} CloudMask products found in {src}")
     options = options.with_synthetic(find_marker(fs, [posixpath.dirname(p.path) for p in products]))
-    products = time_order(products)
+    newest = plan_append([], products)  # against an empty store: the newest version of each acquisition
+    products = list(newest.new)  # in time order
+    extra = {"superseded": list(newest.superseded)} if newest.superseded else {}
     grid = common_grid(fs, products)
     names = [p.name.stem for p in products]
     ds = template(names, scene_times([p.name.start for p in products]), [p.split for p in products], grid,
@@ -463,11 +467,12 @@ def convert_cloudmask(src: str, dest: str | StoreLocation, options: CloudMaskCon
                                                  **plan_layout(options.codec, enc)})
         if state == "complete":
             return ConversionReport(dest=location.url, total=len(products), already_done=len(products),
-                                    complete=True, rejected=rejected_rows, elapsed_s=time.perf_counter() - t0)
+                                    complete=True, rejected=rejected_rows, elapsed_s=time.perf_counter() - t0,
+                                    extra=extra)
         done = store.done(names) if state != "created" else {}
         todo = [(i, p) for i, p in enumerate(products) if i not in done]
         return _run_and_finalize(store, src, todo, grid, options, f"convert {options.layout}", names,
-                                 done, rejected_rows, t0)
+                                 done, rejected_rows, t0, extra=extra)
 
 
 def _name_of(key: str) -> ProductName:

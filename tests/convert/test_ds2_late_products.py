@@ -144,6 +144,34 @@ def test_a_reprocessed_product_replaces_its_scene_and_provenance_names_the_versi
     assert str(_plain(dest)["source_name"].values[scene]) == Path(new_name).stem
 
 
+def test_a_conversion_of_an_archive_holding_two_versions_of_an_acquisition_stores_the_newest_once(raw, tmp_path):
+    """convert, like append, keeps the newest processing of each acquisition: the older version is not
+    stored as a second scene of the same time (a scene twice in the data set, twice under sel(time=...))."""
+    products = raw["products"][:3]
+    archive = _folder(tmp_path / "archive", products)
+    old = products[1]
+    new_name = _reprocessed_name(old.name, timedelta(days=30))
+    shutil.copy(raw["other"][1], archive / new_name)
+    assert convert_cloudmask(str(_folder(tmp_path / "alone", [archive / new_name])),
+                             str(tmp_path / "alone.zarr"), OPTS).ok
+    expected = _plain(tmp_path / "alone.zarr")
+
+    dest = tmp_path / "root" / "cloudmask_ds2.zarr"
+    report = convert_cloudmask(str(archive), str(dest), OPTS)
+    assert report.ok and report.extra.get("superseded") == [old.name], report.lines()
+    assert any("superseded" in line for line in report.lines()), report.lines()
+    ds = _plain(dest)
+    assert ds.sizes["scene"] == 3, list(ds["source_name"].values)
+    names = [str(n) for n in ds["source_name"].values]
+    assert names == [products[0].stem, Path(new_name).stem, products[2].stem]
+    for v in DATA + ("source_sha256",):
+        np.testing.assert_array_equal(ds[v].values[1], expected[v].values[0], err_msg=v)
+    at = ds["time"].values[1]
+    assert _open(dest).sel(time=at)["source_name"].values.ndim == 0  # one scene at that time
+    again = convert_cloudmask(str(archive), str(dest), OPTS)  # rerun: complete, nothing converted
+    assert again.complete and again.converted == ()
+
+
 def test_sel_time_is_correct_after_a_late_append(raw, tmp_path):
     products = raw["products"]
     dest = tmp_path / "root" / "cloudmask_ds2.zarr"
