@@ -238,7 +238,7 @@ def main() -> None:
             for path in paths:
                 before = len(server.requests())
                 # decode on the reading thread: the decode/copy shares below are process CPU timed around
-                # each call, which a second decode thread would count twice (CPU per GB is the same either way)
+                # each call, which a second decode thread would count twice
                 env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "SCIBENCH_DECODE_THREADS": "1"}
                 done = subprocess.run([sys.executable, __file__, "--scenes", str(args.scenes), "--patches",
                                        str(args.patches), "--child", json.dumps({"path": path, "url": url, "so": so})],
