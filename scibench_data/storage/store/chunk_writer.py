@@ -18,6 +18,7 @@ encoded on ``threads`` pool threads in parallel. Any other chain, dtype or order
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import sys
@@ -28,10 +29,11 @@ import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
-from zarr.core.buffer import default_buffer_prototype
+from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
+from zarr.storage import StorePath
 
 from scibench_data.storage.store.regions import Region, check_region_aligned
 
@@ -101,24 +103,37 @@ def write_region(arr: zarr.Array, region: Region, data: np.ndarray, threads: int
         out[tuple(slice(0, b - a) for a, b in zip(lo, hi))] = part
         return out
 
-    def write(coords: tuple[int, ...]) -> None:
+    def encode(coords: tuple[int, ...]) -> tuple[str, Buffer | None]:
+        """The chunk's key and encoded bytes (None: all fill, not to be stored)."""
         values = values_of(coords)
-        key = store_path / meta.encode_chunk_key(coords)
+        key = meta.encode_chunk_key(coords)
         if not write_empty and _all_fill(values, fill):
-            sync(key.delete())
-            return
+            return key, None
         encoded = encoder.encode(values.reshape(-1).view(np.uint8))  # releases the GIL
         if checksum:
-            crc = google_crc32c.value(encoded)
-            encoded = encoded + crc.to_bytes(4, "little")
-        sync(key.set(buffer.from_bytes(encoded)))
+            encoded = encoded + google_crc32c.value(encoded).to_bytes(4, "little")
+        return key, buffer.from_bytes(encoded)
 
     coords = list(region_chunks(region, chunks))
     if threads <= 1 or len(coords) <= 1:
-        for c in coords:
-            write(c)
-        return True
-    with ThreadPoolExecutor(min(threads, len(coords)), thread_name_prefix="chunk-encode") as pool:
-        for _ in pool.map(write, coords):  # the first error raises here (the rest are finished first)
-            pass
+        encoded = [encode(c) for c in coords]
+    else:
+        with ThreadPoolExecutor(min(threads, len(coords)), thread_name_prefix="chunk-encode") as pool:
+            encoded = list(pool.map(encode, coords))  # the first error raises here (the rest are finished first)
+    sync(_put_all(store_path, encoded))
     return True
+
+
+async def _put_all(store_path: StorePath, encoded: list[tuple[str, Buffer | None]]) -> None:
+    """Put every encoded chunk under its key and delete the keys of all-fill chunks, all requests in flight
+    at once (zarr bounds them by ``async.concurrency``, as its own write does)."""
+    sem = asyncio.Semaphore(zarr.config.get("async.concurrency"))
+
+    async def put(key: str, value: Buffer | None) -> None:
+        async with sem:
+            if value is None:
+                await (store_path / key).delete()
+            else:
+                await (store_path / key).set(value)
+
+    await asyncio.gather(*(put(k, v) for k, v in encoded))
