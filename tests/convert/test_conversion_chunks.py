@@ -10,7 +10,11 @@ import fsspec
 import pytest
 import zarr
 
-from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask, time_order
+from scibench_data.convert.cloudmask import (
+    CloudMaskConversion,
+    convert_cloudmask,
+    time_order,
+)
 from scibench_data.formats.cloudmask import discover_products, read_product
 
 SCENE_ARRAYS = ("image", "cloud_mask", "summary_cloud")
