@@ -1,13 +1,15 @@
 """Write whole chunks of an aligned region straight to the store, encoded on several threads.
 
-``zarr.Array.__setitem__`` on a chunk-aligned region spends about twice the CPU of the encoding
-itself (docs/ds2.md, "third round"): per chunk an indexer projection, buffer wrappers, a thread hop
-per codec, an ``np.append`` copy for the checksum, and the NaN-aware fill test on every chunk. For
+``zarr.Array.__setitem__`` on a chunk-aligned region spends ~1.6x the CPU of this module for the same
+bytes (a full-size CloudMask scene's image: 0.150 vs 0.091 CPU-s, docs/ds2.md "third round"): per
+chunk an indexer projection, buffer wrappers, thread hops, an ``np.append`` copy for the checksum,
+and a full NaN-aware fill comparison. For
 the codec chain every store of ours is written with (``bytes`` in native byte order, ``blosc``,
 optionally ``crc32c``; regular grid, C order, no sharding) this module does the same work directly:
 each chunk's values (the region's part, padded with the fill value where the chunk crosses the
-array's edge, as zarr pads it), the same codec objects the array's metadata holds, and the encoded
-bytes put under the chunk's key through the array's own store (local or object storage alike).
+array's edge, as zarr pads it), encoded by the Blosc of the codec object the array's metadata holds
+and checksummed as zarr's ``crc32c`` codec does, and all of a region's encoded chunks put under their
+keys through the array's own store in one round trip (local or object storage alike).
 A chunk whose values all equal the fill value is not written but deleted, exactly as zarr does when
 ``write_empty_chunks`` is False (our default), so a rewrite that makes a chunk all fill removes the
 previous object. The stored objects are byte-identical to zarr's (``tests/storage/test_chunk_writer.py``).
