@@ -10,7 +10,9 @@ On full-size synthetic products (1200 x 1500 scenes; layout sen3 has 2400 x 3000
    and CPU seconds per product in the workers;
 2. the ceiling: the least work a conversion of one product must do on one core (``ceiling``:
    decode the values the store needs, bring them to its layout, encode and write its chunks),
-   in MB/s of input and in CPU-s per product;
+   in MB/s of input and in CPU-s per product; a second ceiling (``ceil+sha``) adds the sha256 of
+   every input file that provenance needs; the per-product task alone ("task only", no store
+   creation or finalize around it) on one worker with our settings and with dask's defaults;
 3. peak RSS per worker converting 4, 8 and 16 full-size sen3 products with 2 workers;
 4. time to open the full-shape ``cloudmask_ds2`` (9800 scenes, 4 written) through the catalog
    versus a 4-scene store, and to load its ``time`` coordinate;
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import io
 import json
@@ -136,14 +139,15 @@ def convert_on(scheduler: str, src: Path, dest: Path, layout: str) -> dict:
     return {"seconds": wall, "products": report.total, "bytes": report.bytes_read}
 
 
-def untuned_worker(src: Path, layout: str, work: Path) -> dict:
-    """The same per-product task on a default ``LocalCluster`` worker (statistical profiler on, zarr's
-    codec thread pool, worker-saturation 1.1, dask's malloc settings), submitted directly: what our
-    worker tuning saves."""
+def task_only(src: Path, layout: str, work: Path, tuned: bool) -> dict:
+    """The per-product task alone (no discovery, store creation or finalize around it) on one fresh
+    1-thread worker process, submitted directly: with our settings (``tuned``: the cluster
+    ``--scheduler local-cluster`` starts) or on a default ``LocalCluster`` worker (statistical profiler
+    on, zarr's codec thread pool, worker-saturation 1.1, dask's malloc settings): what our tuning saves."""
     fs = fsspec.filesystem("file")
     products = discover_products(fs, str(src), layout)[0]
     grid = common_grid(fs, products)
-    dest = work / "untuned.zarr"
+    dest = work / "task-only.zarr"
     shutil.rmtree(dest, ignore_errors=True)
     names = [p.name.stem for p in products]
     ds = template(names, np.array([np.datetime64(p.name.start, "ns") for p in products]), [""] * len(names), grid, 256)
@@ -152,16 +156,22 @@ def untuned_worker(src: Path, layout: str, work: Path) -> dict:
     task = ConvertProduct(StoreLocation(str(dest)), str(src), {}, grid)
     defaults = {k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()}
     default_env = {**{k: None for k in WORKER_ENV}, **defaults}  # exactly dask's, whatever ran before
-    with environment(default_env), LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                                dashboard_address=None) as cluster, Client(cluster) as client:
+    with contextlib.ExitStack() as stack:
+        if tuned:
+            client = stack.enter_context(distributed_client("local-cluster", 1))
+        else:
+            stack.enter_context(environment(default_env))
+            cluster = stack.enter_context(LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                                       dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
         client.run(_warm)
         cpu0 = client.run(_worker_cpu)
         t0 = time.perf_counter()
-        client.gather(client.map(task, list(enumerate(products)), pure=False))
+        infos = client.gather(client.map(task, list(enumerate(products)), pure=False))
         seconds = time.perf_counter() - t0
         cpu1 = client.run(_worker_cpu)
     shutil.rmtree(dest, ignore_errors=True)
-    return {"products": len(products), "seconds": seconds,
+    return {"products": len(products), "seconds": seconds, "bytes": sum(i["bytes"] for i in infos),
             "cpu_s_per_product": sum(cpu1[w] - cpu0[w] for w in cpu1) / len(products)}
 
 
@@ -181,11 +191,12 @@ def throughput(src: Path, layout: str, work: Path) -> dict:
             cpu1 = client.run(_worker_cpu)
             r["cpu_s_per_product"] = sum(cpu1[w] - cpu0[w] for w in cpu1) / r["products"]
             out[f"{n} worker process{'es' if n > 1 else ''}"] = r
+    out["1 worker (task only)"] = task_only(src, layout, work, tuned=True)
+    out["untuned 1 worker (task only)"] = task_only(src, layout, work, tuned=False)
     for r in out.values():
         r["products_per_s"] = r["products"] / r["seconds"]
         r["MBps"] = r["bytes"] / r["seconds"] / 1e6
         r["cores_obtained"] = r["cpu_s_per_product"] * r["products"] / r["seconds"]
-    out["untuned 1 worker (task only)"] = untuned_worker(src, layout, work)
     out["scaling_2_vs_1"] = out["2 worker processes"]["MBps"] / out["1 worker process"]["MBps"]
     return out
 
@@ -276,7 +287,7 @@ def ceiling(src: Path, layout: str) -> dict:
     threads_were = numcodecs.blosc.use_threads
     numcodecs.blosc.use_threads = False  # one core: Blosc would otherwise use its own threads from the main thread
     out = Path(tempfile.mkdtemp(prefix="ceiling-"))
-    t_decode = t_encode = t_hash = cpu_s = float("inf")
+    t_decode = t_encode = t_hash = cpu_s = cpu_hash = float("inf")
     c0 = time.process_time()
     wall = 0.0
     try:
@@ -288,17 +299,17 @@ def ceiling(src: Path, layout: str) -> dict:
             t2, p2 = time.perf_counter(), time.process_time()
             t_decode, t_encode, cpu_s = min(t_decode, t1 - t0), min(t_encode, t2 - t1), min(cpu_s, p2 - p0)
             wall += t2 - t0
-            t0 = time.perf_counter()
+            t0, p0 = time.perf_counter(), time.process_time()
             for f in files:
                 with open(f, "rb") as fh:
                     hashlib.sha256(fh.read()).hexdigest()
-            t_hash = min(t_hash, time.perf_counter() - t0)
+            t_hash, cpu_hash = min(t_hash, time.perf_counter() - t0), min(cpu_hash, time.process_time() - p0)
     finally:
         numcodecs.blosc.use_threads = threads_were
         shutil.rmtree(out, ignore_errors=True)
     cpu = time.process_time() - c0
     return {"decode_s": t_decode, "encode_write_s": t_encode, "sha256_s": t_hash, "input_bytes": in_bytes,
-            "cpu_s": cpu_s,
+            "cpu_s": cpu_s, "sha256_cpu_s": cpu_hash, "cpu_s_with_sha256": cpu_s + cpu_hash,
             "stored_bytes": written, "cores": cpu / (wall + 3 * t_hash) if wall else 0.0,
             "MBps": in_bytes / (t_decode + t_encode) / 1e6,
             "MBps_with_sha256": in_bytes / (t_decode + t_encode + t_hash) / 1e6}
@@ -429,17 +440,22 @@ def main() -> None:
     print(f"\nCloudMask DS2 scale benchmark ({os.cpu_count()} cores, load {results['machine']['loadavg_start'][0]:.1f}"
           f" -> {results['machine']['loadavg_end'][0]:.1f})")
     print(f"{'layout':6} {'run':28} {'s':>6} {'products/s':>10} {'MB/s':>7} {'CPU s/product':>13} "
-          f"{'cores got':>9} {'% ceiling/core':>14} {'% per core got':>14} {'% ceiling CPU':>13}")
+          f"{'cores got':>9} {'% ceiling/core':>14} {'% per core got':>14} {'% ceiling CPU':>13}"
+          f" {'% ceil+sha/core':>15} {'% ceil+sha CPU':>14}")
     for layout, runs in results.get("throughput", {}).items():
         ceil = results["ceiling"][layout]["MBps"]
         ceil_cpu = results["ceiling"][layout].get("cpu_s", float("nan"))
+        # the second ceiling: the same least work plus the sha256 of every input file that provenance needs
+        ceil_sha = results["ceiling"][layout].get("MBps_with_sha256", float("nan"))
+        ceil_sha_cpu = results["ceiling"][layout].get("cpu_s_with_sha256", float("nan"))
         for name, r in runs.items():
             if isinstance(r, dict) and "MBps" in r:
                 cores = 2 if name.startswith("2") else 1
                 print(f"{layout:6} {name:28} {r['seconds']:6.1f} {r['products_per_s']:10.2f} {r['MBps']:7.1f} "
                       f"{r['cpu_s_per_product']:13.2f} {r['cores_obtained']:9.2f} {100 * r['MBps'] / cores / ceil:13.0f}%"
                       f" {100 * r['MBps'] / max(r['cores_obtained'], 1e-9) / ceil:13.0f}%"
-                      f" {100 * ceil_cpu / r['cpu_s_per_product']:12.0f}%")
+                      f" {100 * ceil_cpu / r['cpu_s_per_product']:12.0f}%"
+                      f" {100 * r['MBps'] / cores / ceil_sha:14.0f}% {100 * ceil_sha_cpu / r['cpu_s_per_product']:13.0f}%")
             elif isinstance(r, dict):
                 print(f"{layout:6} {name:28} {r['seconds']:6.1f} {r['products'] / r['seconds']:10.2f} {'':7} "
                       f"{r['cpu_s_per_product']:13.2f}")
@@ -447,7 +463,8 @@ def main() -> None:
         print(f"{layout:6} {'2 vs 1 worker':28} {runs['scaling_2_vs_1']:6.2f}x   ceiling (least work, 1 core): "
               f"{ceil:.0f} MB/s, {ceil_cpu:.2f} CPU-s/product (decode {c['decode_s']:.2f} s + encode and write "
               f"{c.get('encode_write_s', float('nan')):.2f} s); sha256 of the inputs beside it "
-              f"{c.get('sha256_s', float('nan')):.2f} s")
+              f"{c.get('sha256_s', float('nan')):.2f} s; with it (ceil+sha): {ceil_sha:.0f} MB/s, "
+              f"{ceil_sha_cpu:.2f} CPU-s/product")
     if "peak_rss" in results:
         print("peak RSS per worker (2 workers, full-size sen3):")
         for n, r in results["peak_rss"].items():

@@ -67,6 +67,7 @@ from zarr.core.metadata import ArrayV3Metadata
 from zarr.storage import WrapperStore
 
 from scibench_data.atomic import write_bytes
+from scibench_data.storage.store.chunk_writer import write_region
 from scibench_data.storage.store.encoding import with_checksums
 from scibench_data.storage.store.hashing import sha256_bytes
 from scibench_data.storage.store.location import StoreLocation
@@ -351,7 +352,8 @@ class RecordStore:
     def write_block(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Write records ``start .. start + n`` at once (arrays ``(n, ...)``). Every region is checked
         against the chunk grid before any byte is written, so the record-dimension chunk must
-        divide the block (or the block must end the array)."""
+        divide the block (or the block must end the array). Chunks of our codec chain are encoded
+        and put directly (:mod:`~scibench_data.storage.store.chunk_writer`: the same bytes as zarr's write)."""
         g = self.group()
         targets = []
         for name, data in arrays.items():
@@ -363,7 +365,8 @@ class RecordStore:
             targets.append((arr, region, data))
         try:
             for arr, region, data in targets:
-                arr[region.slices()] = data
+                if not write_region(arr, region, data):  # encoded on two threads; zarr for other codec chains
+                    arr[region.slices()] = data
         except OSError as err:
             n = next(iter(arrays.values())).shape[0] if arrays else 1
             raise full_disk_error(self.location, err, f"records {start}..{start + n - 1}") or err
