@@ -81,6 +81,7 @@ from scibench_data.storage.store.hashing import HashingReader, combined_digest
 from scibench_data.storage.store.location import StoreLocation
 from scibench_data.storage.store.lock import WriterLock
 from scibench_data.storage.store.records import (
+    MARKER_CHUNKS,
     InventoryCheckpoint,
     RecordStore,
     StoreStateError,
@@ -372,12 +373,13 @@ class ConvertProduct:
                 raise SourceFormatError(product.path, f"grid {scene.image.shape[1:]} differs from the store's "
                                                       f"{self.grid}")
             store = RecordStore(self.dest, RECORD_DIM)
-            store.write_record(index, {"image": scene.image, "cloud_mask": scene.cloud_mask,
-                                       "summary_cloud": scene.summary_cloud})
+            written = store.write_record(index, {"image": scene.image, "cloud_mask": scene.cloud_mask,
+                                                 "summary_cloud": scene.summary_cloud})
             hashed = reader.digests()
         digests = [(f[len(product.path):].lstrip("/") or product.name.name, hashed[f][0]) for f in files]
         info = {"key": product.name.stem, "source": product.path, "sha256": combined_digest(digests),
-                "files": dict(digests), "bytes": int(sum(hashed[f][1] for f in files))}
+                "files": dict(digests), "bytes": int(sum(hashed[f][1] for f in files)),
+                MARKER_CHUNKS: {k: list(v) for k, v in sorted(written.items())}}  # finalize reads none of them back
         store.mark_done(index, info)
         return info
 

@@ -21,6 +21,11 @@ from scibench_data.convert.cloudmask import (
 )
 from scibench_data.storage.distribution.local_s3 import storage_options
 from scibench_data.storage.store.location import StoreLocation
+from scibench_data.storage.store.manifest import (
+    build_manifest,
+    read_manifest,
+    verify_store,
+)
 from scibench_data.storage.store.records import store_state
 from scibench_data.synthetic.cloudmask import SyntheticCloudMask, generate
 
@@ -108,9 +113,42 @@ def test_resume_and_append_cost_the_same_requests_for_any_number_of_products(ser
             f"{case}: {len(counts[case][small])} requests for {small} products, {len(counts[case][big])} for {big}: "
             f"{sorted(set(counts[case][big]) - set(counts[case][small]))[:12]}")
         assert _markers_read(counts[case][big]) == [], case
-    # a resume finalizes a store written by an earlier run: its manifest hashes every data object once
-    # (what the first conversion's finalize does too); what it learns about finished products costs
-    # the same for any number of them
+    # a resume finalizes a store written by an earlier run: the digests of what that run wrote come with
+    # its markers (in the inventory), so what it learns about finished products costs the same for any
+    # number of them
     state = {n: [r for r in counts["resume"][n] if "/_scibench/" in r] for n in SIZES}
     assert len(state[big]) == len(state[small]), (state[small], state[big])
     assert len(_markers_read(counts["resume"][big])) <= 1
+
+
+def _data_chunk_requests(requests: list[str], method: str, store: str) -> list[str]:
+    """``method`` requests of the scene arrays' chunk objects of ``store`` (a name in the bucket)."""
+    arrays = ("image", "cloud_mask", "summary_cloud")
+    return [r for r in requests if r.startswith(f"{method} /{BUCKET}/{store}/")
+            and any(f"/{store}/{a}/c/" in r for a in arrays)]
+
+
+def test_a_conversion_and_its_resume_read_back_none_of_the_chunks_they_wrote(server, raw, tmp_path):
+    """Finalize read every object of the store back to hash it for the manifest: on S3 that downloads the
+    whole converted data set once more (terabytes for DS2) on the one coordinating machine. The digests
+    are now taken from the bytes each task wrote (its marker carries them); the manifest is unchanged."""
+    so = storage_options(server.endpoint)
+    opts = CloudMaskConversion(layout="hdf", progress=False, scheduler="sync")
+    dest = StoreLocation(f"s3://{BUCKET}/readback.zarr", so)
+    report, requests = _counted(server, lambda: convert_cloudmask(str(_folder(raw, tmp_path / "src", 4)), dest, opts))
+    assert report.ok, report.lines()
+    assert _data_chunk_requests(requests, "PUT", "readback.zarr")  # the chunks were written...
+    assert _data_chunk_requests(requests, "GET", "readback.zarr") == []  # ...and none was read back
+
+    resumed = StoreLocation(f"s3://{BUCKET}/readback-resume.zarr", so)
+    assert not convert_cloudmask(str(_folder(raw, tmp_path / "broken", 4, broken=1)), resumed, opts).ok
+    report, requests = _counted(server, lambda: convert_cloudmask(str(_folder(raw, tmp_path / "src2", 4)), resumed, opts))
+    assert report.ok and len(report.converted) == 1, report.lines()
+    assert _data_chunk_requests(requests, "GET", "readback-resume.zarr") == []  # the earlier run's digests are known
+
+    for location in (dest, resumed):  # every digest in the manifest is the object's own
+        manifest = read_manifest(location)
+        fresh = build_manifest(location)
+        assert {e.key: (e.size, e.sha256) for e in manifest.entries} == {e.key: (e.size, e.sha256) for e in fresh.entries}
+        verified = verify_store(location, manifest)
+        assert verified.ok, verified

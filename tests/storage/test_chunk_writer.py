@@ -4,6 +4,7 @@ that a rewrite makes all fill deleted), on a local folder and on S3 (the moto se
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import numpy as np
@@ -131,7 +132,11 @@ def test_one_encoding_thread_or_several_give_the_same_objects(tmp_path):
         g = store.group()
         for i, rec in enumerate(_records()):
             arr = array_in(g, "image")
-            assert write_region(arr, Region((i, 0, 0, 0), (i + 1, C, H, W)), rec["image"][None], threads=threads)
+            written = write_region(arr, Region((i, 0, 0, 0), (i + 1, C, H, W)), rec["image"][None], threads=threads)
+            assert written is not None
+            for key, (size, digest) in written.items():  # what it says it wrote is what the store holds
+                data = (tmp_path / f"t{threads}.zarr" / key).read_bytes()
+                assert (len(data), hashlib.sha256(data).hexdigest()) == (size, digest), key
     one, *others = (_objects(s.location) for s in stores)
     assert one and all(o == one for o in others)
 
@@ -141,8 +146,8 @@ def test_other_codec_chains_and_dtypes_are_left_to_zarr(tmp_path):
     plain, image = array_in(g, "plain"), array_in(g, "image")
     assert direct_chain(plain) is None and direct_chain(image) is not None
     region = Region((0, 0, 0), (1, H, W))
-    assert not write_region(plain, region, np.zeros((1, H, W), np.float32))
-    assert not write_region(image, Region((0, 0, 0, 0), (1, C, H, W)), np.zeros((1, C, H, W), np.float64))
+    assert write_region(plain, region, np.zeros((1, H, W), np.float32)) is None
+    assert write_region(image, Region((0, 0, 0, 0), (1, C, H, W)), np.zeros((1, C, H, W), np.float64)) is None
     assert not list(_objects(StoreLocation(str(tmp_path / "s.zarr"))))  # nothing written by a refusal
 
 
@@ -163,3 +168,16 @@ def test_records_in_a_store_opened_by_zarr_read_back_equal(tmp_path):
     g = zarr.open_group(location.zarr_store(), mode="r")
     np.testing.assert_array_equal(g["image"][:], np.stack([r["image"] for r in recs]))
     np.testing.assert_array_equal(g["mask"][:], np.stack([r["mask"] for r in recs]))
+
+
+def test_a_malformed_chunk_digest_in_a_marker_is_not_trusted():
+    """A marker (or an inventory) is read back from the store: an entry that is not (size >= 0, 64 hex
+    digits) is left out, so that object is hashed from storage instead."""
+    from scibench_data.storage.store.records import written_chunks
+
+    good = "ab" * 32
+    markers = {0: {"chunks": {"image/c/0/0/0/0": [10, good], "image/c/0/0/0/1": [10, "zz" * 32],
+                              "image/c/0/0/1/0": [-1, good], "image/c/0/0/1/1": [True, good],
+                              "image/c/0/0/2/0": [10, good[:-1]], "image/c/0/0/2/1": "x"}},
+               1: {"chunks": ["not", "a", "mapping"]}, 2: "not a marker"}
+    assert written_chunks(markers) == {"image/c/0/0/0/0": (10, good)}

@@ -21,6 +21,7 @@ encoded on ``threads`` pool threads in parallel. Any other chain, dtype or order
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import math
 import sys
@@ -77,14 +78,20 @@ def _all_fill(values: np.ndarray, fill: object) -> bool:
     return bool(nd.from_numpy_array(values).all_equal(fill))
 
 
-def write_region(arr: zarr.Array, region: Region, data: np.ndarray, threads: int = ENCODE_THREADS) -> bool:
+#: What :func:`write_region` wrote: store key -> (size, sha256 hex) of every chunk object it put.
+Written = dict[str, tuple[int, str]]
+
+
+def write_region(arr: zarr.Array, region: Region, data: np.ndarray, threads: int = ENCODE_THREADS) -> Written | None:
     """Write ``data`` into the chunk-aligned ``region`` of ``arr`` chunk by chunk (see the module's
-    docstring); False, with nothing written, when ``arr``'s chain, the data's dtype or type is not one
-    this writer handles (the caller then writes through zarr). The alignment is checked first."""
+    docstring) and return the size and sha256 of every object put (keys relative to the store root, as
+    manifests list them; all-fill chunks, deleted, are not in it); None, with nothing written, when
+    ``arr``'s chain, the data's dtype or type is not one this writer handles (the caller then writes
+    through zarr). The alignment is checked first."""
     check_region_aligned(region, arr.chunks, arr.shape, arr.path or "array")
     chain = direct_chain(arr)
     if chain is None or type(data) is not np.ndarray or data.dtype != arr.dtype or data.shape != region.shape:
-        return False
+        return None
     blosc, checksum = chain
     encoder = blosc._blosc_codec  # the numcodecs Blosc zarr itself encodes with (same typesize and blocksize)
     meta = arr.metadata
@@ -105,16 +112,16 @@ def write_region(arr: zarr.Array, region: Region, data: np.ndarray, threads: int
         out[tuple(slice(0, b - a) for a, b in zip(lo, hi))] = part
         return out
 
-    def encode(coords: tuple[int, ...]) -> tuple[str, Buffer | None]:
-        """The chunk's key and encoded bytes (None: all fill, not to be stored)."""
+    def encode(coords: tuple[int, ...]) -> tuple[str, Buffer | None, str]:
+        """The chunk's key, encoded bytes (None: all fill, not to be stored) and their sha256 (for the manifest)."""
         values = values_of(coords)
         key = meta.encode_chunk_key(coords)
         if not write_empty and _all_fill(values, fill):
-            return key, None
+            return key, None, ""
         encoded = encoder.encode(values.reshape(-1).view(np.uint8))  # releases the GIL
         if checksum:
             encoded = encoded + google_crc32c.value(encoded).to_bytes(4, "little")
-        return key, buffer.from_bytes(encoded)
+        return key, buffer.from_bytes(encoded), hashlib.sha256(encoded).hexdigest()  # hashlib releases the GIL too
 
     coords = list(region_chunks(region, chunks))
     if threads <= 1 or len(coords) <= 1:
@@ -122,8 +129,9 @@ def write_region(arr: zarr.Array, region: Region, data: np.ndarray, threads: int
     else:
         with ThreadPoolExecutor(min(threads, len(coords)), thread_name_prefix="chunk-encode") as pool:
             encoded = list(pool.map(encode, coords))  # the first error raises here (the rest are finished first)
-    sync(_put_all(store_path, encoded))
-    return True
+    sync(_put_all(store_path, [(key, value) for key, value, _ in encoded]))
+    prefix = f"{arr.path}/" if arr.path else ""
+    return {f"{prefix}{key}": (len(value), digest) for key, value, digest in encoded if value is not None}
 
 
 async def _put_all(store_path: StorePath, encoded: list[tuple[str, Buffer | None]]) -> None:

@@ -283,7 +283,8 @@ def copy_verified(src: StoreLocation, keys: Iterable[str], manifest: Manifest, p
 def build_manifest(location: StoreLocation, dataset: str = "", version: int | None = None,
                    workers: int = 8, reuse: Manifest | None = None, unchanged_before: float | None = None,
                    known_etags: Mapping[str, tuple[int, str, str]] | None = None,
-                   etags_out: dict[str, str] | None = None) -> Manifest:
+                   etags_out: dict[str, str] | None = None,
+                   written: Mapping[str, tuple[int, str]] | None = None) -> Manifest:
     """List and hash every object of a store (``_scibench/`` excluded).
 
     With ``reuse`` (an earlier manifest of the same local store) and ``unchanged_before`` (a time
@@ -291,7 +292,9 @@ def build_manifest(location: StoreLocation, dataset: str = "", version: int | No
     digest instead of being read again: an append hashes what it wrote, not the whole store.
     On an object store, ``known_etags`` (key -> size, ETag, sha256 from an earlier build) does the
     same: an object whose listing shows the same size and ETag (the server's digest of its bytes,
-    new on every write) keeps its sha256. ``etags_out`` receives the listing's ETags."""
+    new on every write) keeps its sha256. ``written`` (key -> size, sha256 of the bytes a writer put
+    there) does it for objects just written: one listed with that size is not read back.
+    ``etags_out`` receives the listing's ETags."""
     listing = list_objects_stamped(location)
     if not listing:
         raise FileNotFoundError(f"{location.url} holds no objects")
@@ -305,6 +308,9 @@ def build_manifest(location: StoreLocation, dataset: str = "", version: int | No
         tagged = (known_etags or {}).get(key)
         if tagged is not None and etag is not None and tuple(tagged[:2]) == (size, etag):
             digests[key] = tagged[2]
+        put = (written or {}).get(key)
+        if put is not None and put[0] == size:
+            digests[key] = put[1]
         if etags_out is not None and etag is not None:
             etags_out[key] = etag
     digests.update(hash_objects(location, [k for k in listing if k not in digests], workers=workers))

@@ -67,7 +67,7 @@ from zarr.core.metadata import ArrayV3Metadata
 from zarr.storage import WrapperStore
 
 from scibench_data.atomic import write_bytes
-from scibench_data.storage.store.chunk_writer import write_region
+from scibench_data.storage.store.chunk_writer import Written, write_region
 from scibench_data.storage.store.encoding import with_checksums
 from scibench_data.storage.store.hashing import sha256_bytes
 from scibench_data.storage.store.location import StoreLocation
@@ -344,16 +344,18 @@ class RecordStore:
             self._group = zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3)
         return self._group
 
-    def write_record(self, index: int, arrays: Mapping[str, np.ndarray]) -> None:
+    def write_record(self, index: int, arrays: Mapping[str, np.ndarray]) -> Written:
         """Write whole records (chunk size 1 along the record dimension): aligned by construction,
-        and checked against the chunk grid before any byte is written."""
-        self.write_block(index, {name: np.asarray(data)[None] for name, data in arrays.items()})
+        and checked against the chunk grid before any byte is written. Returns what :meth:`write_block` does."""
+        return self.write_block(index, {name: np.asarray(data)[None] for name, data in arrays.items()})
 
-    def write_block(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
+    def write_block(self, start: int, arrays: Mapping[str, np.ndarray]) -> Written:
         """Write records ``start .. start + n`` at once (arrays ``(n, ...)``). Every region is checked
         against the chunk grid before any byte is written, so the record-dimension chunk must
         divide the block (or the block must end the array). Chunks of our codec chain are encoded
-        and put directly (:mod:`~scibench_data.storage.store.chunk_writer`: the same bytes as zarr's write)."""
+        and put directly (:mod:`~scibench_data.storage.store.chunk_writer`: the same bytes as zarr's write).
+        Returns the size and sha256 of each chunk object written directly (a caller puts them in its
+        marker, so :meth:`finalize` need not read them back for the manifest); chunks zarr wrote are not in it."""
         g = self.group()
         targets = []
         for name, data in arrays.items():
@@ -363,13 +365,18 @@ class RecordStore:
             region = Region((start,) + (0,) * (data.ndim - 1), (start + data.shape[0],) + data.shape[1:])
             check_region_aligned(region, arr.chunks, arr.shape, name)
             targets.append((arr, region, data))
+        written: Written = {}
         try:
             for arr, region, data in targets:
-                if not write_region(arr, region, data):  # encoded on two threads; zarr for other codec chains
+                direct = write_region(arr, region, data)  # encoded on two threads; zarr for other codec chains
+                if direct is None:
                     arr[region.slices()] = data
+                else:
+                    written.update(direct)
         except OSError as err:
             n = next(iter(arrays.values())).shape[0] if arrays else 1
             raise full_disk_error(self.location, err, f"records {start}..{start + n - 1}") or err
+        return written
 
     def mark_done(self, index: int, info: Mapping[str, object]) -> None:
         try:
@@ -480,7 +487,8 @@ class RecordStore:
                 raise StoreStateError(f"{self.location.url}: consolidation produced no root zarr.json")
             if with_manifest:
                 what = "the manifest"
-                write_atomic(self.location, store_manifest(self.location, root).to_bytes(), *MANIFEST_KEY)
+                manifest = store_manifest(self.location, root, written=written_chunks(markers or {}))
+                write_atomic(self.location, manifest.to_bytes(), *MANIFEST_KEY)
             what = "the root zarr.json"
             write_atomic(self.location, root, "zarr.json")
             if with_manifest and self.location.is_local:
@@ -607,9 +615,33 @@ class InventoryCheckpoint:
         self._last = time.monotonic()
 
 
-def store_manifest(location: StoreLocation, root: bytes) -> Manifest:
+#: The field of a record's marker that holds the size and sha256 of the chunk objects its task wrote.
+MARKER_CHUNKS = "chunks"
+_HEX = frozenset("0123456789abcdef")
+
+
+def written_chunks(markers: Mapping[int, Mapping[str, object]]) -> dict[str, tuple[int, str]]:
+    """Store key -> (size, sha256) of the chunk objects the records' tasks wrote, from their markers
+    (:data:`MARKER_CHUNKS`). A malformed entry is left out: that object is then hashed from storage."""
+    out: dict[str, tuple[int, str]] = {}
+    for marker in markers.values():
+        chunks = marker.get(MARKER_CHUNKS) if isinstance(marker, Mapping) else None
+        if not isinstance(chunks, Mapping):
+            continue
+        for key, value in chunks.items():
+            if (isinstance(key, str) and isinstance(value, (list, tuple)) and len(value) == 2
+                    and type(value[0]) is int and value[0] >= 0 and isinstance(value[1], str)
+                    and len(value[1]) == 64 and set(value[1]) <= _HEX):
+                out[key] = (value[0], value[1])
+    return out
+
+
+def store_manifest(location: StoreLocation, root: bytes, written: Mapping[str, tuple[int, str]] | None = None) -> Manifest:
     """The manifest of a store about to be finalized: every object as it is now, with root
-    ``zarr.json`` as ``root`` (the bytes about to replace it). After an update (``begin_update``),
+    ``zarr.json`` as ``root`` (the bytes about to replace it). ``written``: key -> (size, sha256) of
+    objects the conversion's tasks wrote, digested from the bytes they put (:func:`written_chunks`):
+    an object listed with that size keeps that digest instead of being read back (on S3, the whole
+    converted data set downloaded again by this one machine). After an update (``begin_update``),
     objects unchanged since keep their previous digests: on a local store by modification time
     against the previous manifest, on an object store by size and ETag against ``_scibench/etags.json``
     (written here, next to the manifest), so an append hashes what it wrote, not the whole store."""
@@ -627,7 +659,8 @@ def store_manifest(location: StoreLocation, root: bytes) -> Manifest:
         known = {k: tuple(v) for k, v in cached.items() if isinstance(v, list) and len(v) == 3} \
             if isinstance(cached, dict) else None
     etags: dict[str, str] = {}
-    manifest = build_manifest(location, reuse=reuse, unchanged_before=since, known_etags=known, etags_out=etags)
+    manifest = build_manifest(location, reuse=reuse, unchanged_before=since, known_etags=known, etags_out=etags,
+                              written=written)
     entries = [e for e in manifest.entries if e.key != "zarr.json"]
     if etags:
         location.write_json({"format": 1, "objects": {e.key: [e.size, etags[e.key], e.sha256]
