@@ -58,6 +58,8 @@ def direct_chain(arr: zarr.Array) -> tuple[BloscCodec, bool] | None:
         codecs = codecs[:2]
     if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], BloscCodec):
         return None
+    if not hasattr(codecs[1], "_blosc_codec"):  # zarr's private numcodecs encoder (see write_region): gone, so zarr writes
+        return None
     endian = getattr(codecs[0].endian, "value", codecs[0].endian)
     if endian not in (None, sys.byteorder):
         return None
