@@ -37,11 +37,15 @@ LOCAL_SCHEDULERS = ("sync", "threads")
 #: hands every freed array back to the kernel, so each product's 50-200 MB of arrays were
 #: page-faulted and zeroed again: measured here, 0.52 -> 0.37 CPU-s per full-size hdf product
 #: and 2.40 -> 1.96 per sen3 product, for a flat peak RSS ~70-160 MB higher (docs/ds2.md).
+#: One malloc arena: tasks run off the main thread, and a thread's own arena holds heaps of at most
+#: 64 MB, so a bigger array (a full-size scene's image, an hdf product's bytes) was mapped and
+#: faulted in afresh for every product whatever the thresholds (2-4.6 CPU-s of system time on a
+#: worker's first products here; tests/convert/test_worker_memory.py).
 WORKER_ENV: dict[str, str] = {
     "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
     "BLOSC_NTHREADS": "1", "ZARR_THREADING__MAX_WORKERS": "1",
     "MALLOC_TRIM_THRESHOLD_": str(512 << 20), "MALLOC_MMAP_THRESHOLD_": str(512 << 20),
-    "MALLOC_TOP_PAD_": str(64 << 20),
+    "MALLOC_TOP_PAD_": str(64 << 20), "MALLOC_ARENA_MAX": "1",
 }
 #: Dask configuration of the workers we start (passed to spawned workers by the nanny).
 WORKER_CONFIG: dict[str, object] = {

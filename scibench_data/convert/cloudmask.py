@@ -312,7 +312,7 @@ class SourceUnavailableError(OSError):
 
 
 #: glibc ``mallopt`` parameters, and the process that set them (see :func:`keep_freed_memory`).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 _MALLOC_SET_IN: list[int] = []
 
 
@@ -333,7 +333,7 @@ def keep_freed_memory() -> bool:
         return False
     ok = all(mallopt(param, int(WORKER_ENV[name])) == 1 for param, name in (
         (_M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_"), (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_"),
-        (_M_TOP_PAD, "MALLOC_TOP_PAD_")))
+        (_M_TOP_PAD, "MALLOC_TOP_PAD_"), (_M_ARENA_MAX, "MALLOC_ARENA_MAX")))
     _MALLOC_SET_IN[:] = [os.getpid()]
     return ok
 
