@@ -85,17 +85,23 @@ def _linear_weights(pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def interpolate_tie_points(
-    field: np.ndarray, tie: GridGeometry, image: GridGeometry, shape: tuple[int, int]
+    field: np.ndarray, tie: GridGeometry, image: GridGeometry, shape: tuple[int, int],
+    rows: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Bilinearly interpolate a tie-point field ``(rows_t, cols_t)`` onto an image grid of ``shape``.
+    """Bilinearly interpolate a tie-point field ``(rows_t, cols_t)`` onto an image grid of ``shape``
+    (only its rows ``start:stop`` with ``rows=(start, stop)``: the same values as those rows of the
+    whole grid, each row being computed on its own).
 
     Positions outside the tie-point grid take the nearest edge value.
     """
     if field.ndim != 2 or min(field.shape) < 2:
         raise ValueError(f"tie-point field must be 2-D with at least 2x2 points, got shape {field.shape}")
-    rows = tie.row_of_y(image.y_of_row(np.arange(shape[0])))
+    start, stop = rows if rows is not None else (0, shape[0])
+    if not 0 <= start <= stop <= shape[0]:
+        raise ValueError(f"rows {start}:{stop} outside the image grid's {shape[0]} rows")
+    at_rows = tie.row_of_y(image.y_of_row(np.arange(start, stop)))
     cols = tie.col_of_x(image.x_of_col(np.arange(shape[1])))
-    r0, wr = _linear_weights(rows, field.shape[0])
+    r0, wr = _linear_weights(at_rows, field.shape[0])
     c0, wc = _linear_weights(cols, field.shape[1])
     f = np.asarray(field, dtype=np.float64)
     along = f[r0] * (1.0 - wr)[:, None] + f[r0 + 1] * wr[:, None]  # (rows, cols_t)
