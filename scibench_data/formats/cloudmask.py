@@ -35,7 +35,7 @@ from scibench_data.formats.hdf5_memory import values_in_memory
 from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.slstr import (
     GridGeometry,
-    block_mean,
+    block_mean_into,
     interpolate_tie_points,
     pi_over_mu0,
 )
@@ -62,8 +62,8 @@ HDF_FLOAT32 = ("refs", "bts")
 #: the GIL: both cores of a worker; :func:`sen3_image`).
 BAND_THREADS = 2
 #: Rows of the 0.5 km grid computed at a time (even: whole 2x2 blocks); at 3000 columns a band's
-#: float64 temporaries are 1.5 MB each and stay in cache.
-BAND_ROWS = 64
+#: float64 buffers are 0.4 MB and stay in cache (8-24 rows measured fastest, 128 rows 2x slower).
+BAND_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -487,9 +487,15 @@ class Packed:
     offset: float = 0.0
     fills: tuple[float, ...] = ()
 
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """Physical values of rows ``start:stop`` (float64), as :func:`cf_unpack` gives them."""
-        return unpack(self.raw[start:stop], self.scale, self.offset, self.fills)
+    def rows_into(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Physical values of rows ``start:stop`` into ``out`` (float64), as :func:`cf_unpack` gives
+        them (the same operations in the same order, without its temporaries)."""
+        raw = self.raw[start:stop]
+        np.multiply(raw, self.scale, out=out, dtype=np.float64) if self.scale != 1.0 else np.copyto(out, raw)
+        if self.offset != 0.0:
+            out += self.offset
+        for fill in self.fills:
+            np.copyto(out, np.nan, where=raw == fill)
 
 
 @contextmanager
@@ -676,17 +682,22 @@ def sen3_image(radiances: Sequence[Packed], irradiances: Sequence[float], bts: S
     bands = [(r, min(r + BAND_ROWS, fine[0])) for r in range(0, fine[0], BAND_ROWS)]
 
     def work(part: list[tuple[int, int]]) -> None:
+        # this thread's band buffers, reused for every band and channel (no allocation per step)
+        radiance = np.empty((BAND_ROWS, fine[1]), np.float64)
+        refl = np.empty((BAND_ROWS // 2, grid[1]), np.float64)
         for start, stop in part:
             # pi / mu0 of these rows (in place in the interpolated zenith), shared by the six channels
             factor = pi_over_mu0(interpolate_tie_points(zenith_tn, tie, image_grid, fine, rows=(start, stop)))
+            n = stop - start
             for k, (packed, e0) in enumerate(zip(radiances, irradiances)):
-                radiance = packed.rows(start, stop)
-                radiance *= factor  # pi L / mu0; the scalar 1 / E0 after the average (4x fewer pixels)
-                refl = block_mean(radiance)
-                refl *= 1.0 / e0
-                image[k, start // 2:stop // 2] = refl
+                packed.rows_into(start, stop, radiance[:n])
+                radiance[:n] *= factor  # pi L / mu0; the scalar 1 / E0 after the average (4x fewer pixels)
+                block_mean_into(radiance[:n], refl[:n // 2])
+                refl[:n // 2] *= 1.0 / e0
+                image[k, start // 2:stop // 2] = refl[:n // 2]
             for k, packed in enumerate(bts):
-                image[len(radiances) + k, start // 2:stop // 2] = packed.rows(start // 2, stop // 2)
+                packed.rows_into(start // 2, stop // 2, refl[:n // 2])
+                image[len(radiances) + k, start // 2:stop // 2] = refl[:n // 2]
 
     parts = [bands[i::threads] for i in range(max(1, threads))]
     if len(parts) == 1:

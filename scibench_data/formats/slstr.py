@@ -155,12 +155,22 @@ def block_mean(a: np.ndarray, factor: int = 2) -> np.ndarray:
     h, w = a.shape
     if h % factor or w % factor:
         raise ValueError(f"grid {h}x{w} is not divisible by {factor}")
-    # a sum of factor**2 strided views: several times faster than .mean(axis=(1, 3)) on big grids
     a = np.asarray(a)
-    out = a[0::factor, 0::factor].astype(np.float64, copy=True)
+    out = np.empty((h // factor, w // factor), np.float64)
+    block_mean_into(a, out, factor)
+    return out.astype(a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64, copy=False)  # as .mean()
+
+
+def block_mean_into(a: np.ndarray, out: np.ndarray, factor: int = 2) -> np.ndarray:
+    """:func:`block_mean` of ``a`` written into ``out`` (float64, ``factor`` times smaller each way)."""
+    h, w = a.shape
+    if h % factor or w % factor or out.shape != (h // factor, w // factor):
+        raise ValueError(f"grid {h}x{w} is not divisible by {factor} into {out.shape}")
+    # a sum of factor**2 strided views, in a fixed order: several times faster than .mean(axis=(1, 3))
+    np.copyto(out, a[0::factor, 0::factor])
     for dy in range(factor):
         for dx in range(factor):
             if dy or dx:
                 out += a[dy::factor, dx::factor]
     out *= 1.0 / (factor * factor)
-    return out.astype(a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64, copy=False)  # as .mean()
+    return out
