@@ -31,7 +31,12 @@ import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
 from scibench_data.formats import SourceFormatError, netcdf4
-from scibench_data.formats.hdf5_memory import values_in_memory
+from scibench_data.formats.hdf5_memory import (
+    INFLATE_THREADS,
+    contiguous_view,
+    deflated_values,
+    values_in_memory,
+)
 from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.slstr import (
     GridGeometry,
@@ -61,6 +66,8 @@ HDF_FLOAT32 = ("refs", "bts")
 #: Threads that turn a ``sen3`` product's radiances into reflectance, band by band (NumPy releases
 #: the GIL: both cores of a worker; :func:`sen3_image`).
 BAND_THREADS = 2
+#: Threads that read and decode a ``sen3`` product's nine images, a file each (zlib releases the GIL).
+DECODE_THREADS = 2
 #: Rows of the 0.5 km grid computed at a time (even: whole 2x2 blocks); at 3000 columns a band's
 #: float64 buffers are 0.4 MB and stay in cache (8-24 rows measured fastest, 128 rows 2x slower).
 BAND_ROWS = 16
@@ -538,8 +545,20 @@ def _h5_variable(h: h5py.File, path: str, name: str, shape: tuple[int, int] | No
     return d
 
 
+def _image_values(d: h5py.Dataset, got: FileBytes, inflate_threads: int) -> np.ndarray:
+    """:func:`hdf5_memory.values_in_memory` with the number of inflate threads chosen; else through h5py."""
+    if got.data is not None:
+        values = contiguous_view(d, got.data)
+        if values is None:
+            values = deflated_values(d, got.data, threads=inflate_threads)
+        if values is not None:
+            return values
+    return d[()]
+
+
 def _read_packed(fs: fsspec.AbstractFileSystem, product: str, filename: str, name: str,
-                 shape: tuple[int, int], reader: HashingReader | None = None) -> tuple[Packed, dict]:
+                 shape: tuple[int, int], reader: HashingReader | None = None,
+                 inflate_threads: int = INFLATE_THREADS) -> tuple[Packed, dict]:
     """One packed image variable of a product file as stored, and the file's global attributes.
     Its declared dims, shape and dtype are checked before its data is read; the values are
     decoded from the file's bytes in memory where its storage allows (:mod:`hdf5_memory`)."""
@@ -548,7 +567,7 @@ def _read_packed(fs: fsspec.AbstractFileSystem, product: str, filename: str, nam
         attrs, file_attrs = netcdf4.attributes(d), netcdf4.attributes(h)
         if "_Unsigned" not in attrs:
             packing = cf_packing(attrs, path, name)
-            return Packed(_values(d, got), packing[0], packing[1], tuple(packing[2])), file_attrs
+            return Packed(_image_values(d, got, inflate_threads), packing[0], packing[1], tuple(packing[2])), file_attrs
         cf_packing(attrs, path, name)
         del d
     # netCDF-3 style unsigned packing: let xarray decode it (the reader still holds the file's bytes)
@@ -621,31 +640,43 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
     have; else its own declared grid, checked against the format). Every variable's declared
     shape is checked before its data is read; each file is read once through ``reader``.
 
-    The files are read with h5py (no xarray datasets), the images decoded on
-    ``hdf5_memory.INFLATE_THREADS`` threads; then the arithmetic runs in bands of rows on
-    :data:`BAND_THREADS` threads (:func:`sen3_image`)."""
+    The files are read with h5py (no xarray datasets), the images on :data:`DECODE_THREADS`
+    threads; then the arithmetic runs in bands of rows on :data:`BAND_THREADS` threads
+    (:func:`sen3_image`)."""
     reader = _reader(fs, reader)
     grid = check_grid(posixpath.join(product, "S7_BT_in.nc"), grid) if grid else sen3_grid_shape(fs, product, reader)
     fine = (2 * grid[0], 2 * grid[1])
-    bts = [_read_packed(fs, product, f"{ch}_BT_in.nc", f"{ch}_BT_in", grid, reader)[0] for ch in BT_CHANNELS]
-    zenith_tn, geo_attrs = _small_values(fs, product, "geometry_tn.nc", "solar_zenith_tn", grid[0] * grid[1], reader)
-    tie = _grid_geometry(geo_attrs, posixpath.join(product, "geometry_tn.nc"))
-    radiances: list[Packed] = []
-    image_grid = None
-    for ch in REFLECTANCE_CHANNELS:
-        packed, file_attrs = _read_packed(fs, product, f"{ch}_radiance_an.nc", f"{ch}_radiance_an", fine, reader)
-        radiances.append(packed)
-        if image_grid is None:
-            image_grid = _grid_geometry(file_attrs, posixpath.join(product, f"{ch}_radiance_an.nc"))
-    irradiances = [_irradiance(fs, product, ch, reader) for ch in REFLECTANCE_CHANNELS]
-    with _h5_file(fs, product, "flags_in.nc", reader) as (fpath, h, got):
-        bayes = _h5_variable(h, fpath, "bayes_in", grid)
-        confidence = _h5_variable(h, fpath, "confidence_in", grid)
-        bit = _flag_bit(netcdf4.attributes(confidence), "confidence_in", fpath, SUMMARY_CLOUD)
-        mask = (_values(bayes, got) > 0).astype(np.uint8)
-        summary_cloud = ((_values(confidence, got).astype(np.int64) & bit) != 0).astype(np.uint8)
-        del bayes, confidence
-    assert image_grid is not None  # REFLECTANCE_CHANNELS is not empty
+    images = [(f"{ch}_BT_in.nc", f"{ch}_BT_in", grid) for ch in BT_CHANNELS] + \
+        [(f"{ch}_radiance_an.nc", f"{ch}_radiance_an", fine) for ch in REFLECTANCE_CHANNELS]
+
+    def decode(job: tuple[str, str, tuple[int, int]]) -> tuple[Packed, dict]:
+        return _read_packed(fs, product, *job, reader=reader, inflate_threads=1)
+
+    # the nine images on DECODE_THREADS threads, a file each (its read, header and inflate overlap
+    # the other's), while this thread reads the small files
+    with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="sen3-decode") as pool:
+        pending = [pool.submit(decode, job) for job in images]
+        try:
+            # S7_BT_in.nc first: the grid check just read it, and the reader keeps only its last file
+            pending[0].result()
+            zenith_tn, geo_attrs = _small_values(fs, product, "geometry_tn.nc", "solar_zenith_tn",
+                                                 grid[0] * grid[1], reader)
+            tie = _grid_geometry(geo_attrs, posixpath.join(product, "geometry_tn.nc"))
+            irradiances = [_irradiance(fs, product, ch, reader) for ch in REFLECTANCE_CHANNELS]
+            with _h5_file(fs, product, "flags_in.nc", reader) as (fpath, h, got):
+                bayes = _h5_variable(h, fpath, "bayes_in", grid)
+                confidence = _h5_variable(h, fpath, "confidence_in", grid)
+                bit = _flag_bit(netcdf4.attributes(confidence), "confidence_in", fpath, SUMMARY_CLOUD)
+                mask = (_values(bayes, got) > 0).astype(np.uint8)
+                summary_cloud = ((_values(confidence, got).astype(np.int64) & bit) != 0).astype(np.uint8)
+                del bayes, confidence
+            decoded = [f.result() for f in pending]  # in file order: the first bad file is the one reported
+        finally:
+            for f in pending:
+                f.cancel()
+    bts = [packed for packed, _ in decoded[:len(BT_CHANNELS)]]
+    radiances = [packed for packed, _ in decoded[len(BT_CHANNELS):]]
+    image_grid = _grid_geometry(decoded[len(BT_CHANNELS)][1], posixpath.join(product, images[len(BT_CHANNELS)][0]))
     image = sen3_image(radiances, irradiances, bts, zenith_tn, tie, image_grid)
     return _finish(product, image, mask, summary_cloud)
 
