@@ -65,3 +65,28 @@ def test_arrays_over_64_mb_freed_by_a_task_thread_are_reused_not_faulted_in_agai
         again = same_thread[1:] + fresh_threads[1:]  # the first allocation faults its pages in once
         assert max(again) < pages // 20, f"{mb} MB: faults per allocation {same_thread} (one thread), " \
                                          f"{fresh_threads} (fresh threads), of {pages} pages"
+
+
+_HUGEPAGE_PROBE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    if sys.argv[1] == "cli":
+        from scibench_data.convert.cloudmask import keep_freed_memory
+        keep_freed_memory()
+    print(int(np._core.multiarray._get_madvise_hugepage()))
+""")
+
+
+@pytest.mark.parametrize("process", ["worker", "cli"])
+def test_numpy_does_not_ask_for_huge_pages_in_the_processes_that_convert(process):
+    """NumPy madvises every array of 4 MB or more for transparent huge pages; with the kernel's
+    default ``defrag=madvise`` a first touch then compacts memory for each 2 MB page (here ~1 ms a
+    fault: 0.3 CPU-s of system time per sen3 product in the band arithmetic, 0.8-1 s on a worker's
+    first product). ``worker``: started with ``WORKER_ENV``; ``cli``: after ``keep_freed_memory()``."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if process == "worker":
+        env.update(WORKER_ENV)
+    done = subprocess.run([sys.executable, "-c", _HUGEPAGE_PROBE, process], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "0"
