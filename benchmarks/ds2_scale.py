@@ -60,17 +60,17 @@ from scibench_data.convert.cloudmask import (
     template,
 )
 from scibench_data.formats.cloudmask import (
+    BAND_ROWS,
     BT_CHANNELS,
     REFLECTANCE_CHANNELS,
     Packed,
     _small_values,
     cf_packing,
-    cf_unpack,
     discover_products,
     sen3_image,
 )
 from scibench_data.formats.hdf5_memory import deflated_values
-from scibench_data.formats.slstr import GridGeometry, block_mean
+from scibench_data.formats.slstr import GridGeometry, block_mean_into
 from scibench_data.parallel import WORKER_ENV, distributed_client, environment
 from scibench_data.storage.store.encoding import DEFAULT_CODEC
 from scibench_data.storage.store.location import StoreLocation
@@ -232,9 +232,9 @@ def _hdf_minimum(path: str) -> tuple[np.ndarray, list[np.ndarray]]:
     return image, [(bayes[..., 0] > 0).astype(np.uint8), (summary[..., 0] > 0).astype(np.uint8)]
 
 
-def _inflate_1_thread(product: str, filename: str, name: str) -> tuple[np.ndarray, dict]:
+def _packed_1_thread(product: str, filename: str, name: str) -> Packed:
     """One packed image variable: its chunks inflated with zlib on this thread only (the fastest
-    decoder the reader has, :func:`hdf5_memory.deflated_values`), then CF-unpacked."""
+    decoder the reader has, :func:`hdf5_memory.deflated_values`), with its CF packing."""
     with open(posixpath.join(product, filename), "rb") as f:
         data = f.read()
     with h5py.File(io.BytesIO(data), "r") as h:
@@ -243,20 +243,35 @@ def _inflate_1_thread(product: str, filename: str, name: str) -> tuple[np.ndarra
         if raw is None:
             raw = d[()]
         attrs = {k: d.attrs[k] for k in ("scale_factor", "add_offset", "_FillValue") if k in d.attrs}
-    return cf_unpack(raw, attrs, filename, name), attrs
+    scale, offset, fills = cf_packing(attrs, filename, name)
+    return Packed(raw, scale, offset, tuple(fills))
 
 
 def _sen3_minimum(product: str) -> tuple[np.ndarray, list[np.ndarray]]:
     """What any sen3 conversion must do before encoding, on one core: inflate and unpack the nine
     images, average the six 0.5 km radiances onto the 1 km grid (float32), read the flags and
     threshold them, read the small files the values depend on (irradiance, tie points).
+    Unpacking and averaging run in bands of rows with the reader's buffers (:func:`sen3_image`'s way,
+    faster than whole float64 arrays: 1.15 -> 0.91 CPU-s per product here, the same image).
     Not counted: the tie-point interpolation of the solar zenith and the reflectance arithmetic
     (about two passes over the 0.5 km grid, the science of this layout)."""
-    refs = [block_mean(_inflate_1_thread(product, f"{c}_radiance_an.nc", f"{c}_radiance_an")[0]).astype(np.float32)
-            for c in REFLECTANCE_CHANNELS]
-    bts = [_inflate_1_thread(product, f"{c}_BT_in.nc", f"{c}_BT_in")[0].astype(np.float32) for c in BT_CHANNELS]
+    radiances = [_packed_1_thread(product, f"{c}_radiance_an.nc", f"{c}_radiance_an") for c in REFLECTANCE_CHANNELS]
+    bts = [_packed_1_thread(product, f"{c}_BT_in.nc", f"{c}_BT_in") for c in BT_CHANNELS]
+    fine = radiances[0].raw.shape
+    image = np.empty((len(radiances) + len(bts), fine[0] // 2, fine[1] // 2), np.float32)
+    rows = BAND_ROWS
+    radiance, mean = np.empty((rows, fine[1]), np.float64), np.empty((rows // 2, fine[1] // 2), np.float64)
+    for start in range(0, fine[0], rows):
+        stop = min(start + rows, fine[0])
+        n = stop - start
+        for k, packed in enumerate(radiances):
+            packed.rows_into(start, stop, radiance[:n])
+            image[k, start // 2:stop // 2] = block_mean_into(radiance[:n], mean[:n // 2])
+        for k, packed in enumerate(bts):
+            packed.rows_into(start // 2, stop // 2, mean[:n // 2])
+            image[len(radiances) + k, start // 2:stop // 2] = mean[:n // 2]
     _sen3_small_files(product)
-    return np.stack(refs + bts), _sen3_masks(product)
+    return image, _sen3_masks(product)
 
 
 def _sen3_small_files(product: str) -> tuple[np.ndarray, list[float], dict, dict]:
@@ -282,18 +297,8 @@ def _sen3_with_science(product: str) -> tuple[np.ndarray, list[np.ndarray]]:
     ceiling): the nine images inflated on one thread, then the tie-point solar zenith bilinear onto
     the 0.5 km grid, ``pi / mu0`` and ``pi L / (E0 mu0)`` before the 2x2 mean, by the reader's own band
     arithmetic (:func:`sen3_image`) on this thread."""
-    def packed(filename: str, name: str) -> Packed:
-        with open(posixpath.join(product, filename), "rb") as f:
-            data = f.read()
-        with h5py.File(io.BytesIO(data), "r") as h:
-            d = h[name]
-            raw = deflated_values(d, data, threads=1)
-            raw = d[()] if raw is None else raw
-            scale, offset, fills = cf_packing({k: d.attrs[k] for k in d.attrs}, filename, name)
-        return Packed(raw, scale, offset, tuple(fills))
-
-    radiances = [packed(f"{c}_radiance_an.nc", f"{c}_radiance_an") for c in REFLECTANCE_CHANNELS]
-    bts = [packed(f"{c}_BT_in.nc", f"{c}_BT_in") for c in BT_CHANNELS]
+    radiances = [_packed_1_thread(product, f"{c}_radiance_an.nc", f"{c}_radiance_an") for c in REFLECTANCE_CHANNELS]
+    bts = [_packed_1_thread(product, f"{c}_BT_in.nc", f"{c}_BT_in") for c in BT_CHANNELS]
     zenith, irradiances, tie, image = _sen3_small_files(product)
     out = sen3_image(radiances, irradiances, bts, zenith, GridGeometry.from_attrs(tie), GridGeometry.from_attrs(image),
                      threads=1)
