@@ -662,6 +662,9 @@ def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[i
             zenith_tn, geo_attrs = _small_values(fs, product, "geometry_tn.nc", "solar_zenith_tn",
                                                  grid[0] * grid[1], reader)
             tie = _grid_geometry(geo_attrs, posixpath.join(product, "geometry_tn.nc"))
+            if zenith_tn.ndim != 2 or min(zenith_tn.shape) < 2:
+                raise SourceFormatError(posixpath.join(product, "geometry_tn.nc"), f"variable 'solar_zenith_tn' has "
+                                        f"shape {zenith_tn.shape}, expected a 2-D tie-point grid of at least 2x2")
             irradiances = [_irradiance(fs, product, ch, reader) for ch in REFLECTANCE_CHANNELS]
             with _h5_file(fs, product, "flags_in.nc", reader) as (fpath, h, got):
                 bayes = _h5_variable(h, fpath, "bayes_in", grid)

@@ -62,5 +62,8 @@ def dimension_names(d: h5py.Dataset) -> tuple[str | None, ...]:
     reads it; None for an axis without one."""
     names: list[str | None] = []
     for axis in d.dims:
-        names.append(axis[0].name.rsplit("/", 1)[-1] if len(axis) else None)
+        try:
+            names.append(axis[0].name.rsplit("/", 1)[-1] if len(axis) else None)
+        except (OSError, ValueError, KeyError, RuntimeError):  # a broken DIMENSION_LIST: no usable name
+            names.append(None)
     return tuple(names)

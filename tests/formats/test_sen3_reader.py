@@ -133,6 +133,13 @@ def _text_flag_dtype(path: Path, name: str) -> None:
         f.create_dataset(name, shape, h5py.string_dtype())
 
 
+def _one_row(path: Path, name: str) -> None:
+    with h5py.File(path, "r+") as f:
+        data = f[name][:1]
+        del f[name]
+        f.create_dataset(name, data=data)
+
+
 def _drop(path: Path, name: str) -> None:
     with h5py.File(path, "r+") as f:
         del f[name]
@@ -144,6 +151,7 @@ def _drop(path: Path, name: str) -> None:
     ("flags_in.nc", "confidence_in", _text_flag_dtype, "expected a real number type"),
     ("S6_quality_an.nc", "S6_solar_irradiance_an", _drop, "missing variable 'S6_solar_irradiance_an' (found []"),
     ("geometry_tn.nc", "solar_zenith_tn", _drop, "missing variable 'solar_zenith_tn' (found ['sat_azimuth_tn'"),
+    ("geometry_tn.nc", "solar_zenith_tn", _one_row, "expected a 2-D tie-point grid of at least 2x2"),
 ])
 def test_bad_variables_read_through_h5py_are_refused_naming_the_file(products, filename, name, damage, problem):
     path = products[1] / filename
