@@ -498,7 +498,10 @@ class Packed:
         """Physical values of rows ``start:stop`` into ``out`` (float64), as :func:`cf_unpack` gives
         them (the same operations in the same order, without its temporaries)."""
         raw = self.raw[start:stop]
-        np.multiply(raw, self.scale, out=out, dtype=np.float64) if self.scale != 1.0 else np.copyto(out, raw)
+        if self.scale != 1.0:
+            np.multiply(raw, self.scale, out=out, dtype=np.float64)  # raw.astype(float64) * scale, in one pass
+        else:
+            np.copyto(out, raw)
         if self.offset != 0.0:
             out += self.offset
         for fill in self.fills:
