@@ -47,9 +47,14 @@ def is_variable(obj: object) -> bool:
     """A dataset that is a netCDF variable (not a bare dimension scale)."""
     if not isinstance(obj, h5py.Dataset):
         return False
-    name = obj.attrs.get("NAME") if obj.attrs.get("CLASS") == b"DIMENSION_SCALE" else None
-    text = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name or "")
-    return not text.startswith(_DIMENSION_ONLY)
+    if _text(obj.attrs.get("CLASS")) != "DIMENSION_SCALE":
+        return True
+    return not _text(obj.attrs.get("NAME")).startswith(_DIMENSION_ONLY)
+
+
+def _text(value: object) -> str:
+    """An attribute as text, whether stored as a fixed-length (bytes) or variable-length string."""
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
 
 
 def variable_names(group: h5py.Group) -> list[str]:
