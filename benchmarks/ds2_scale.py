@@ -63,14 +63,17 @@ from scibench_data.convert.cloudmask import (
     template,
 )
 from scibench_data.formats.cloudmask import (
+    BAND_ROWS,
     BT_CHANNELS,
     REFLECTANCE_CHANNELS,
-    _open_nc,
-    cf_unpack,
+    Packed,
+    _small_values,
+    cf_packing,
     discover_products,
+    sen3_image,
 )
 from scibench_data.formats.hdf5_memory import deflated_values
-from scibench_data.formats.slstr import block_mean
+from scibench_data.formats.slstr import GridGeometry, block_mean_into
 from scibench_data.parallel import WORKER_ENV, distributed_client, environment
 from scibench_data.storage.store.encoding import DEFAULT_CODEC
 from scibench_data.storage.store.location import StoreLocation
@@ -240,9 +243,9 @@ def _hdf_minimum(path: str) -> tuple[np.ndarray, list[np.ndarray]]:
     return image, [(bayes[..., 0] > 0).astype(np.uint8), (summary[..., 0] > 0).astype(np.uint8)]
 
 
-def _inflate_1_thread(product: str, filename: str, name: str) -> tuple[np.ndarray, dict]:
+def _packed_1_thread(product: str, filename: str, name: str) -> Packed:
     """One packed image variable: its chunks inflated with zlib on this thread only (the fastest
-    decoder the reader has, :func:`hdf5_memory.deflated_values`), then CF-unpacked."""
+    decoder the reader has, :func:`hdf5_memory.deflated_values`), with its CF packing."""
     with open(posixpath.join(product, filename), "rb") as f:
         data = f.read()
     with h5py.File(io.BytesIO(data), "r") as h:
@@ -251,24 +254,66 @@ def _inflate_1_thread(product: str, filename: str, name: str) -> tuple[np.ndarra
         if raw is None:
             raw = d[()]
         attrs = {k: d.attrs[k] for k in ("scale_factor", "add_offset", "_FillValue") if k in d.attrs}
-    return cf_unpack(raw, attrs, filename, name), attrs
+    scale, offset, fills = cf_packing(attrs, filename, name)
+    return Packed(raw, scale, offset, tuple(fills))
 
 
 def _sen3_minimum(product: str) -> tuple[np.ndarray, list[np.ndarray]]:
     """What any sen3 conversion must do before encoding, on one core: inflate and unpack the nine
     images, average the six 0.5 km radiances onto the 1 km grid (float32), read the flags and
     threshold them, read the small files the values depend on (irradiance, tie points).
+    Unpacking and averaging run in bands of rows with the reader's buffers (:func:`sen3_image`'s way,
+    faster than whole float64 arrays: 1.15 -> 0.91 CPU-s per product here, the same image).
     Not counted: the tie-point interpolation of the solar zenith and the reflectance arithmetic
     (about two passes over the 0.5 km grid, the science of this layout)."""
-    refs = [block_mean(_inflate_1_thread(product, f"{c}_radiance_an.nc", f"{c}_radiance_an")[0]).astype(np.float32)
-            for c in REFLECTANCE_CHANNELS]
-    bts = [_inflate_1_thread(product, f"{c}_BT_in.nc", f"{c}_BT_in")[0].astype(np.float32) for c in BT_CHANNELS]
+    radiances = [_packed_1_thread(product, f"{c}_radiance_an.nc", f"{c}_radiance_an") for c in REFLECTANCE_CHANNELS]
+    bts = [_packed_1_thread(product, f"{c}_BT_in.nc", f"{c}_BT_in") for c in BT_CHANNELS]
+    fine = radiances[0].raw.shape
+    image = np.empty((len(radiances) + len(bts), fine[0] // 2, fine[1] // 2), np.float32)
+    rows = BAND_ROWS
+    radiance, mean = np.empty((rows, fine[1]), np.float64), np.empty((rows // 2, fine[1] // 2), np.float64)
+    for start in range(0, fine[0], rows):
+        stop = min(start + rows, fine[0])
+        n = stop - start
+        for k, packed in enumerate(radiances):
+            packed.rows_into(start, stop, radiance[:n])
+            image[k, start // 2:stop // 2] = block_mean_into(radiance[:n], mean[:n // 2])
+        for k, packed in enumerate(bts):
+            packed.rows_into(start // 2, stop // 2, mean[:n // 2])
+            image[len(radiances) + k, start // 2:stop // 2] = mean[:n // 2]
+    _sen3_small_files(product)
+    return image, _sen3_masks(product)
+
+
+def _sen3_small_files(product: str) -> tuple[np.ndarray, list[float], dict, dict]:
+    """The small files the values depend on, read as the reader reads them (h5py, no xarray):
+    (tie-point solar zenith, irradiances, tie-point and image grid attributes)."""
     fs = fsspec.filesystem("file")
-    for name in [f"{c}_quality_an.nc" for c in REFLECTANCE_CHANNELS] + ["geometry_tn.nc"]:
-        [v.values for v in _open_nc(fs, product, name).data_vars.values()]
-    flags = _open_nc(fs, product, "flags_in.nc", mask_and_scale=False)
-    masks = [(flags["bayes_in"].values > 0).astype(np.uint8), (flags["confidence_in"].values != 0).astype(np.uint8)]
-    return np.stack(refs + bts), masks
+    zenith, tie = _small_values(fs, product, "geometry_tn.nc", "solar_zenith_tn", GRID[0] * GRID[1], None)
+    irradiances = [float(_small_values(fs, product, f"{c}_quality_an.nc", f"{c}_solar_irradiance_an", 4096, None)[0]
+                         .ravel()[0]) for c in REFLECTANCE_CHANNELS]
+    with h5py.File(posixpath.join(product, "S1_radiance_an.nc"), "r") as h:
+        image = dict(h.attrs)
+    return zenith, irradiances, tie, image
+
+
+def _sen3_masks(product: str) -> list[np.ndarray]:
+    with h5py.File(posixpath.join(product, "flags_in.nc"), "r") as h:
+        bayes, confidence = h["bayes_in"][()], h["confidence_in"][()]
+    return [(bayes > 0).astype(np.uint8), (confidence != 0).astype(np.uint8)]
+
+
+def _sen3_with_science(product: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`_sen3_minimum` plus the science the stored reflectance requires (the second, labelled
+    ceiling): the nine images inflated on one thread, then the tie-point solar zenith bilinear onto
+    the 0.5 km grid, ``pi / mu0`` and ``pi L / (E0 mu0)`` before the 2x2 mean, by the reader's own band
+    arithmetic (:func:`sen3_image`) on this thread."""
+    radiances = [_packed_1_thread(product, f"{c}_radiance_an.nc", f"{c}_radiance_an") for c in REFLECTANCE_CHANNELS]
+    bts = [_packed_1_thread(product, f"{c}_BT_in.nc", f"{c}_BT_in") for c in BT_CHANNELS]
+    zenith, irradiances, tie, image = _sen3_small_files(product)
+    out = sen3_image(radiances, irradiances, bts, zenith, GridGeometry.from_attrs(tie), GridGeometry.from_attrs(image),
+                     threads=1)
+    return out, _sen3_masks(product)
 
 
 def ceiling(src: Path, layout: str) -> dict:
@@ -278,7 +323,8 @@ def ceiling(src: Path, layout: str) -> dict:
     chunk with the store's codec chain (Blosc + crc32c, Blosc's own threads off) and write each
     chunk to a file (no fsync). Reported beside it, not in it: the sha256 of every input file
     (required for provenance; the conversion runs it on a second thread) and what the sen3 science
-    adds (:func:`_sen3_minimum`). MB/s are of input bytes, as for the conversion."""
+    adds (:func:`_sen3_minimum`). MB/s are of input bytes, as for the conversion. For ``sen3`` a second,
+    labelled ceiling is measured beside it with that science (:func:`_sen3_with_science`)."""
     fs = fsspec.filesystem("file")
     product = discover_products(fs, str(src), layout)[0][0]
     files = [product.path] if layout == "hdf" else sorted(str(p) for p in Path(product.path).rglob("*") if p.is_file())
@@ -304,12 +350,24 @@ def ceiling(src: Path, layout: str) -> dict:
                 with open(f, "rb") as fh:
                     hashlib.sha256(fh.read()).hexdigest()
             t_hash, cpu_hash = min(t_hash, time.perf_counter() - t0), min(cpu_hash, time.process_time() - p0)
+        cpu = time.process_time() - c0
+        science: dict = {}
+        if layout == "sen3":  # the second, labelled ceiling: with the science the stored values require
+            s_decode = s_encode = s_cpu = float("inf")
+            for _ in range(3):
+                t0, p0 = time.perf_counter(), time.process_time()
+                image, masks = _sen3_with_science(product.path)
+                t1 = time.perf_counter()
+                _encode_and_write(image, masks, out)
+                t2, p2 = time.perf_counter(), time.process_time()
+                s_decode, s_encode, s_cpu = min(s_decode, t1 - t0), min(s_encode, t2 - t1), min(s_cpu, p2 - p0)
+            science = {"science_decode_s": s_decode, "science_cpu_s": s_cpu,
+                       "science_MBps": in_bytes / (s_decode + s_encode) / 1e6}
     finally:
         numcodecs.blosc.use_threads = threads_were
         shutil.rmtree(out, ignore_errors=True)
-    cpu = time.process_time() - c0
     return {"decode_s": t_decode, "encode_write_s": t_encode, "sha256_s": t_hash, "input_bytes": in_bytes,
-            "cpu_s": cpu_s, "sha256_cpu_s": cpu_hash, "cpu_s_with_sha256": cpu_s + cpu_hash,
+            "cpu_s": cpu_s, "sha256_cpu_s": cpu_hash, "cpu_s_with_sha256": cpu_s + cpu_hash, **science,
             "stored_bytes": written, "cores": cpu / (wall + 3 * t_hash) if wall else 0.0,
             "MBps": in_bytes / (t_decode + t_encode) / 1e6,
             "MBps_with_sha256": in_bytes / (t_decode + t_encode + t_hash) / 1e6}
@@ -465,6 +523,12 @@ def main() -> None:
               f"{c.get('encode_write_s', float('nan')):.2f} s); sha256 of the inputs beside it "
               f"{c.get('sha256_s', float('nan')):.2f} s; with it (ceil+sha): {ceil_sha:.0f} MB/s, "
               f"{ceil_sha_cpu:.2f} CPU-s/product")
+        if "science_cpu_s" in c:  # the second ceiling: least work with the science the stored values require
+            print(f"{layout:6} {'ceiling with the science':28} {c['science_MBps']:.0f} MB/s, {c['science_cpu_s']:.2f} "
+                  "CPU-s/product (tie-point zenith, pi/mu0, reflectance before the 2x2 mean; one core); against it: " +
+                  ", ".join(f"{name} {100 * r['MBps'] / (2 if name.startswith('2') else 1) / c['science_MBps']:.0f}%/core "
+                            f"{100 * c['science_cpu_s'] / r['cpu_s_per_product']:.0f}% CPU"
+                            for name, r in runs.items() if isinstance(r, dict) and "MBps" in r))
     if "peak_rss" in results:
         print("peak RSS per worker (2 workers, full-size sen3):")
         for n, r in results["peak_rss"].items():

@@ -22,6 +22,7 @@ from typing import Any
 
 import dask
 import numcodecs.blosc
+import numpy as np
 import zarr
 from dask.callbacks import Callback
 from tqdm.auto import tqdm
@@ -37,11 +38,17 @@ LOCAL_SCHEDULERS = ("sync", "threads")
 #: hands every freed array back to the kernel, so each product's 50-200 MB of arrays were
 #: page-faulted and zeroed again: measured here, 0.52 -> 0.37 CPU-s per full-size hdf product
 #: and 2.40 -> 1.96 per sen3 product, for a flat peak RSS ~70-160 MB higher (docs/ds2.md).
+#: One malloc arena: tasks run off the main thread, and a thread's own arena holds heaps of at most
+#: 64 MB, so a bigger array (a full-size scene's image, an hdf product's bytes) was mapped and
+#: faulted in afresh for every product whatever the thresholds (2-4.6 CPU-s of system time on a
+#: worker's first products here; tests/convert/test_worker_memory.py). NumPy asks for no transparent
+#: huge pages: with the kernel's default defrag=madvise each first touch of a 2 MB page compacted
+#: memory (~1 ms a fault here, 0.15-0.3 CPU-s per sen3 product).
 WORKER_ENV: dict[str, str] = {
     "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
     "BLOSC_NTHREADS": "1", "ZARR_THREADING__MAX_WORKERS": "1",
     "MALLOC_TRIM_THRESHOLD_": str(512 << 20), "MALLOC_MMAP_THRESHOLD_": str(512 << 20),
-    "MALLOC_TOP_PAD_": str(64 << 20),
+    "MALLOC_TOP_PAD_": str(64 << 20), "MALLOC_ARENA_MAX": "1", "NUMPY_MADVISE_HUGEPAGE": "0",
 }
 #: Dask configuration of the workers we start (passed to spawned workers by the nanny).
 WORKER_CONFIG: dict[str, object] = {
@@ -86,6 +93,14 @@ def limit_worker_threads() -> dict[str, object]:
     return {"blosc_nthreads": 1, "zarr_threading_max_workers": 1}
 
 
+def numpy_without_huge_pages() -> None:
+    """What ``NUMPY_MADVISE_HUGEPAGE=0`` (:data:`WORKER_ENV`) does, for a process that imported NumPy
+    already (NumPy reads the variable only at import)."""
+    setter = getattr(getattr(getattr(np, "_core", None), "multiarray", None), "_set_madvise_hugepage", None)
+    if setter is not None:
+        setter(False)
+
+
 def _worker_plugin() -> Any:
     """A plugin that tunes every worker of a cluster (also one we did not start)."""
     # distributed costs seconds to import; threads runs never need it
@@ -98,6 +113,7 @@ def _worker_plugin() -> Any:
             for name, value in WORKER_ENV.items():  # for libraries that read them late (MALLOC_* cannot)
                 os.environ.setdefault(name, value)
             limit_worker_threads()
+            numpy_without_huge_pages()
             # the statistical profiler samples the running task's stack every 10 ms from the
             # event loop thread; for GIL-bound decoding that costs CPU and stalls the task
             for key in ("profile", "profile-cycle"):

@@ -75,7 +75,12 @@ from scibench_data.formats.cloudmask import (
     sen3_grid_shape,
 )
 from scibench_data.formats.synthetic_marker import find_marker
-from scibench_data.parallel import WORKER_ENV, TaskResult, run_tasks
+from scibench_data.parallel import (
+    WORKER_ENV,
+    TaskResult,
+    numpy_without_huge_pages,
+    run_tasks,
+)
 from scibench_data.storage.store.encoding import CodecChoice, encoding_for
 from scibench_data.storage.store.hashing import HashingReader, combined_digest
 from scibench_data.storage.store.location import StoreLocation
@@ -313,13 +318,13 @@ class SourceUnavailableError(OSError):
 
 
 #: glibc ``mallopt`` parameters, and the process that set them (see :func:`keep_freed_memory`).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 _MALLOC_SET_IN: list[int] = []
 
 
 def keep_freed_memory() -> bool:
-    """Tell glibc malloc, in this process, what the workers we start get from their environment
-    (``parallel.WORKER_ENV``'s ``MALLOC_*``): keep freed arrays for the next product instead of
+    """Tell glibc malloc and NumPy, in this process, what the workers we start get from their
+    environment (``parallel.WORKER_ENV``'s ``MALLOC_*`` and ``NUMPY_MADVISE_HUGEPAGE``): keep freed arrays for the next product instead of
     returning them to the kernel. Otherwise every product's arrays (hundreds of MB of 58 MB
     float64 radiances for ``sen3``) are page-faulted and zeroed again: measured here, in one
     process, a ``sen3`` product's decode went from 2.93 to 1.76 CPU-s (``docs/ds2.md``). Once per
@@ -334,7 +339,8 @@ def keep_freed_memory() -> bool:
         return False
     ok = all(mallopt(param, int(WORKER_ENV[name])) == 1 for param, name in (
         (_M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_"), (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_"),
-        (_M_TOP_PAD, "MALLOC_TOP_PAD_")))
+        (_M_TOP_PAD, "MALLOC_TOP_PAD_"), (_M_ARENA_MAX, "MALLOC_ARENA_MAX")))
+    numpy_without_huge_pages()
     _MALLOC_SET_IN[:] = [os.getpid()]
     return ok
 

@@ -17,7 +17,7 @@ import io
 import os
 import posixpath
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,12 +30,17 @@ import numpy as np
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
-from scibench_data.formats import SourceFormatError
-from scibench_data.formats.hdf5_memory import values_in_memory
+from scibench_data.formats import SourceFormatError, netcdf4
+from scibench_data.formats.hdf5_memory import (
+    INFLATE_THREADS,
+    contiguous_view,
+    deflated_values,
+    values_in_memory,
+)
 from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.slstr import (
     GridGeometry,
-    block_mean,
+    block_mean_into,
     interpolate_tie_points,
     pi_over_mu0,
 )
@@ -58,9 +63,14 @@ MAX_DETECTORS = 4096
 #: float32 except the flags (any integer or float type).
 HDF_DATASETS: dict[str, int] = {"refs": 6, "bts": 3, "bayes": 1, "summary": 1}
 HDF_FLOAT32 = ("refs", "bts")
-#: Threads that read and turn the radiance channels S2-S6 of a ``sen3`` product into reflectance
-#: while the calling thread does S1 (zlib inflate and NumPy release the GIL: both cores of a worker).
-CHANNEL_THREADS = 2
+#: Threads that turn a ``sen3`` product's radiances into reflectance, band by band (NumPy releases
+#: the GIL: both cores of a worker; :func:`sen3_image`).
+BAND_THREADS = 2
+#: Threads that read and decode a ``sen3`` product's nine images, a file each (zlib releases the GIL).
+DECODE_THREADS = 2
+#: Rows of the 0.5 km grid computed at a time (even: whole 2x2 blocks); at 3000 columns a band's
+#: float64 buffers are 0.4 MB and stay in cache (8-24 rows measured fastest, 128 rows 2x slower).
+BAND_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -389,25 +399,16 @@ def read_hdf_product(fs: fsspec.AbstractFileSystem, path: str, grid: tuple[int, 
 
 @contextmanager
 def _nc_file(fs: fsspec.AbstractFileSystem, product: str, filename: str, mask_and_scale: bool = True,
-             reader: HashingReader | None = None,
-             raw: tuple[str, tuple[int, ...], list] | None = None) -> Iterator[tuple[str, xr.Dataset]]:
-    """(path, lazily opened dataset) of a product file, read once through ``reader``; a missing or
-    unreadable file, or a read failing inside the block, is a :class:`SourceFormatError` naming the file.
-    ``raw`` = (variable, shape, list): the variable's stored values, if it has that declared shape and
-    its storage allows decoding them from the bytes in memory (:mod:`~scibench_data.formats.hdf5_memory`),
-    are appended to the list."""
+             reader: HashingReader | None = None) -> Iterator[tuple[str, xr.Dataset]]:
+    """(path, lazily opened xarray dataset) of a product file, read once through ``reader``; a
+    missing or unreadable file, or a read failing inside the block, is a :class:`SourceFormatError`
+    naming the file. For what :func:`_h5_file` leaves to xarray (packed small variables,
+    ``_Unsigned`` packing)."""
     path = posixpath.join(product, filename)
     try:
-        with _source_file(_reader(fs, reader), path) as (f, got):
+        with _source_file(_reader(fs, reader), path) as (f, _):
             with h5py.File(f, "r") as h:  # the header first: nothing in it may point at other files
                 refuse_indirection(h, path)
-                if raw is not None:  # an image variable: decoded from the bytes in memory when it can be
-                    d = h.get(raw[0])
-                    if isinstance(d, h5py.Dataset) and d.shape == raw[1]:
-                        decoded = values_in_memory(d, got.data)
-                        if decoded is not None:
-                            raw[2].append(decoded)
-                    del d
             f.seek(0)
             with xr.open_dataset(f, engine="h5netcdf", mask_and_scale=mask_and_scale, decode_times=False) as ds:
                 yield path, ds
@@ -462,7 +463,13 @@ def cf_unpack(raw: np.ndarray, attrs: Mapping[str, Any], path: str, name: str) -
     What xarray's ``mask_and_scale`` does (``raw * scale_factor + add_offset``), in place on
     one float64 copy instead of its chain of temporaries (tested equal on our files); the
     packing attributes are validated first (:func:`cf_packing`)."""
-    scale, offset, fills = cf_packing(attrs, path, name)
+    return unpack(raw, *cf_packing(attrs, path, name))
+
+
+def unpack(raw: np.ndarray, scale: float, offset: float, fills: Sequence[float]) -> np.ndarray:
+    """``raw * scale + offset`` as float64, NaN where ``raw`` is one of ``fills`` (values already
+    validated by :func:`cf_packing`). Element by element: rows unpacked apart equal the same rows
+    of the whole array unpacked."""
     bad = None
     for fill in fills:
         hit = raw == fill
@@ -477,19 +484,114 @@ def cf_unpack(raw: np.ndarray, attrs: Mapping[str, Any], path: str, name: str) -
     return out
 
 
+@dataclass(frozen=True)
+class Packed:
+    """A CF-packed image variable as stored: its integers and its validated packing (physical
+    value ``raw * scale + offset``, NaN at ``fills``)."""
+
+    raw: np.ndarray
+    scale: float = 1.0
+    offset: float = 0.0
+    fills: tuple[float, ...] = ()
+
+    def rows_into(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Physical values of rows ``start:stop`` into ``out`` (float64), as :func:`cf_unpack` gives
+        them (the same operations in the same order, without its temporaries)."""
+        raw = self.raw[start:stop]
+        if self.scale != 1.0:
+            np.multiply(raw, self.scale, out=out, dtype=np.float64)  # raw.astype(float64) * scale, in one pass
+        else:
+            np.copyto(out, raw)
+        if self.offset != 0.0:
+            out += self.offset
+        for fill in self.fills:
+            np.copyto(out, np.nan, where=raw == fill)
+
+
+@contextmanager
+def _h5_file(fs: fsspec.AbstractFileSystem, product: str, filename: str,
+             reader: HashingReader | None) -> Iterator[tuple[str, h5py.File, FileBytes]]:
+    """(path, open h5py file, what the reader read) of a product file, read once through ``reader``
+    and accepted by :func:`refuse_indirection`; errors named as :func:`_nc_file` names them."""
+    path = posixpath.join(product, filename)
+    try:
+        with _source_file(_reader(fs, reader), path) as (f, got), h5py.File(f, "r") as h:
+            refuse_indirection(h, path)  # the header first: nothing in it may point at other files
+            yield path, h, got
+    except SourceFormatError:
+        raise
+    except FileNotFoundError as err:
+        raise SourceFormatError(path, "missing file in product folder") from err
+    except (OSError, ValueError, KeyError) as err:
+        raise SourceFormatError(path, f"cannot be read as netCDF4 ({err})") from err
+
+
+def _h5_variable(h: h5py.File, path: str, name: str, shape: tuple[int, int] | None = None,
+                 max_size: int | None = None) -> h5py.Dataset:
+    """A netCDF variable of an open file, its declared dims/shape (or size) and dtype checked as
+    :func:`_variable` checks them; no data read."""
+    d = h.get(name)
+    if not netcdf4.is_variable(d):
+        raise SourceFormatError(path, f"missing variable {name!r} (found {sorted(netcdf4.variable_names(h))})")
+    if d.dtype.kind not in "iuf" or d.dtype.itemsize > 8:
+        raise SourceFormatError(path, f"variable {name!r} has dtype {d.dtype}, expected a real number type")
+    if shape is not None:
+        dims = netcdf4.dimension_names(d)
+        if dims != ("rows", "columns"):
+            raise SourceFormatError(path, f"variable {name!r} has dims {dims}, expected ('rows', 'columns')")
+        if d.shape != tuple(shape):
+            raise SourceFormatError(path, f"variable {name!r} has shape {d.shape}, expected {tuple(shape)}; "
+                                          "nothing read")
+    if max_size is not None and d.size > max_size:
+        raise SourceFormatError(path, f"variable {name!r} declares {d.size} values (shape {d.shape}), more than "
+                                      f"the {max_size} the format allows here; nothing read")
+    return d
+
+
+def _image_values(d: h5py.Dataset, got: FileBytes, inflate_threads: int) -> np.ndarray:
+    """:func:`hdf5_memory.values_in_memory` with the number of inflate threads chosen; else through h5py."""
+    if got.data is not None:
+        values = contiguous_view(d, got.data)
+        if values is None:
+            values = deflated_values(d, got.data, threads=inflate_threads)
+        if values is not None:
+            return values
+    return d[()]
+
+
 def _read_packed(fs: fsspec.AbstractFileSystem, product: str, filename: str, name: str,
-                 shape: tuple[int, int] | None, reader: HashingReader | None = None) -> tuple[np.ndarray, dict]:
-    """One packed image variable of a product file, unpacked (:func:`cf_unpack`); and the file's attributes.
-    Its declared shape and dtype are checked before its data is read."""
-    decoded: list[np.ndarray] = []
-    want = (name, tuple(shape), decoded) if shape is not None else None
-    with _nc_file(fs, product, filename, mask_and_scale=False, reader=reader, raw=want) as (path, ds):
-        v = _variable(ds, path, name, shape)
-        if "_Unsigned" in v.attrs:  # netCDF-3 style unsigned packing: let xarray decode it
-            cf_packing(v.attrs, path, name)
-            return xr.decode_cf(ds[[name]])[name].values.astype(np.float64), dict(ds.attrs)
-        # declared dims, shape and dtype checked above; its values decoded from memory if possible
-        return cf_unpack(decoded[0] if decoded else v.values, v.attrs, path, name), dict(ds.attrs)
+                 shape: tuple[int, int], reader: HashingReader | None = None,
+                 inflate_threads: int = INFLATE_THREADS) -> tuple[Packed, dict]:
+    """One packed image variable of a product file as stored, and the file's global attributes.
+    Its declared dims, shape and dtype are checked before its data is read; the values are
+    decoded from the file's bytes in memory where its storage allows (:mod:`hdf5_memory`)."""
+    with _h5_file(fs, product, filename, reader) as (path, h, got):
+        d = _h5_variable(h, path, name, shape)
+        attrs, file_attrs = netcdf4.attributes(d), netcdf4.attributes(h)
+        if "_Unsigned" not in attrs:
+            packing = cf_packing(attrs, path, name)
+            return Packed(_image_values(d, got, inflate_threads), packing[0], packing[1], tuple(packing[2])), file_attrs
+        cf_packing(attrs, path, name)
+        del d
+    # netCDF-3 style unsigned packing: let xarray decode it (the reader still holds the file's bytes)
+    with _nc_file(fs, product, filename, mask_and_scale=False, reader=reader) as (_, ds):
+        return Packed(xr.decode_cf(ds[[name]])[name].values.astype(np.float64)), file_attrs
+
+
+def _small_values(fs: fsspec.AbstractFileSystem, product: str, filename: str, name: str, max_size: int,
+                  reader: HashingReader | None) -> tuple[np.ndarray, dict]:
+    """A small variable's values as float64, decoded as xarray's ``mask_and_scale`` decodes them
+    (fills -> NaN; a packed variable by xarray itself), and the file's global attributes. Its
+    declared size and dtype are checked before its data is read."""
+    with _h5_file(fs, product, filename, reader) as (path, h, _):
+        d = _h5_variable(h, path, name, max_size=max_size)
+        attrs, file_attrs = netcdf4.attributes(d), netcdf4.attributes(h)
+        if not {"scale_factor", "add_offset", "_Unsigned"} & set(attrs):
+            fills = cf_packing(attrs, path, name)[2]
+            return unpack(np.asarray(d[()]), 1.0, 0.0, fills), file_attrs
+        del d
+    with _nc_file(fs, product, filename, reader=reader) as (path, ds):
+        return np.asarray(_variable(ds, path, name, max_size=max_size).values, dtype=np.float64), file_attrs
 
 
 def _variable(ds: xr.Dataset, path: str, name: str, shape: tuple[int, int] | None = None,
@@ -512,82 +614,138 @@ def _variable(ds: xr.Dataset, path: str, name: str, shape: tuple[int, int] | Non
     return v
 
 
-def _flag_bit(var: xr.DataArray, path: str, meaning: str) -> int:
-    masks = np.atleast_1d(var.attrs.get("flag_masks", []))
-    meanings = str(var.attrs.get("flag_meanings", "")).split()
+def _flag_bit(attrs: Mapping[str, Any], name: str, path: str, meaning: str) -> int:
+    masks = np.atleast_1d(attrs.get("flag_masks", []))
+    meanings = str(attrs.get("flag_meanings", "")).split()
     if meaning not in meanings or len(masks) != len(meanings):
-        raise SourceFormatError(path, f"variable {var.name!r} has no flag {meaning!r} in flag_meanings/flag_masks")
+        raise SourceFormatError(path, f"variable {name!r} has no flag {meaning!r} in flag_meanings/flag_masks")
     return int(masks[meanings.index(meaning)])
+
+
+def _grid_geometry(attrs: Mapping[str, Any], path: str) -> GridGeometry:
+    try:
+        return GridGeometry.from_attrs(dict(attrs), path)
+    except (ValueError, TypeError) as err:
+        raise SourceFormatError(path, f"cannot be read as netCDF4 ({err})") from err
 
 
 def sen3_grid_shape(fs: fsspec.AbstractFileSystem, product: str,
                     reader: HashingReader | None = None) -> tuple[int, int]:
     """The declared 1 km grid of a SEN3 product, from ``S7_BT_in.nc`` (header only, checked
     against the format's :data:`FULL_GRID`)."""
-    path = posixpath.join(product, "S7_BT_in.nc")
-    with _nc_file(fs, product, "S7_BT_in.nc", reader=reader) as (_, ds):
-        return check_grid(path, _variable(ds, path, "S7_BT_in").shape)
+    with _h5_file(fs, product, "S7_BT_in.nc", reader) as (path, h, _):
+        return check_grid(path, _h5_variable(h, path, "S7_BT_in").shape)
 
 
 def read_sen3_product(fs: fsspec.AbstractFileSystem, product: str, grid: tuple[int, int] | None = None,
                       reader: HashingReader | None = None) -> Scene:
     """Read one layout-B ``.SEN3`` folder and bring it onto the 1 km grid (``grid``: the one it must
     have; else its own declared grid, checked against the format). Every variable's declared
-    shape is checked before its data is read; each file is read once through ``reader``."""
+    shape is checked before its data is read; each file is read once through ``reader``.
+
+    The files are read with h5py (no xarray datasets), the images on :data:`DECODE_THREADS`
+    threads; then the arithmetic runs in bands of rows on :data:`BAND_THREADS` threads
+    (:func:`sen3_image`)."""
     reader = _reader(fs, reader)
     grid = check_grid(posixpath.join(product, "S7_BT_in.nc"), grid) if grid else sen3_grid_shape(fs, product, reader)
-    # the stored image, filled channel by channel (float32 as astype gives; no stacking copy at the end)
-    image = np.empty((len(CHANNELS), *grid), np.float32)
-    for k, ch in enumerate(BT_CHANNELS):
-        values, _ = _read_packed(fs, product, f"{ch}_BT_in.nc", f"{ch}_BT_in", grid, reader)
-        image[len(REFLECTANCE_CHANNELS) + k] = values
     fine = (2 * grid[0], 2 * grid[1])
+    images = [(f"{ch}_BT_in.nc", f"{ch}_BT_in", grid) for ch in BT_CHANNELS] + \
+        [(f"{ch}_radiance_an.nc", f"{ch}_radiance_an", fine) for ch in REFLECTANCE_CHANNELS]
 
-    geo_path = posixpath.join(product, "geometry_tn.nc")
-    with _nc_file(fs, product, "geometry_tn.nc", reader=reader) as (_, geo):
-        tie = GridGeometry.from_attrs(geo.attrs, geo_path)
-        zenith_tn = _variable(geo, geo_path, "solar_zenith_tn", max_size=grid[0] * grid[1]).values
+    def decode(job: tuple[str, str, tuple[int, int]]) -> tuple[Packed, dict]:
+        return _read_packed(fs, product, *job, reader=reader, inflate_threads=1)
 
-    def irradiance(ch: str) -> float:
-        qpath = posixpath.join(product, f"{ch}_quality_an.nc")
-        with _nc_file(fs, product, f"{ch}_quality_an.nc", reader=reader) as (_, quality):
-            irr = np.asarray(_variable(quality, qpath, f"{ch}_solar_irradiance_an", max_size=MAX_DETECTORS).values,
-                             dtype=np.float64).ravel()
-        if irr.size == 0 or not np.isfinite(irr[0]) or irr[0] <= 0:
-            raise SourceFormatError(qpath, f"{ch}_solar_irradiance_an[0] is not a positive number")
-        return float(irr[0])
-
-    def reflectance(ch: str, radiance: np.ndarray | None = None) -> None:
-        if radiance is None:
-            radiance, _ = _read_packed(fs, product, f"{ch}_radiance_an.nc", f"{ch}_radiance_an", fine, reader)
-        e0 = irradiance(ch)
-        # pi L / (E0 mu0), block-averaged to 1 km; the scalar 1 / E0 applied after the average
-        # (4x fewer pixels; equal to reflectance_from_mu0 then block_mean up to rounding)
-        radiance *= factor  # our own float64 copy: in place, no 58 MB temporary per channel
-        refl = block_mean(radiance)
-        refl *= 1.0 / e0
-        image[REFLECTANCE_CHANNELS.index(ch)] = refl
-
-    first = REFLECTANCE_CHANNELS[0]
-    radiance, file_attrs = _read_packed(fs, product, f"{first}_radiance_an.nc", f"{first}_radiance_an", fine, reader)
-    image_grid = GridGeometry.from_attrs(file_attrs, posixpath.join(product, f"{first}_radiance_an.nc"))
-    factor = pi_over_mu0(interpolate_tie_points(zenith_tn, tie, image_grid, fine))  # once per product, in place
-    # the other channels on two threads while this one finishes here: inflate (zlib) and the
-    # NumPy arithmetic release the GIL; at most three radiances in memory at once
-    with ThreadPoolExecutor(CHANNEL_THREADS, thread_name_prefix="sen3-channel") as pool:
-        others = pool.map(reflectance, REFLECTANCE_CHANNELS[1:])
-        reflectance(first, radiance)
-        del radiance
-        list(others)  # their exceptions, if any
-
-    fpath = posixpath.join(product, "flags_in.nc")
-    with _nc_file(fs, product, "flags_in.nc", mask_and_scale=False, reader=reader) as (_, flags):
-        bayes = _variable(flags, fpath, "bayes_in", grid)
-        confidence = _variable(flags, fpath, "confidence_in", grid)
-        bit = _flag_bit(confidence, fpath, SUMMARY_CLOUD)
-        mask = (bayes.values > 0).astype(np.uint8)
-        summary_cloud = ((confidence.values.astype(np.int64) & bit) != 0).astype(np.uint8)
+    # the nine images on DECODE_THREADS threads, a file each (its read, header and inflate overlap
+    # the other's), while this thread reads the small files
+    with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="sen3-decode") as pool:
+        pending = [pool.submit(decode, job) for job in images]
+        try:
+            # S7_BT_in.nc first: the grid check just read it, and the reader keeps only its last file
+            pending[0].result()
+            zenith_tn, geo_attrs = _small_values(fs, product, "geometry_tn.nc", "solar_zenith_tn",
+                                                 grid[0] * grid[1], reader)
+            tie = _grid_geometry(geo_attrs, posixpath.join(product, "geometry_tn.nc"))
+            if zenith_tn.ndim != 2 or min(zenith_tn.shape) < 2:
+                raise SourceFormatError(posixpath.join(product, "geometry_tn.nc"), f"variable 'solar_zenith_tn' has "
+                                        f"shape {zenith_tn.shape}, expected a 2-D tie-point grid of at least 2x2")
+            irradiances = [_irradiance(fs, product, ch, reader) for ch in REFLECTANCE_CHANNELS]
+            with _h5_file(fs, product, "flags_in.nc", reader) as (fpath, h, got):
+                bayes = _h5_variable(h, fpath, "bayes_in", grid)
+                confidence = _h5_variable(h, fpath, "confidence_in", grid)
+                bit = _flag_bit(netcdf4.attributes(confidence), "confidence_in", fpath, SUMMARY_CLOUD)
+                mask = (_values(bayes, got) > 0).astype(np.uint8)
+                summary_cloud = ((_values(confidence, got).astype(np.int64) & bit) != 0).astype(np.uint8)
+                del bayes, confidence
+            decoded = [f.result() for f in pending]  # in file order: the first bad file is the one reported
+        finally:
+            for f in pending:
+                f.cancel()
+    bts = [packed for packed, _ in decoded[:len(BT_CHANNELS)]]
+    radiances = [packed for packed, _ in decoded[len(BT_CHANNELS):]]
+    image_grid = _grid_geometry(decoded[len(BT_CHANNELS)][1], posixpath.join(product, images[len(BT_CHANNELS)][0]))
+    image = sen3_image(radiances, irradiances, bts, zenith_tn, tie, image_grid)
     return _finish(product, image, mask, summary_cloud)
+
+
+def _irradiance(fs: fsspec.AbstractFileSystem, product: str, ch: str, reader: HashingReader | None) -> float:
+    """``S{n}_solar_irradiance_an[0]`` of a channel's quality file, checked to be a positive number."""
+    irr, _ = _small_values(fs, product, f"{ch}_quality_an.nc", f"{ch}_solar_irradiance_an", MAX_DETECTORS, reader)
+    irr = irr.ravel()
+    if irr.size == 0 or not np.isfinite(irr[0]) or irr[0] <= 0:
+        raise SourceFormatError(posixpath.join(product, f"{ch}_quality_an.nc"),
+                                f"{ch}_solar_irradiance_an[0] is not a positive number")
+    return float(irr[0])
+
+
+def sen3_image(radiances: Sequence[Packed], irradiances: Sequence[float], bts: Sequence[Packed],
+               zenith_tn: np.ndarray, tie: GridGeometry, image_grid: GridGeometry,
+               threads: int = BAND_THREADS) -> np.ndarray:
+    """The stored (9, H, W) float32 image of a SEN3 product: reflectance ``pi L / (E0 mu0)`` of the
+    six 0.5 km radiances (2H, 2W), block-averaged onto the 1 km grid, then the three brightness
+    temperatures (H, W). ``mu0`` from the tie-point solar zenith, bilinear onto the 0.5 km grid.
+
+    Computed in bands of :data:`BAND_ROWS` rows of the 0.5 km grid, spread over ``threads`` threads
+    (NumPy releases the GIL): each band's float64 temporaries stay in cache instead of 58 MB arrays
+    per channel. Every step is element by element in the same order as on whole arrays
+    (:func:`unpack`, ``* pi / mu0``, :func:`block_mean`, ``* 1 / E0``), so the values are bitwise
+    those of the whole-array computation."""
+    fine = radiances[0].raw.shape
+    if any(r.raw.shape != fine for r in radiances) or fine[0] % 2 or fine[1] % 2:
+        raise ValueError(f"radiances must share one even-sized grid, got {[r.raw.shape for r in radiances]}")
+    grid = (fine[0] // 2, fine[1] // 2)
+    if any(b.raw.shape != grid for b in bts):
+        raise ValueError(f"brightness temperatures must be on the {grid} grid, got {[b.raw.shape for b in bts]}")
+    image = np.empty((len(radiances) + len(bts), *grid), np.float32)
+    bands = [(r, min(r + BAND_ROWS, fine[0])) for r in range(0, fine[0], BAND_ROWS)]
+
+    def work(part: list[tuple[int, int]]) -> None:
+        # this thread's band buffers, reused for every band and channel (no allocation per step)
+        radiance = np.empty((BAND_ROWS, fine[1]), np.float64)
+        refl = np.empty((BAND_ROWS // 2, grid[1]), np.float64)
+        for start, stop in part:
+            # pi / mu0 of these rows (in place in the interpolated zenith), shared by the six channels
+            factor = pi_over_mu0(interpolate_tie_points(zenith_tn, tie, image_grid, fine, rows=(start, stop)))
+            n = stop - start
+            for k, (packed, e0) in enumerate(zip(radiances, irradiances)):
+                packed.rows_into(start, stop, radiance[:n])
+                radiance[:n] *= factor  # pi L / mu0; the scalar 1 / E0 after the average (4x fewer pixels)
+                block_mean_into(radiance[:n], refl[:n // 2])
+                refl[:n // 2] *= 1.0 / e0
+                image[k, start // 2:stop // 2] = refl[:n // 2]
+            for k, packed in enumerate(bts):
+                packed.rows_into(start // 2, stop // 2, refl[:n // 2])
+                image[len(radiances) + k, start // 2:stop // 2] = refl[:n // 2]
+
+    parts = [bands[i::threads] for i in range(max(1, threads))]
+    if len(parts) == 1:
+        work(parts[0])
+        return image
+    with ThreadPoolExecutor(len(parts) - 1, thread_name_prefix="sen3-band") as pool:
+        others = [pool.submit(work, part) for part in parts[1:]]
+        work(parts[0])
+        for f in others:
+            f.result()
+    return image
 
 
 def _finish(path: str, image: np.ndarray, mask: np.ndarray, summary: np.ndarray) -> Scene:

@@ -334,7 +334,7 @@ def test_the_slurm_recipe_of_the_docs_renders_the_intended_job_script(capsys):
     worker = next(line for line in script.splitlines() if "dask_worker" in line)
     assert worker.startswith("/shared/venvs/scibench/bin/python -m distributed.cli.dask_worker")
     assert "--nthreads 1" in worker and "--nworkers 8" in worker and "--memory-limit 3.73GiB" in worker
-    assert "export MALLOC_TRIM_THRESHOLD_=536870912 MALLOC_MMAP_THRESHOLD_=536870912 MALLOC_TOP_PAD_=67108864" \
+    assert "export MALLOC_TRIM_THRESHOLD_=536870912 MALLOC_MMAP_THRESHOLD_=536870912 MALLOC_TOP_PAD_=67108864 MALLOC_ARENA_MAX=1" \
         in script.splitlines()
     assert script.index("source /shared/venvs/scibench/bin/activate") < script.index("dask_worker")
 
