@@ -92,10 +92,12 @@ def test_our_local_cluster_workers_get_our_environment_after_another_cluster():
 
     from scibench_data.parallel import WORKER_ENV, distributed_client
 
-    before = {k: os.environ.get(k) for k in WORKER_ENV}
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c, Client(c) as cl:
         default = next(iter(cl.run(_malloc_env).values()))
     assert default.get("MALLOC_TRIM_THRESHOLD_") == "65536" and "MALLOC_MMAP_THRESHOLD_" not in default
+    # after distributed's own cluster, which writes its pre-spawn variables into this process's environment
+    # (so a test run alone saw them change here): ours must leave the environment as it found it
+    before = {k: os.environ.get(k) for k in WORKER_ENV}
     with distributed_client("local-cluster", n_workers=1) as client:
         ours = next(iter(client.run(_malloc_env).values()))
     assert ours == {k: v for k, v in WORKER_ENV.items() if k.startswith("MALLOC_")}
