@@ -17,7 +17,7 @@ import io
 import os
 import posixpath
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -533,18 +533,7 @@ def _h5_variable(h: h5py.File, path: str, name: str, shape: tuple[int, int] | No
     d = h.get(name)
     if not netcdf4.is_variable(d):
         raise SourceFormatError(path, f"missing variable {name!r} (found {sorted(netcdf4.variable_names(h))})")
-    if d.dtype.kind not in "iuf" or d.dtype.itemsize > 8:
-        raise SourceFormatError(path, f"variable {name!r} has dtype {d.dtype}, expected a real number type")
-    if shape is not None:
-        dims = netcdf4.dimension_names(d)
-        if dims != ("rows", "columns"):
-            raise SourceFormatError(path, f"variable {name!r} has dims {dims}, expected ('rows', 'columns')")
-        if d.shape != tuple(shape):
-            raise SourceFormatError(path, f"variable {name!r} has shape {d.shape}, expected {tuple(shape)}; "
-                                          "nothing read")
-    if max_size is not None and d.size > max_size:
-        raise SourceFormatError(path, f"variable {name!r} declares {d.size} values (shape {d.shape}), more than "
-                                      f"the {max_size} the format allows here; nothing read")
+    _check_declared(path, name, d.dtype, lambda: netcdf4.dimension_names(d), d.shape, d.size, shape, max_size)
     return d
 
 
@@ -600,18 +589,26 @@ def _variable(ds: xr.Dataset, path: str, name: str, shape: tuple[int, int] | Non
     if name not in ds.variables:
         raise SourceFormatError(path, f"missing variable {name!r} (found {sorted(str(k) for k in ds.variables)})")
     v = ds[name]
-    if v.dtype.kind not in "iuf" or v.dtype.itemsize > 8:
-        raise SourceFormatError(path, f"variable {name!r} has dtype {v.dtype}, expected a real number type")
-    if shape is not None:
-        if v.dims != ("rows", "columns"):
-            raise SourceFormatError(path, f"variable {name!r} has dims {v.dims}, expected ('rows', 'columns')")
-        if v.shape != tuple(shape):
-            raise SourceFormatError(path, f"variable {name!r} has shape {v.shape}, expected {tuple(shape)}; "
-                                          "nothing read")
-    if max_size is not None and v.size > max_size:
-        raise SourceFormatError(path, f"variable {name!r} declares {v.size} values (shape {v.shape}), more than "
-                                      f"the {max_size} the format allows here; nothing read")
+    _check_declared(path, name, v.dtype, lambda: v.dims, v.shape, v.size, shape, max_size)
     return v
+
+
+def _check_declared(path: str, name: str, dtype: np.dtype, dims: Callable[[], tuple], declared: tuple[int, ...],
+                    size: int, shape: tuple[int, int] | None, max_size: int | None) -> None:
+    """A variable's declared dtype, and dims and shape (``shape`` given) or size (``max_size``), checked
+    before any of its data is read (``dims`` is asked for only when ``shape`` is given)."""
+    if dtype.kind not in "iuf" or dtype.itemsize > 8:
+        raise SourceFormatError(path, f"variable {name!r} has dtype {dtype}, expected a real number type")
+    if shape is not None:
+        found = dims()
+        if found != ("rows", "columns"):
+            raise SourceFormatError(path, f"variable {name!r} has dims {found}, expected ('rows', 'columns')")
+        if declared != tuple(shape):
+            raise SourceFormatError(path, f"variable {name!r} has shape {declared}, expected {tuple(shape)}; "
+                                          "nothing read")
+    if max_size is not None and size > max_size:
+        raise SourceFormatError(path, f"variable {name!r} declares {size} values (shape {declared}), more than "
+                                      f"the {max_size} the format allows here; nothing read")
 
 
 def _flag_bit(attrs: Mapping[str, Any], name: str, path: str, meaning: str) -> int:
