@@ -103,3 +103,13 @@ def tiny_cloudmask_store(base: Path, *, grid: tuple[int, int], tile: int, seed: 
                                                                                progress=False)).ok:
         raise RuntimeError(f"the tiny test store {dest} did not convert")
     return dest
+
+
+def publish_tiny(storage_options: dict, store: Path, url: str, *, public: bool = False):
+    """``store`` published as ``cloudmask_ds1`` at ``url`` (``s3://bucket/prefix``; the bucket made if
+    needed): the publish result (``.url`` is the version's store URL)."""
+    from scibench_data.storage.distribution.publish import PublishOptions, publish
+
+    bucket_client(storage_options, url.removeprefix("s3://").split("/", 1)[0])
+    return publish("cloudmask_ds1", str(store), url, storage_options=storage_options,
+                   options=PublishOptions(progress=False, public=public))

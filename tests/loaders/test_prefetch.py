@@ -11,7 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _s3_helpers import LoggedS3Server, bucket_client, tiny_cloudmask_store
+from _s3_helpers import (
+    LoggedS3Server,
+    publish_tiny,
+    tiny_cloudmask_store,
+)
 
 from loaders import chunk_reader, prefetch
 from loaders.chunk_reader import window_pieces
@@ -24,7 +28,6 @@ from loaders.cloudmask import (
 )
 from loaders.prefetch import PrefetchLimits
 from scibench_data.storage.distribution.local_s3 import storage_options
-from scibench_data.storage.distribution.publish import PublishOptions, publish
 from scibench_data.storage.store.location import StoreLocation
 
 BUCKET = "prefetch"
@@ -45,10 +48,7 @@ def store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def location(server, store) -> StoreLocation:
     so = storage_options(server.endpoint)
-    bucket_client(so, BUCKET)
-    published = publish("cloudmask_ds1", str(store), f"s3://{BUCKET}/pub", storage_options=so,
-                        options=PublishOptions(progress=False))
-    return StoreLocation(published.url, so)
+    return StoreLocation(publish_tiny(so, store, f"s3://{BUCKET}/pub").url, so)
 
 
 def _data(location: StoreLocation, ahead: PrefetchLimits | None) -> CloudMaskPatches:

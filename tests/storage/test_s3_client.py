@@ -17,10 +17,13 @@ import torch
 import zarr
 import zarr.core.buffer
 import zarr.core.sync
-from _s3_helpers import LoggedS3Server, bucket_client, tiny_cloudmask_store
+from _s3_helpers import (
+    LoggedS3Server,
+    publish_tiny,
+    tiny_cloudmask_store,
+)
 
 from loaders.cloudmask import CloudMaskPatches, PatchSpec
-from scibench_data.storage.distribution.publish import PublishOptions, publish
 from scibench_data.storage.store.location import StoreLocation
 from scibench_data.storage.store.retries import RemoteReadError, with_retries
 from scibench_data.storage.store.s3_client import (
@@ -42,16 +45,12 @@ def local_store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def public_url(s3_storage_options, local_store) -> str:
-    bucket_client(s3_storage_options, BUCKET)
-    return publish("cloudmask_ds1", str(local_store), f"s3://{BUCKET}/public", storage_options=s3_storage_options,
-                   options=PublishOptions(progress=False, public=True)).url
+    return publish_tiny(s3_storage_options, local_store, f"s3://{BUCKET}/public", public=True).url
 
 
 @pytest.fixture(scope="module")
 def private_url(s3_storage_options, local_store) -> str:
-    bucket_client(s3_storage_options, BUCKET)
-    return publish("cloudmask_ds1", str(local_store), f"s3://{BUCKET}/private", storage_options=s3_storage_options,
-                   options=PublishOptions(progress=False)).url
+    return publish_tiny(s3_storage_options, local_store, f"s3://{BUCKET}/private").url
 
 
 def _clean_env(monkeypatch) -> None:

@@ -17,9 +17,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from _s3_helpers import bucket_client, tiny_cloudmask_store
+from _s3_helpers import publish_tiny, tiny_cloudmask_store
 
-from scibench_data.storage.distribution.publish import PublishOptions, publish
 from scibench_data.storage.store.s3_client import one_chunk_arrays
 
 BUCKET = "forked"
@@ -79,9 +78,7 @@ def local_store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(s3_storage_options, local_store) -> str:
-    bucket_client(s3_storage_options, BUCKET)
-    return publish("cloudmask_ds1", str(local_store), f"s3://{BUCKET}/store", storage_options=s3_storage_options,
-                   options=PublishOptions(progress=False)).url
+    return publish_tiny(s3_storage_options, local_store, f"s3://{BUCKET}/store").url
 
 
 def _run(script: Path, *args: str, env: dict) -> dict:

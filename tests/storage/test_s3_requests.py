@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from _s3_helpers import LoggedS3Server, bucket_client, tiny_cloudmask_store
+from _s3_helpers import (
+    LoggedS3Server,
+    publish_tiny,
+    tiny_cloudmask_store,
+)
 
 from loaders.chunk_reader import window_pieces
 from scibench_data.storage.distribution.local_s3 import storage_options
-from scibench_data.storage.distribution.publish import PublishOptions, publish
 
 BUCKET = "requests"
 DATASET = "cloudmask_ds1"
@@ -42,9 +45,7 @@ def local_store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def published(so, local_store):
-    bucket_client(so, BUCKET)
-    return publish(DATASET, str(local_store), f"s3://{BUCKET}/pub", storage_options=so,
-                   options=PublishOptions(progress=False))
+    return publish_tiny(so, local_store, f"s3://{BUCKET}/pub")
 
 
 def _chunk_requests(server: LoggedS3Server, before: int, prefix: str, array: str = "") -> tuple[Counter, Counter]:
