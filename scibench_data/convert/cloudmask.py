@@ -86,7 +86,6 @@ from scibench_data.storage.store.hashing import HashingReader, combined_digest
 from scibench_data.storage.store.location import StoreLocation
 from scibench_data.storage.store.lock import WriterLock
 from scibench_data.storage.store.records import (
-    MARKER_CHUNKS,
     InventoryCheckpoint,
     RecordStore,
     StoreStateError,
@@ -384,10 +383,8 @@ class ConvertProduct:
             hashed = reader.digests()
         digests = [(f[len(product.path):].lstrip("/") or product.name.name, hashed[f][0]) for f in files]
         info = {"key": product.name.stem, "source": product.path, "sha256": combined_digest(digests),
-                "files": dict(digests), "bytes": int(sum(hashed[f][1] for f in files)),
-                MARKER_CHUNKS: {k: list(v) for k, v in sorted(written.items())}}  # finalize reads none of them back
-        store.mark_done(index, info)
-        return info
+                "files": dict(digests), "bytes": int(sum(hashed[f][1] for f in files))}
+        return store.mark_done(index, info, written)  # with the chunks' digests: finalize reads none of them back
 
 
 def _run(store: RecordStore, src: str, jobs: list[tuple[int, SourceProduct]], grid: tuple[int, int],

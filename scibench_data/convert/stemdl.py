@@ -227,12 +227,11 @@ class ConvertBlock:
             if self.with_potential:
                 arrays["potential"] = area_resize(arrays["potential"], self.size).astype(np.float32)
         store = RecordStore(self.dest, RECORD_DIM)
-        store.write_block(block.start, arrays)
+        written = store.write_block(block.start, arrays)
         info = {"key": block.key, "start": block.start, "sha256": combined_digest(digests),
                 "bytes": int(sum(fs.size(f.path) for f in block.files)),
                 **{name: [r[i] for r in rows] for i, name in enumerate(COORDS)}}
-        store.mark_done(block.index, info)
-        return info
+        return store.mark_done(block.index, info, written)
 
 
 def scan(fs: fsspec.AbstractFileSystem, listing: SourceListing) -> tuple[list[int], tuple[int, int], bool]:

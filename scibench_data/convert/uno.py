@@ -328,8 +328,8 @@ class WriteFeatures:
             arrays = {"rnaseq": rna.values, "descriptors": desc.values, "fingerprints": fp}
         else:
             arrays = _export_features(p)
-        store.write_block(0, arrays)
-        store.mark_done(0, {"key": "features", "shapes": {k: list(v.shape) for k, v in arrays.items()}})
+        store.mark_done(0, {"key": "features", "shapes": {k: list(v.shape) for k, v in arrays.items()}},
+                        store.write_block(0, arrays))
         return {"key": "features", "rows": 0}
 
 
@@ -375,9 +375,10 @@ class WriteResponses:
         read = 0
         if p.layout == "export" and self.verify:
             read = self._verify(store, a, b)
-        store.write_block(a, {"auc": p.auc[a:b], "cell_index": p.cell_index[a:b], "drug_index": p.drug_index[a:b],
-                              "split": p.split[a:b], "source_row": p.source_row[a:b]})
-        store.mark_done(task, {"key": f"responses[{a}:{b}]", "rows": b - a})
+        written = store.write_block(a, {"auc": p.auc[a:b], "cell_index": p.cell_index[a:b],
+                                        "drug_index": p.drug_index[a:b], "split": p.split[a:b],
+                                        "source_row": p.source_row[a:b]})
+        store.mark_done(task, {"key": f"responses[{a}:{b}]", "rows": b - a}, written)
         return {"key": f"responses[{a}:{b}]", "rows": b - a, "bytes": read}
 
     def _verify(self, store: RecordStore, a: int, b: int) -> int:

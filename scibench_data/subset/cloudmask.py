@@ -395,10 +395,9 @@ class CopyScene:
                 "x": slice(x0, x1)}
             sel = tuple(picks.get(str(d), slice(None)) for d in dimension_names(arr) or ())
             arrays[v] = np.asarray(arr.get_orthogonal_selection(sel))
-        store.write_record(index, arrays)
+        written = store.write_record(index, arrays)
         info = {"key": name, "source_index": scene, "bytes": int(sum(a.nbytes for a in arrays.values()))}
-        store.mark_done(index, info)
-        return info
+        return store.mark_done(index, info, written)
 
 
 @dataclass(frozen=True)

@@ -181,3 +181,27 @@ def test_a_malformed_chunk_digest_in_a_marker_is_not_trusted():
                               "image/c/0/0/2/0": [10, good[:-1]], "image/c/0/0/2/1": "x"}},
                1: {"chunks": ["not", "a", "mapping"]}, 2: "not a marker"}
     assert written_chunks(markers) == {"image/c/0/0/0/0": (10, good)}
+
+
+def test_finalize_takes_the_digests_the_markers_carry_for_every_record_store(tmp_path):
+    """The mechanism every converter and subset shares (``RecordStore.mark_done(..., chunks)``, then a
+    ``finalize`` that reads the markers itself): the manifest holds the digest of what each task wrote,
+    not one of the object read back. So a chunk changed in place after its task wrote it (same size)
+    is named by ``verify``, and a chunk zarr wrote (another codec chain) is hashed from storage."""
+    from scibench_data.storage.store.manifest import read_manifest, verify_store
+
+    location = StoreLocation(str(tmp_path / "s.zarr"))
+    store = _store(location)
+    for i, rec in enumerate(_records()):
+        store.mark_done(i, {"key": f"k{i}"}, store.write_record(i, rec))
+    victim = tmp_path / "s.zarr" / "image" / "c" / "2" / "0" / "0" / "0"
+    data = bytearray(victim.read_bytes())
+    data[20] ^= 0xFF  # after its task wrote it, before finalize: the size stays
+    victim.write_bytes(bytes(data))
+    store.finalize({}, {})
+    manifest = read_manifest(location)
+    assert manifest.by_key["image/c/2/0/0/0"].sha256 != hashlib.sha256(bytes(data)).hexdigest()
+    report = verify_store(location, manifest)
+    assert [k for k, _ in report.corrupted] == ["image/c/2/0/0/0"], report
+    plain = "plain/c/2/0/0"
+    assert manifest.by_key[plain].sha256 == hashlib.sha256((tmp_path / "s.zarr" / plain).read_bytes()).hexdigest()

@@ -378,11 +378,18 @@ class RecordStore:
             raise full_disk_error(self.location, err, f"records {start}..{start + n - 1}") or err
         return written
 
-    def mark_done(self, index: int, info: Mapping[str, object]) -> None:
+    def mark_done(self, index: int, info: Mapping[str, object], chunks: Written | None = None) -> dict:
+        """Write record ``index``'s marker (``info``, and the size and sha256 of the ``chunks`` its task
+        wrote, as :meth:`write_block` returns them, so :meth:`finalize` need not read them back) and
+        return it: a task returns it so the run's inventory holds what the marker holds."""
+        marker = {**info, "index": index}
+        if chunks:
+            marker[MARKER_CHUNKS] = {k: list(v) for k, v in sorted(chunks.items())}
         try:
-            self.location.write_json({"index": index, **info}, *marker_key(index))
+            self.location.write_json(marker, *marker_key(index))
         except OSError as err:
             raise full_disk_error(self.location, err, f"the marker of record {index}") or err
+        return marker
 
     def done(self, keys: Sequence[str] | None = None, complete: bool = False) -> dict[int, dict]:
         """Finished records by index, each with its marker.
