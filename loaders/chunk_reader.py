@@ -413,7 +413,6 @@ def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> 
             running.append(done)
             if done.done() and done.exception() is not None:
                 break  # decoded in line and failed: the chunks after it are not needed
-        decode_pool.wait_all(running)
     finally:  # every decode finished before returning or raising: none writes into the outputs later
         for done in running:
             done.exception()
@@ -422,5 +421,6 @@ def read_regions(requests: Sequence[tuple[ChunkReader, Slices, np.ndarray]]) -> 
         for r in fetched.values():  # a failed read leaves the others' mappings open otherwise
             if not isinstance(r, BaseException):
                 _close(r)
+    decode_pool.wait_all(running)  # all finished: raises the first failure, in first-use order
     for (_, _, out), values in zip(slow, got[len(remote):]):
         out[...] = np.asarray(values).reshape(out.shape)

@@ -49,7 +49,7 @@ class _Inline(Executor):
 
 
 _INLINE = _Inline()
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, threads) -> this process's one pool
 
 
 def _in_dataloader_worker() -> bool:
@@ -82,8 +82,10 @@ def executor() -> Executor:
     key = (os.getpid(), n)
     pool = _POOLS.get(key)
     if pool is None:
-        for stale in [k for k in _POOLS if k[0] != key[0]]:
-            del _POOLS[stale]  # a forked child's copy of its parent's pool: no threads behind it
+        for (pid, _), stale in list(_POOLS.items()):
+            if pid == key[0]:
+                stale.shutdown(wait=False)  # this process's pool of another size: its threads end when idle
+        _POOLS.clear()  # and a forked child's copy of its parent's pool has no threads behind it
         pool = _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="chunk-decode")
     return pool
 
