@@ -56,6 +56,7 @@ from loaders.patches import fixed_windows
 from loaders.prefetch import PrefetchLimits
 from scibench_data.catalog import entry_location
 from scibench_data.convert.cloudmask import CloudMaskConversion, convert_cloudmask
+from scibench_data.parallel import environment
 from scibench_data.storage.distribution.local_s3 import moto_server, storage_options
 from scibench_data.storage.store.location import StoreLocation
 from scibench_data.storage.store.regions import chunks_touched
@@ -545,7 +546,7 @@ def local_only(args, results: dict, store: Path, files: list[str], worker_counts
                         ds.items = rand_items
                     else:
                         ds = ScenePatchStream(ds, seed=3)
-                    with _env(decode_pool.THREADS_ENV, threads):
+                    with environment({decode_pool.THREADS_ENV: threads}) if threads else contextlib.nullcontext():
                         first, secs, n = epoch(our_loader(ds, workers, shuffle=regime == "random"))
                     cells[cell].append(steady_rate(first, secs, n, epoch.first_size))  # type: ignore[attr-defined]
                 ref = ReferenceFixed(files) if regime == "fixed" else ReferenceRandom(files, rand_items)
@@ -567,22 +568,6 @@ def local_only(args, results: dict, store: Path, files: list[str], worker_counts
             results["ceilings"][regime][f"decode_local_{workers}w_threads"] = {
                 "patches_per_s": float(np.median(cells["ceiling_threads"])), "threads": (workers or decode_threads)}
     results["load_average_after"] = os.getloadavg()
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str | None):
-    """``$name`` set to ``value`` inside the block (None: left as it is)."""
-    before = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if value is not None:
-            if before is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = before
 
 
 def batch_payload(store: Path, data: CloudMaskPatches, stream: ScenePatchStream) -> list[int]:
