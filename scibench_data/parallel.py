@@ -226,7 +226,8 @@ def _pick_worker(slots: Mapping[str, int], busy: Mapping[str, int]) -> str | Non
 def _run_bounded(client: Any, fn: Callable[[Any], Any], items: Sequence[Any], keys: Sequence[str], retries: int,
                  task_memory: int | None, done: Callable[[TaskResult], None]) -> None:
     """Submit one task per item, never more at once than the workers have slots
-    (:func:`worker_slots`), each to a worker with a free slot; the next goes out as one finishes.
+    (:func:`worker_slots`), each to a worker with a free slot; the next goes out as one finishes,
+    before that one's result is fetched and handled.
 
     This holds on any cluster, whatever its ``worker-saturation``: a 1-thread worker holds one
     product, not two queued. A task is bound to its worker loosely (``allow_other_workers``), so
@@ -261,13 +262,15 @@ def _run_bounded(client: Any, fn: Callable[[Any], Any], items: Sequence[Any], ke
         address, key = placed.pop(future.key)
         if address:
             busy[address] -= 1
+        # the freed slot's next task goes out first: fetching this result and handling it (progress,
+        # the inventory checkpoint, an upload on S3) must not keep that worker idle
+        fill()
         try:
             done(future.result())
         except Exception as err:  # noqa: BLE001 - a worker died (e.g. KilledWorker): say which item
             done(TaskResult(key=key, ok=False, error=f"worker failed: {type(err).__name__}: {err}"))
         finally:
             future.release()
-        fill()
 
 
 def run_tasks(

@@ -124,6 +124,37 @@ def test_a_one_thread_worker_of_an_external_cluster_holds_one_product_at_a_time(
     assert max(r.value for r in results) == 1, sorted(r.value for r in results)
 
 
+def _mark_started(item: tuple[str, int]) -> int:
+    """Task body: leave a file saying this item's task has started."""
+    folder, i = item
+    Path(folder, f"started-{i}").touch()
+    return i
+
+
+def test_a_slow_result_handler_does_not_keep_the_worker_idle(plain_cluster, tmp_path):
+    """The client handled a finished task's result (progress, the inventory checkpoint, which on S3
+    uploads an object that grows with the run) before it submitted the worker's next task, so the
+    worker sat idle for as long as the handler took, and for the round trip fetching the result.
+    The next task must be on its way before the handler runs: here the handler waits (up to 20 s)
+    for the next item's task to start."""
+    waited = []
+
+    def on_result(r):
+        if waited:  # the first result only: by then the third item's task must be on its way
+            return
+        third = tmp_path / "started-2"
+        deadline = time.monotonic() + 20
+        while not third.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waited.append(third.exists())
+
+    # two 1-thread workers: the first two items start at once, the third when one of them is done
+    results = run_tasks(_mark_started, [(str(tmp_path), i) for i in range(3)], ["p0", "p1", "p2"],
+                        scheduler=plain_cluster, progress=False, on_result=on_result)
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert waited == [True], "the next task was submitted only after the result handler returned"
+
+
 def test_worker_slots_are_threads_bounded_by_memory():
     workers = {"a": {"nthreads": 4, "memory_limit": 2 << 30}, "b": {"nthreads": 1, "memory_limit": 0},
                "c": {"nthreads": 2, "memory_limit": 100 << 20}}
