@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,8 +115,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def save_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     loader: Any, progress: TrainingProgress, extra: dict | None = None,
                     epoch_done: bool = False) -> Path | None:
-    """Write ``outdir/checkpoint.pt`` (model, optimiser, loader state, progress, torch's RNG state)
-    atomically, on rank 0 only. ``epoch_done``: the epoch's own end (evaluation, early stopping,
+    """Write ``outdir/checkpoint.pt`` (model, optimiser, loader state, progress, torch's RNG state
+    and thread count) atomically, on rank 0 only. ``epoch_done``: the epoch's own end (evaluation, early stopping,
     history) is done too, so a resume starts the next epoch; otherwise it re-enters this one, even
     when the loader has delivered all of its batches.
 
@@ -127,7 +128,7 @@ def save_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: to
     tmp = path.with_suffix(".tmp")
     torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "loader": loader.state_dict(), "progress": asdict(progress), "rng": torch.get_rng_state(),
-                "extra": extra or {}, "epoch_done": bool(epoch_done)}, tmp)
+                "extra": extra or {}, "epoch_done": bool(epoch_done), "threads": torch.get_num_threads()}, tmp)
     os.replace(tmp, path)  # a kill while writing leaves the previous checkpoint intact
     return path
 
@@ -137,7 +138,8 @@ def load_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: to
     """Restore what :func:`save_checkpoint` wrote into ``model``, ``optimizer``, ``loader``,
     ``progress`` and torch's RNG; returns the epoch to continue with (the saved one if it was cut
     short, else the next) and the checkpoint's ``extra``. ``FileNotFoundError`` naming the path
-    if there is none."""
+    if there is none; a ``RuntimeWarning`` when this process has another torch thread count than
+    the run that wrote it (the continuation is then not bit-identical)."""
     path = Path(outdir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from (train without --resume first)")
@@ -148,6 +150,11 @@ def load_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: to
     for key, value in ckpt["progress"].items():
         setattr(progress, key, value)
     torch.set_rng_state(ckpt["rng"])
+    threads, now = ckpt.get("threads"), torch.get_num_threads()
+    if threads is not None and int(threads) != now:
+        warnings.warn(f"{path}: written by a run with {threads} torch thread(s), resumed with {now}: float sums "
+                      "depend on the thread count, so the result will differ slightly from an uninterrupted run "
+                      f"(set OMP_NUM_THREADS={threads} to continue it exactly)", RuntimeWarning, stacklevel=2)
     state = ckpt["loader"]
     # a checkpoint of the epoch's last step, saved before the epoch's end ran, re-enters the epoch:
     # its loader yields nothing more and the end (evaluation, history) runs once

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import _sharding_data as sd
@@ -29,7 +30,12 @@ def root(cloudmask_stores, tmp_path_factory) -> str:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+    """A child's environment that trains with this process's torch thread count. Float sums depend on
+    it, so a part trained with another count is not bit-identical, and this process's environment
+    may say otherwise: distributed's own ``LocalCluster`` (an earlier test's) leaves its
+    ``OMP_NUM_THREADS=1`` in ``os.environ`` after torch read it here."""
+    n = str(torch.get_num_threads())
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -113,6 +119,43 @@ def test_only_rank_zero_writes_logs_and_checkpoints(monkeypatch, tmp_path):
     assert save_checkpoint(tmp_path, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                            loader=None, progress=TrainingProgress()) is None
     assert list(tmp_path.iterdir()) == []
+
+
+class _Loader:
+    """The two methods a checkpoint needs of a loader, at the start of an epoch."""
+
+    def state_dict(self) -> dict:
+        return {"epoch": 0, "batches_yielded": 0, "batches_in_epoch": 1}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def test_a_resume_with_another_torch_thread_count_says_it_will_not_be_bit_identical(tmp_path):
+    """A killed run's first part trained with 1 thread (an earlier test's LocalCluster had left
+    OMP_NUM_THREADS=1 in the environment its child inherited), its resume with 2: the model differed
+    from the uninterrupted run's in the last bits, and nothing said why."""
+    from reference_models.training import (
+        TrainingProgress,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    was = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        save_checkpoint(tmp_path, model=model, optimizer=opt, loader=_Loader(), progress=TrainingProgress())
+        torch.set_num_threads(2)
+        with pytest.warns(RuntimeWarning, match=r"1 torch thread\(s\), resumed with 2.*OMP_NUM_THREADS=1"):
+            load_checkpoint(tmp_path, model=model, optimizer=opt, loader=_Loader(), progress=TrainingProgress())
+        torch.set_num_threads(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the same count: no warning
+            load_checkpoint(tmp_path, model=model, optimizer=opt, loader=_Loader(), progress=TrainingProgress())
+    finally:
+        torch.set_num_threads(was)
 
 
 @pytest.mark.slow
