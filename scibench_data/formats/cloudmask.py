@@ -31,12 +31,7 @@ import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
 from scibench_data.formats import SourceFormatError, netcdf4
-from scibench_data.formats.hdf5_memory import (
-    INFLATE_THREADS,
-    contiguous_view,
-    deflated_values,
-    values_in_memory,
-)
+from scibench_data.formats.hdf5_memory import INFLATE_THREADS, values_in_memory
 from scibench_data.formats.hdf5_safety import refuse_indirection
 from scibench_data.formats.slstr import (
     GridGeometry,
@@ -353,9 +348,10 @@ def _reader(fs: fsspec.AbstractFileSystem, reader: HashingReader | None) -> Hash
     return reader if reader is not None else HashingReader(fs, hash_files=False)
 
 
-def _values(d: h5py.Dataset, got: FileBytes) -> np.ndarray:
-    """A dataset's values, from the file's bytes in memory where its storage allows (no HDF5 read)."""
-    values = values_in_memory(d, got.data)
+def _values(d: h5py.Dataset, got: FileBytes, inflate_threads: int = INFLATE_THREADS) -> np.ndarray:
+    """A dataset's values, from the file's bytes in memory where its storage allows (no HDF5 read;
+    deflated chunks inflated on ``inflate_threads`` threads)."""
+    values = values_in_memory(d, got.data, inflate_threads)
     return values if values is not None else d[()]
 
 
@@ -405,13 +401,20 @@ def _nc_file(fs: fsspec.AbstractFileSystem, product: str, filename: str, mask_an
     naming the file. For what :func:`_h5_file` leaves to xarray (packed small variables,
     ``_Unsigned`` packing)."""
     path = posixpath.join(product, filename)
+    with _named_errors(path), _source_file(_reader(fs, reader), path) as (f, _):
+        with h5py.File(f, "r") as h:  # the header first: nothing in it may point at other files
+            refuse_indirection(h, path)
+        f.seek(0)
+        with xr.open_dataset(f, engine="h5netcdf", mask_and_scale=mask_and_scale, decode_times=False) as ds:
+            yield path, ds
+
+
+@contextmanager
+def _named_errors(path: str) -> Iterator[None]:
+    """A product file's failures inside the block (opening, parsing, a read in the caller's block)
+    as :class:`SourceFormatError` naming the file: missing, or not readable as netCDF4."""
     try:
-        with _source_file(_reader(fs, reader), path) as (f, _):
-            with h5py.File(f, "r") as h:  # the header first: nothing in it may point at other files
-                refuse_indirection(h, path)
-            f.seek(0)
-            with xr.open_dataset(f, engine="h5netcdf", mask_and_scale=mask_and_scale, decode_times=False) as ds:
-                yield path, ds
+        yield
     except SourceFormatError:
         raise
     except FileNotFoundError as err:
@@ -468,20 +471,12 @@ def cf_unpack(raw: np.ndarray, attrs: Mapping[str, Any], path: str, name: str) -
 
 def unpack(raw: np.ndarray, scale: float, offset: float, fills: Sequence[float]) -> np.ndarray:
     """``raw * scale + offset`` as float64, NaN where ``raw`` is one of ``fills`` (values already
-    validated by :func:`cf_packing`). Element by element: rows unpacked apart equal the same rows
-    of the whole array unpacked."""
-    bad = None
-    for fill in fills:
-        hit = raw == fill
-        bad = hit if bad is None else bad | hit
-    out = raw.astype(np.float64)
-    if scale != 1.0:
-        out *= scale
-    if offset != 0.0:
-        out += offset
-    if bad is not None:
-        out[bad] = np.nan
-    return out
+    validated by :func:`cf_packing`): :meth:`Packed.rows_into` over every element, so rows unpacked
+    apart equal the same rows of the whole array unpacked."""
+    raw = np.asarray(raw)
+    out = np.empty(raw.size, np.float64)
+    Packed(raw.reshape(-1), scale, offset, tuple(fills)).rows_into(0, raw.size, out)
+    return out.reshape(raw.shape)
 
 
 @dataclass(frozen=True)
@@ -495,8 +490,9 @@ class Packed:
     fills: tuple[float, ...] = ()
 
     def rows_into(self, start: int, stop: int, out: np.ndarray) -> None:
-        """Physical values of rows ``start:stop`` into ``out`` (float64), as :func:`cf_unpack` gives
-        them (the same operations in the same order, without its temporaries)."""
+        """Physical values of rows ``start:stop`` into ``out`` (float64): ``raw * scale`` computed in
+        float64, ``+ offset``, then NaN at the fills; without temporaries (:func:`unpack` is this
+        over the whole array)."""
         raw = self.raw[start:stop]
         if self.scale != 1.0:
             np.multiply(raw, self.scale, out=out, dtype=np.float64)  # raw.astype(float64) * scale, in one pass
@@ -514,16 +510,9 @@ def _h5_file(fs: fsspec.AbstractFileSystem, product: str, filename: str,
     """(path, open h5py file, what the reader read) of a product file, read once through ``reader``
     and accepted by :func:`refuse_indirection`; errors named as :func:`_nc_file` names them."""
     path = posixpath.join(product, filename)
-    try:
-        with _source_file(_reader(fs, reader), path) as (f, got), h5py.File(f, "r") as h:
-            refuse_indirection(h, path)  # the header first: nothing in it may point at other files
-            yield path, h, got
-    except SourceFormatError:
-        raise
-    except FileNotFoundError as err:
-        raise SourceFormatError(path, "missing file in product folder") from err
-    except (OSError, ValueError, KeyError) as err:
-        raise SourceFormatError(path, f"cannot be read as netCDF4 ({err})") from err
+    with _named_errors(path), _source_file(_reader(fs, reader), path) as (f, got), h5py.File(f, "r") as h:
+        refuse_indirection(h, path)  # the header first: nothing in it may point at other files
+        yield path, h, got
 
 
 def _h5_variable(h: h5py.File, path: str, name: str, shape: tuple[int, int] | None = None,
@@ -537,17 +526,6 @@ def _h5_variable(h: h5py.File, path: str, name: str, shape: tuple[int, int] | No
     return d
 
 
-def _image_values(d: h5py.Dataset, got: FileBytes, inflate_threads: int) -> np.ndarray:
-    """:func:`hdf5_memory.values_in_memory` with the number of inflate threads chosen; else through h5py."""
-    if got.data is not None:
-        values = contiguous_view(d, got.data)
-        if values is None:
-            values = deflated_values(d, got.data, threads=inflate_threads)
-        if values is not None:
-            return values
-    return d[()]
-
-
 def _read_packed(fs: fsspec.AbstractFileSystem, product: str, filename: str, name: str,
                  shape: tuple[int, int], reader: HashingReader | None = None,
                  inflate_threads: int = INFLATE_THREADS) -> tuple[Packed, dict]:
@@ -559,7 +537,7 @@ def _read_packed(fs: fsspec.AbstractFileSystem, product: str, filename: str, nam
         attrs, file_attrs = netcdf4.attributes(d), netcdf4.attributes(h)
         if "_Unsigned" not in attrs:
             packing = cf_packing(attrs, path, name)
-            return Packed(_image_values(d, got, inflate_threads), packing[0], packing[1], tuple(packing[2])), file_attrs
+            return Packed(_values(d, got, inflate_threads), packing[0], packing[1], tuple(packing[2])), file_attrs
         cf_packing(attrs, path, name)
         del d
     # netCDF-3 style unsigned packing: let xarray decode it (the reader still holds the file's bytes)

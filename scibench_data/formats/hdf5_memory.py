@@ -83,9 +83,10 @@ def deflated_values(d: h5py.Dataset, data: bytes, threads: int = INFLATE_THREADS
     return out
 
 
-def values_in_memory(d: h5py.Dataset, data: bytes | None) -> np.ndarray | None:
-    """The dataset's values from the file's bytes (see the module), or None: read through h5py."""
+def values_in_memory(d: h5py.Dataset, data: bytes | None, threads: int = INFLATE_THREADS) -> np.ndarray | None:
+    """The dataset's values from the file's bytes (see the module; a chunked one inflated on ``threads``
+    threads), or None: read through h5py."""
     if data is None:
         return None
     view = contiguous_view(d, data)
-    return view if view is not None else deflated_values(d, data)
+    return view if view is not None else deflated_values(d, data, threads=threads)
