@@ -211,6 +211,18 @@ def task_only(src: Path, layout: str, work: Path, tuned: bool) -> dict:
             "cpu_s_per_product": sum(cpu1[w] - cpu0[w] for w in cpu1) / len(products)}
 
 
+def convert_on_cluster(src: Path, layout: str, work: Path, n: int) -> dict:
+    """:func:`convert_on` a new ``LocalCluster`` of ``n`` workers (the one ``--scheduler local-cluster``
+    starts), warmed up, with the workers' CPU-s per product."""
+    with distributed_client("local-cluster", n) as client:
+        client.run(_warm)
+        cpu0 = client.run(_worker_cpu)
+        r = convert_on(client.scheduler.address, src, work / "t.zarr", layout, client)
+        cpu1 = client.run(_worker_cpu)
+    r["cpu_s_per_product"] = sum(cpu1[w] - cpu0[w] for w in cpu1) / r["products"]
+    return r
+
+
 def throughput(src: Path, layout: str, work: Path) -> dict:
     """sync in this process, then LocalClusters of 1 and 2 workers (startup and imports excluded)."""
     out = {}
@@ -220,13 +232,7 @@ def throughput(src: Path, layout: str, work: Path) -> dict:
     r["cpu_s_per_product"] = (c1.user + c1.system - c0.user - c0.system) / r["products"]
     out["1 process (sync)"] = r
     for n in (1, 2):
-        with distributed_client("local-cluster", n) as client:  # the cluster --scheduler local-cluster starts
-            client.run(_warm)
-            cpu0 = client.run(_worker_cpu)
-            r = convert_on(client.scheduler.address, src, work / "t.zarr", layout, client)
-            cpu1 = client.run(_worker_cpu)
-            r["cpu_s_per_product"] = sum(cpu1[w] - cpu0[w] for w in cpu1) / r["products"]
-            out[f"{n} worker process{'es' if n > 1 else ''}"] = r
+        out[f"{n} worker process{'es' if n > 1 else ''}"] = convert_on_cluster(src, layout, work, n)
     out["1 worker (task only)"] = task_only(src, layout, work, tuned=True)
     out["untuned 1 worker (task only)"] = task_only(src, layout, work, tuned=False)
     for r in out.values():
@@ -247,12 +253,8 @@ def pairs(src: Path, layout: str, work: Path, repeats: int) -> dict:
     out: list[dict] = []
     for _ in range(repeats):
         c = ceiling(src, layout)
-        with distributed_client("local-cluster", 1) as client:
-            client.run(_warm)
-            cpu0 = client.run(_worker_cpu)
-            r = convert_on(client.scheduler.address, src, work / "t.zarr", layout, client)
-            cpu1 = client.run(_worker_cpu)
-        cpu = sum(cpu1[w] - cpu0[w] for w in cpu1) / r["products"]
+        r = convert_on_cluster(src, layout, work, 1)
+        cpu = r["cpu_s_per_product"]
         mbps, steady = r["bytes"] / r["seconds"] / 1e6, r["bytes"] / r["tasks_span_s"] / 1e6
         out.append({"ceiling_MBps": c["MBps"], "ceiling_cpu_s": c["cpu_s"], "ceil_sha_MBps": c["MBps_with_sha256"],
                     "best_of_3_MBps": c["best_of_3"]["MBps"], "MBps": mbps, "steady_MBps": steady,
