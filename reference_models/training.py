@@ -151,7 +151,7 @@ def load_checkpoint(outdir: str | Path, *, model: torch.nn.Module, optimizer: to
         setattr(progress, key, value)
     torch.set_rng_state(ckpt["rng"])
     threads, now = ckpt.get("threads"), torch.get_num_threads()
-    if threads is not None and int(threads) != now:
+    if type(threads) is int and threads != now:  # a checkpoint without it (older) or with junk: nothing to say
         warnings.warn(f"{path}: written by a run with {threads} torch thread(s), resumed with {now}: float sums "
                       "depend on the thread count, so the result will differ slightly from an uninterrupted run "
                       f"(set OMP_NUM_THREADS={threads} to continue it exactly)", RuntimeWarning, stacklevel=2)

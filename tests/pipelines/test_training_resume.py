@@ -158,6 +158,26 @@ def test_a_resume_with_another_torch_thread_count_says_it_will_not_be_bit_identi
         torch.set_num_threads(was)
 
 
+def test_a_checkpoint_whose_thread_count_is_not_a_number_still_resumes(tmp_path):
+    """Someone else's checkpoint may hold anything there: it is not a reason to fail or to warn."""
+    from reference_models.training import (
+        CHECKPOINT,
+        TrainingProgress,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(tmp_path, model=model, optimizer=opt, loader=_Loader(), progress=TrainingProgress())
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    torch.save({**state, "threads": "many"}, tmp_path / CHECKPOINT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_checkpoint(tmp_path, model=model, optimizer=opt, loader=_Loader(),
+                               progress=TrainingProgress()) == (0, {})
+
+
 @pytest.mark.slow
 def test_torchrun_trains_uno_on_two_gloo_ranks_and_rank_zero_writes(root, tmp_path):
     out = tmp_path / "ddp"
